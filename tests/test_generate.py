@@ -1,0 +1,164 @@
+"""Tests of unitrec.stimuli.generate: file names, metadata, and the images' geometry."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unitrec.errors import ConfigError
+from unitrec.stimuli.generate import gabors, gratings
+
+
+def read_rows(root: Path) -> list[dict[str, str]]:
+    with open(root / "metadata.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def grey(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        assert img.mode == "RGB"
+        rgb = np.asarray(img).astype(int)
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 1])
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+    return rgb[..., 0]
+
+
+def one(tmp_path: Path, **kwargs) -> np.ndarray:
+    """Write a single grating and return its grey levels."""
+    settings = {"orientations": (0,), "spatial_frequencies": (4,), "phases": (0,)}
+    settings.update(kwargs)
+    root = gratings(tmp_path / "one", overwrite=True, **settings)
+    (row,) = read_rows(root)
+    return grey(root / row["path"])
+
+
+def test_gratings_files_and_metadata(tmp_path):
+    root = gratings(tmp_path / "g", size=32)
+    assert root == tmp_path / "g"
+    rows = read_rows(root)
+    assert len(rows) == 6 * 3 * 4
+    assert list(rows[0]) == ["path", "orientation", "spatial_frequency", "phase", "contrast"]
+    files = sorted(p.name for p in root.glob("*.png"))
+    assert files == sorted(r["path"] for r in rows)
+    assert "grating_ori030_sf04_ph090_c100.png" in files
+    row = next(r for r in rows if r["path"] == "grating_ori030_sf04_ph090_c100.png")
+    assert row == {
+        "path": "grating_ori030_sf04_ph090_c100.png",
+        "orientation": "30",
+        "spatial_frequency": "4",
+        "phase": "90",
+        "contrast": "1",
+    }
+    assert all(float(r["contrast"]) == 1.0 for r in rows)
+    with Image.open(root / files[0]) as img:
+        assert img.size == (32, 32)
+
+
+def test_non_integer_values_in_names_and_csv(tmp_path):
+    root = gratings(
+        tmp_path / "g",
+        orientations=(22.5,),
+        spatial_frequencies=(1.5,),
+        phases=(-90,),
+        contrasts=(0.25,),
+    )
+    (row,) = read_rows(root)
+    assert row["path"] == "grating_ori022p5_sf01p5_phm090_c025.png"
+    assert [float(row[k]) for k in ("orientation", "spatial_frequency", "phase", "contrast")] == [
+        22.5,
+        1.5,
+        -90.0,
+        0.25,
+    ]
+
+
+def test_orientation_convention(tmp_path):
+    vertical = one(tmp_path, orientations=(0,))
+    assert (vertical == vertical[0]).all()  # every column is constant down the rows
+    assert np.ptp(vertical[0]) > 200
+    horizontal = one(tmp_path, orientations=(90,))
+    assert (horizontal == horizontal[:, :1]).all()  # every row is constant
+    # counter-clockwise: at 45° the bars run from top-left to bottom-right
+    diag = one(tmp_path, orientations=(45,))
+    np.testing.assert_allclose(diag[1:, 1:], diag[:-1, :-1], atol=1)  # float ties at .5
+    assert np.ptp(diag[0]) > 200
+    anti = one(tmp_path, orientations=(135,))
+    np.testing.assert_allclose(anti[1:, :-1], anti[:-1, 1:], atol=1)
+    assert np.abs(diag[1:, :-1] - diag[:-1, 1:]).max() > 20  # not the other diagonal
+    # the gradient points up at 90°: with phase 90 and 1 cycle the top is brightest
+    up = one(tmp_path, orientations=(90,), spatial_frequencies=(1,), phases=(0,), size=64)
+    assert up[16, 0] > 250 and up[48, 0] < 5  # sin(2π·y) peaks at y = +1/4 (row 16)
+
+
+def test_spatial_frequency_phase_and_contrast(tmp_path):
+    for sf in (2, 5):
+        row = one(tmp_path, spatial_frequencies=(sf,), size=64)[0] / 255 - 0.5
+        assert np.argmax(np.abs(np.fft.rfft(row))) == sf
+    # odd size: the centre pixel sits at the reference point of the phase
+    centre = 32
+    assert one(tmp_path, phases=(90,), size=65)[centre, centre] == 255
+    assert one(tmp_path, phases=(270,), size=65)[centre, centre] == 0
+    assert one(tmp_path, phases=(0,), size=65)[centre, centre] == 128  # round(127.5)
+    low = one(tmp_path, phases=(90,), size=65, contrasts=(0.5,))
+    assert low[centre, centre] == round(0.75 * 255)
+    assert low.min() == round(0.25 * 255)
+
+
+def test_exact_luminance_formula(tmp_path):
+    img = one(tmp_path, orientations=(30,), spatial_frequencies=(3,), phases=(45,), size=16)
+    c = (np.arange(16) + 0.5) / 16 - 0.5
+    x, y = c[None, :], -c[:, None]
+    t = np.deg2rad(30)
+    lum = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * (x * np.cos(t) + y * np.sin(t)) + np.pi / 4)
+    np.testing.assert_array_equal(img, np.round(lum * 255))
+
+
+def test_gabors(tmp_path):
+    root = gabors(
+        tmp_path / "b",
+        size=64,
+        orientations=(0, 90),
+        spatial_frequencies=(4,),
+        phases=(90,),
+        sigmas=(0.1, 0.125),
+    )
+    rows = read_rows(root)
+    assert len(rows) == 4 and list(rows[0])[-1] == "sigma"
+    names = {r["path"] for r in rows}
+    assert "gabor_ori000_sf04_ph090_c100_s010.png" in names
+    assert "gabor_ori090_sf04_ph090_c100_s012p5.png" in names
+    img = grey(root / "gabor_ori000_sf04_ph090_c100_s010.png")
+    assert img[0, 0] == 128 and img[-1, -1] == 128  # background far from the centre
+    assert img[31:33, 31:33].min() > 240  # peak of a cosine-phase carrier at the centre
+    assert float(next(r for r in rows if "s012p5" in r["path"])["sigma"]) == 0.125
+
+
+def test_refuses_non_empty_folder(tmp_path):
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="busy"):
+        gratings(target)
+    gratings(target, orientations=(0,), spatial_frequencies=(2,), phases=(0,), overwrite=True)
+    assert (target / "notes.txt").read_text() == "keep me"
+    assert len(read_rows(target)) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"contrasts": (1.0,), "background": 0.7}, "contrast"),
+        ({"spatial_frequencies": (0,)}, "spatial_frequencies"),
+        ({"orientations": ()}, "orientations"),
+        ({"size": 1}, "size"),
+        ({"fmt": "gif"}, "fmt"),
+        ({"phases": (0, 0)}, "same file"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        gratings(tmp_path / "bad", **kwargs)

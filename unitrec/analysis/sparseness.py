@@ -1,0 +1,102 @@
+"""Lifetime and population sparseness (Treves–Rolls / Vinje & Gallant)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from unitrec.analysis._units import STIMULUS, UNIT, as_population, check_choice
+from unitrec.errors import ConfigError
+
+__all__ = ["lifetime_sparseness", "population_sparseness"]
+
+_NEGATIVE = ("clip", "raise", "keep")
+
+
+def lifetime_sparseness(da: xr.DataArray, *, negative: str = "clip") -> xr.DataArray:
+    """Sparseness of each unit across stimuli.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Recording with first dim ``"stimulus"``; may be dask-backed (the result
+        then stays lazy, except that ``negative="raise"`` computes one check).
+    negative : {"clip", "raise", "keep"}
+        What to do with negative responses, which the measure is not defined for
+        (it assumes firing rates): ``"clip"`` (default) sets them to 0, i.e.
+        rectifies the activations; ``"raise"`` raises :class:`ConfigError` if any
+        response is negative; ``"keep"`` applies the formula to the raw values,
+        which can then fall outside [0, 1].
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``unit_dims`` of the input, values in [0, 1] for non-negative
+        responses: 0 for a unit that responds equally to every stimulus, 1 for a
+        unit that responds to a single stimulus. NaN for a unit whose responses are
+        all zero or that has fewer than two non-NaN responses.
+
+    Notes
+    -----
+    The measure of Vinje & Gallant (2000), *Science* 287:1273, built on the
+    activity ratio of Treves & Rolls (1991), *Network* 2:371:
+
+    .. math:: S = \\frac{1 - \\left(\\sum_i r_i / n\\right)^2 / \\left(\\sum_i r_i^2 / n\\right)}
+              {1 - 1/n}
+
+    over the ``n`` stimuli. NaN responses (skipped stimuli) are ignored: ``n`` is
+    the number of non-NaN responses of each unit.
+    """
+    pop = as_population(da)
+    values = _treat_negative(pop.data, negative)
+    return pop.restore(_sparseness(values, STIMULUS))
+
+
+def population_sparseness(da: xr.DataArray, *, negative: str = "clip") -> xr.DataArray:
+    """Sparseness of the population response to each stimulus, across units.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Recording with first dim ``"stimulus"``; may be dask-backed.
+    negative : {"clip", "raise", "keep"}
+        Treatment of negative responses, as in :func:`lifetime_sparseness`.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dim ``"stimulus"`` with the input's stimulus coordinates. NaN for a
+        stimulus that was skipped (all values NaN) or evokes no response at all.
+
+    Notes
+    -----
+    The same formula as :func:`lifetime_sparseness` (Vinje & Gallant 2000;
+    Treves & Rolls 1991), with the sums running over the ``n`` units instead of
+    the stimuli. NaN values are ignored, so ``n`` is the number of non-NaN units.
+    """
+    pop = as_population(da)
+    values = _treat_negative(pop.data, negative)
+    return _sparseness(values, UNIT)
+
+
+def _treat_negative(values: xr.DataArray, negative: str) -> xr.DataArray:
+    check_choice("negative", negative, _NEGATIVE)
+    if negative == "clip":
+        return values.clip(min=0)
+    if negative == "raise":
+        lowest = float(values.min(skipna=True).values)
+        if lowest < 0:
+            raise ConfigError(
+                f"responses go down to {lowest:g} but sparseness needs r >= 0; "
+                "pass negative='clip' to rectify or negative='keep' to use them as is"
+            )
+    return values
+
+
+def _sparseness(values: xr.DataArray, dim: str) -> xr.DataArray:
+    n = values.count(dim)
+    mean = values.mean(dim, skipna=True)
+    mean_sq = (values**2).mean(dim, skipna=True)
+    ratio = mean**2 / mean_sq.where(mean_sq != 0)
+    result = (1 - ratio) / (1 - 1 / n.where(n > 1))
+    return result.rename("sparseness").astype(np.float64)

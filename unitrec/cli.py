@@ -1,0 +1,223 @@
+"""The ``unitrec`` command: a thin layer over the public API.
+
+Errors a user can cause print as one or two lines on stderr (no traceback) and
+exit with status 1; an interrupted run says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import unitrec as ur
+
+    start = time.perf_counter()
+    path = ur.run_config(args.config, overwrite=args.overwrite, progress=not args.no_progress)
+    _print_summary(path, time.perf_counter() - start)
+    return 0
+
+
+def _print_summary(path: Path, seconds: float) -> None:
+    from .load import recording_info
+
+    info = recording_info(path)
+    print(f"\nrecorded {info['n_recorded']} of {info['n_stimuli']} stimuli"
+          + (f" ({info['n_skipped']} skipped, listed in the file)" if info["n_skipped"] else "")
+          + f" → {path} ({_size(info['file_size'])})")
+    print(f"model: {info.get('model')} — {info.get('model_description')}")
+    for site in info["sites"]:
+        dims = ", ".join(f"{d}={n}" for d, n in zip(site["dims"], site["shape"]))
+        print(f"  {site['name']:<28} ({dims})  {site.get('selection', '')}")
+    rate = info.get("last_run_images_per_second")
+    if rate:
+        print(f"{rate:.1f} images/s (this run: {info.get('last_run_seconds', 0):.1f} s; wall time "
+              f"including model set-up {seconds:.1f} s)")
+    else:
+        print("nothing to record: the file was already complete")
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    import unitrec as ur
+    from .sites import stages
+    from .trace import trace_model
+    import torch
+
+    model = ur.load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
+    size = (3, args.input_size, args.input_size)
+    trace = trace_model(model, torch.randn(1, *size, generator=torch.Generator().manual_seed(0)))
+    rows = ur.list_layers(model, size, trace=trace)
+    if args.stages:
+        keep = set(stages(model, trace))
+        rows = [r for r in rows if r.name in keep]
+    if args.grep:
+        rows = [r for r in rows if args.grep in r.name]
+    if args.json:
+        print(json.dumps([r.__dict__ | {"provenance": r.provenance} for r in rows], default=list, indent=1))
+        return 0
+    header = ("site", "type", "output", "units", "calls", "rf size", "rf stride", "channels")
+    table = [header]
+    for r in rows:
+        shape = "×".join(map(str, r.output_shape)) if r.output_shape is not None else "-"
+        fmt = (lambda v: "×".join(str(int(a)) if float(a).is_integer() else f"{a:g}" for a in set(v))
+               if v else "-")
+        table.append((r.name, r.type, shape, str(r.units), str(r.calls), fmt(r.rf_size),
+                      fmt(r.rf_stride), r.provenance))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    print(f"\n{len(rows)} sites of {args.model} at input {size}. Sites called more than once per "
+          "forward are indexed (name:k); add @input to record what enters a module.")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .load import recording_info
+
+    info = recording_info(args.file)
+    if args.json:
+        print(json.dumps(info, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o), indent=1))
+        return 0
+    print(f"file:          {info['file']} ({_size(info['file_size'])})")
+    print(f"status:        {info.get('status')}  ({info['n_recorded']} of {info['n_stimuli']} stimuli recorded"
+          f"{', %d skipped' % info['n_skipped'] if info['n_skipped'] else ''})")
+    print(f"model:         {info.get('model')} — {info.get('model_description')}")
+    print(f"weights:       {info.get('weights')} (sha256 {str(info.get('weights_sha256'))[:16]}…)")
+    print(f"preprocessing: {info.get('preprocessing')}")
+    print(f"stimuli:       {info.get('stimuli')} (sha256 {str(info.get('stimulus_set_sha256'))[:16]}…)")
+    versions = json.loads(info.get("library_versions", "{}"))
+    print(f"made with:     unitrec {info.get('unitrec_version')}, torch {versions.get('torch')}, "
+          f"created {info.get('created')}, run id {info.get('run_id')}")
+    print("sites:")
+    for site in info["sites"]:
+        dims = ", ".join(f"{d}={n}" for d, n in zip(site["dims"], site["shape"]))
+        rf = f"  rf {list(site['rf_size'])}" if "rf_size" in site else ""
+        print(f"  {site['name']:<28} {site.get('module_type', ''):<18} ({dims}) {site['dtype']}{rf}")
+    for reason in info["skipped"][:10]:
+        print(f"skipped: {reason}")
+    if args.config:
+        print("config:\n" + info.get("config", ""))
+    return 0
+
+
+def _cmd_stimuli(args: argparse.Namespace) -> int:
+    from .stimuli import generate
+
+    kwargs = {"size": args.size, "overwrite": args.overwrite}
+    for name in ("orientations", "spatial_frequencies", "phases", "contrasts"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    if args.kind == "gabors" and args.sigmas is not None:
+        kwargs["sigmas"] = args.sigmas
+    out = getattr(generate, args.kind)(args.out_dir, **kwargs)
+    n = sum(1 for p in Path(out).iterdir() if p.suffix == ".png")
+    print(f"wrote {n} {args.kind} and metadata.csv to {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    index = write_report(args.file, args.out_dir, by=args.by)
+    print(f"report: {index}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="unitrec",
+        description="In-silico electrophysiology: record units of PyTorch vision models to HDF5.",
+        epilog="Start with: unitrec run configs/demo.yaml. Docs: README.md",
+    )
+    p.add_argument("--version", action="version", version=f"unitrec {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run an experiment config (YAML): record, then report if asked",
+                         description="Record the sites a YAML config lists. Rerunning the same config "
+                                     "resumes an interrupted run.")
+    run.add_argument("config", help="path of the YAML config, e.g. configs/demo.yaml")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start over even if the output exists or an unfinished run of another config does")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    layers = sub.add_parser("layers", help="list every recording site of a model",
+                            description="List recording sites: type, output shape, units, calls per "
+                                        "forward, receptive field, channel provenance of concatenations.")
+    layers.add_argument("model", help="torchvision name (resnet50, densenet121, ...) or package.module:factory")
+    layers.add_argument("--input-size", type=int, default=224, help="input height = width (default 224)")
+    layers.add_argument("--weights", default=None, help="weights enum name (default: random init)")
+    layers.add_argument("--checkpoint", default=None, help="local state_dict file")
+    layers.add_argument("--stages", action="store_true", help="only the classic stages (blocks, pools, fc)")
+    layers.add_argument("--grep", default=None, metavar="TEXT", help="only sites whose name contains TEXT")
+    layers.add_argument("--json", action="store_true", help="machine-readable output")
+    layers.set_defaults(func=_cmd_layers)
+
+    info = sub.add_parser("info", help="describe a recording: model, weights, sites, status",
+                          description="Print the provenance and contents of a recording file.")
+    info.add_argument("file", help="a .h5 recording (or its .partial.h5)")
+    info.add_argument("--config", action="store_true", help="also print the stored config")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_cmd_info)
+
+    stim = sub.add_parser("stimuli", help="generate parametric stimuli (gratings, gabors) with metadata.csv",
+                          description="Write a parametric stimulus set and its metadata.csv; the columns "
+                                      "become coordinates of every recording of that folder.")
+    stim.add_argument("kind", choices=["gratings", "gabors"])
+    stim.add_argument("out_dir", help="folder to write (must be empty unless --overwrite)")
+    stim.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
+    stim.add_argument("--orientations", type=float, nargs="+", help="degrees")
+    stim.add_argument("--spatial-frequencies", type=float, nargs="+", help="cycles per image")
+    stim.add_argument("--phases", type=float, nargs="+", help="degrees")
+    stim.add_argument("--contrasts", type=float, nargs="+", help="Michelson contrast in (0, 1]")
+    stim.add_argument("--sigmas", type=float, nargs="+", help="gabors only: envelope widths")
+    stim.add_argument("--overwrite", action="store_true")
+    stim.set_defaults(func=_cmd_stimuli)
+
+    report = sub.add_parser("report", help="figures of a recording (PNG + HTML index)",
+                            description="Tuning curves, RDMs, layer similarity and preferred stimuli.")
+    report.add_argument("file", help="a .h5 recording")
+    report.add_argument("out_dir", help="folder for the figures and index.html")
+    report.add_argument("--by", default=None, help="stimulus coordinate for tuning curves (default: orientation if present)")
+    report.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``unitrec`` and ``python -m unitrec``."""
+    from .errors import UnitrecError
+
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UnitrecError as exc:
+        print(f"unitrec: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nunitrec: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Read recordings back as labelled xarray objects (lazily; dask with ``chunks=``).
+
+The file opens with plain ``xarray.open_datatree(path, engine="h5netcdf")`` too;
+these functions add what a plain open cannot: stimulus coordinates on every site,
+the provenance attributes, dropping rows that were never recorded, and the
+``(stimulus, unit)`` population view across sites.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import xarray as xr
+
+from .errors import LayerNotFoundError, RecordingError
+
+__all__ = ["load_layer", "load_population", "open_recording", "recording_info"]
+
+_PROVENANCE = ("model", "model_description", "weights", "weights_sha256", "preprocessing", "run_id",
+               "unitrec_version", "status", "stimulus_set_sha256")
+
+
+def _plugins() -> None:
+    try:  # registers the Zstd filter for files recorded with compression
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _check_file(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        partial = path + ".partial.h5"
+        hint = f"; an unfinished recording is at {partial}" if os.path.exists(partial) else ""
+        raise RecordingError(f"no recording at {path}{hint}")
+    return path
+
+
+def open_recording(path: str | os.PathLike, *, chunks: Any = None) -> xr.DataTree:
+    """Open a recording lazily as a DataTree: one child per site.
+
+    Parameters
+    ----------
+    path
+        The ``.h5`` file (a ``.partial.h5`` file of an unfinished run opens too).
+    chunks
+        None for lazy numpy-backed variables, or dask chunks (``"auto"``, a dict)
+        for out-of-core analysis.
+
+    Examples
+    --------
+    >>> tree = ur.open_recording("acts.h5")  # doctest: +SKIP
+    >>> tree["layer1"]["activation"]  # doctest: +SKIP
+    """
+    _plugins()
+    return xr.open_datatree(_check_file(path), engine="h5netcdf", chunks=chunks)
+
+
+def sites_in(path: str | os.PathLike) -> list[str]:
+    """Names of the sites stored in a recording, in recording order."""
+    with h5py.File(_check_file(path), "r") as h5:
+        return [k for k, v in h5.items() if isinstance(v, h5py.Group) and "activation" in v]
+
+
+def _stimulus_coords(h5: h5py.File) -> dict[str, tuple[str, np.ndarray]]:
+    names = ["stimulus", "done"] + [n for n in h5["done"].attrs.get("coordinates", "").split() if n]
+    out = {}
+    for name in names:
+        values = h5[name][...]
+        if values.dtype.kind in "OS":
+            values = np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
+        out[name] = ("stimulus", values)
+    return out
+
+
+def _root_attrs(h5: h5py.File) -> dict[str, Any]:
+    attrs = {k: h5.attrs[k] for k in _PROVENANCE if k in h5.attrs}
+    attrs["recording"] = os.path.abspath(h5.filename)
+    return attrs
+
+
+def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
+               include_missing: bool = False) -> xr.DataArray:
+    """One site's responses as a labelled DataArray.
+
+    Parameters
+    ----------
+    path
+        A recording.
+    layer
+        A site name as recorded (``"layer3.5"``, ``"layer1.0.relu:2"``).
+    chunks
+        None: lazy (read on first use); ``"auto"`` or a dict: dask-backed.
+    include_missing
+        Keep rows that hold no response (skipped undecodable images, rows an
+        unfinished run has not reached; they are NaN). Dropped by default.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(stimulus, channel, y, x)`` for whole conv maps, ``(stimulus, channel)``
+        for 2-D or pooled sites, ``(stimulus, unit)`` for selected units; stimulus
+        coordinates (``label``, metadata columns, ``done``), unit coordinates
+        (``source``, ``rf_center_y``, ``rf_center_x``), and the site's and the
+        recording's provenance in ``attrs``.
+    """
+    path = _check_file(path)
+    _plugins()
+    with h5py.File(path, "r") as h5:
+        sites = [k for k, v in h5.items() if isinstance(v, h5py.Group) and "activation" in v]
+        if layer not in sites:
+            close = difflib.get_close_matches(layer, sites, n=5, cutoff=0.5)
+            raise LayerNotFoundError(
+                f"no site {layer!r} in {path}; recorded sites: {', '.join(close or sites)}"
+            )
+        coords = _stimulus_coords(h5)
+        attrs = _root_attrs(h5)
+    ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=chunks)
+    da = ds["activation"].assign_coords(coords)
+    da.attrs.update(attrs)
+    da.name = layer
+    if not include_missing:
+        keep = np.asarray(coords["done"][1]) == 1
+        if not keep.all():
+            da = da.isel(stimulus=np.flatnonzero(keep))
+    return da
+
+
+def load_population(path: str | os.PathLike, layers: Sequence[str] | None = None, *,
+                    chunks: Any = None, include_missing: bool = False) -> xr.DataArray:
+    """Sites side by side as one population: dims ``(stimulus, unit)``.
+
+    Every unit carries ``layer``, ``channel``, ``y`` and ``x`` coordinates (``-1``
+    where a site has no such axis, e.g. pooled or 2-D sites) and, where known, its
+    receptive-field centre.
+
+    Parameters
+    ----------
+    path
+        A recording.
+    layers
+        Sites to include (default: all, in recording order).
+    chunks
+        Pass dask chunks for populations larger than memory.
+    """
+    names = list(layers) if layers is not None else sites_in(path)
+    parts = []
+    for name in names:
+        da = load_layer(path, name, chunks=chunks, include_missing=include_missing)
+        attrs = dict(da.attrs)
+        dims = [d for d in da.dims if d != "stimulus"]
+        if dims == ["unit"]:
+            flat = da.drop_vars("unit")
+        else:
+            flat = da.stack(unit=dims).reset_index("unit")
+        n = flat.sizes["unit"]
+        for coord in ("channel", "y", "x"):
+            if coord not in flat.coords:
+                flat = flat.assign_coords({coord: ("unit", np.full(n, -1))})
+        for coord in ("rf_center_y", "rf_center_x"):
+            if coord not in flat.coords:
+                flat = flat.assign_coords({coord: ("unit", np.full(n, np.nan))})
+        if "source" not in flat.coords:
+            flat = flat.assign_coords(source=("unit", np.full(n, "", dtype=object)))
+        flat = flat.assign_coords(layer=("unit", np.full(n, name, dtype=object)))
+        extra = [c for c in flat.coords if "unit" in flat[c].dims and c not in
+                 ("channel", "y", "x", "rf_center_y", "rf_center_x", "source", "layer")]
+        parts.append(flat.drop_vars(extra).transpose("stimulus", "unit"))
+    if not parts:
+        raise RecordingError(f"{path} holds no sites")
+    pop = xr.concat(parts, dim="unit", coords="different", compat="equals", join="exact",
+                    combine_attrs="drop_conflicts")
+    pop = pop.assign_coords(unit=np.arange(pop.sizes["unit"]))
+    pop.attrs = {k: v for k, v in attrs.items() if k in _PROVENANCE or k == "recording"}
+    pop.attrs["layers"] = list(names)
+    pop.name = "population"
+    return pop
+
+
+def recording_info(path: str | os.PathLike) -> dict[str, Any]:
+    """A summary of a recording for humans (``unitrec info``): provenance and sites."""
+    path = _check_file(path)
+    _plugins()
+    with h5py.File(path, "r") as h5:
+        done = h5["done"][...]
+        info: dict[str, Any] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
+        info["file"] = os.path.abspath(path)
+        info["file_size"] = os.path.getsize(path)
+        info["n_stimuli"] = int(done.size)
+        info["n_recorded"] = int((done == 1).sum())
+        info["n_skipped"] = int((done == 2).sum())
+        info["sites"] = []
+        for key, group in h5.items():
+            if isinstance(group, h5py.Group) and "activation" in group:
+                act = group["activation"]
+                dims = [act.dims[i][0].name.rsplit("/", 1)[-1] for i in range(act.ndim)]
+                info["sites"].append({"name": key, "dims": dims, "shape": act.shape, "dtype": str(act.dtype),
+                                      **{k: act.attrs[k] for k in ("module_type", "selection", "rf_size")
+                                         if k in act.attrs}})
+        info["skipped"] = json.loads(info.get("skipped", "[]"))
+    return info

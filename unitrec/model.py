@@ -1,0 +1,190 @@
+"""Build the model under study: a torchvision zoo network or a user's own factory.
+
+The model comes back in eval mode, with its weights either seeded random, a
+torchvision weights enum, or a local state_dict checkpoint. There is no silent
+fallback: if pretrained weights cannot be had, the error says how to provide them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+__all__ = ["load_model", "model_description", "state_dict_sha256", "zoo_names"]
+
+
+def zoo_names() -> list[str]:
+    """Names of torchvision's classification models (``resnet50``, ``googlenet``, ...)."""
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _build(name: str, weights: Any) -> nn.Module:
+    if ":" in name:
+        return _build_factory(name, weights)
+    import torchvision.models as tvm
+
+    names = zoo_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        hint = f" Closest: {', '.join(close)}." if close else ""
+        raise ModelError(
+            f"unknown model {name!r}: not a torchvision classification model.{hint} "
+            "For your own network, give an importable 'package.module:factory'."
+        )
+    kwargs: dict[str, Any] = {}
+    if name in ("googlenet", "inception_v3") and weights is None:
+        # The aux classifiers only run in training; init_weights=True keeps
+        # torchvision's documented initialisation and silences its warning.
+        kwargs["init_weights"] = True
+    if weights is not None:
+        try:
+            enum = tvm.get_model_weights(name)
+            weights = enum.DEFAULT if str(weights).upper() == "DEFAULT" else enum[str(weights).split(".")[-1]]
+        except KeyError:
+            valid = ", ".join(["DEFAULT"] + [w.name for w in tvm.get_model_weights(name)])
+            raise ModelError(f"unknown weights {weights!r} for {name!r}; valid: {valid}") from None
+    try:
+        model = tvm.get_model(name, weights=weights, **kwargs)
+    except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
+        raise ModelError(
+            f"cannot get weights {weights!r} for {name!r} ({type(exc).__name__}: {exc}). "
+            "Download them on a machine with internet access and pass the state_dict "
+            "file as checkpoint=PATH (YAML: model.checkpoint)."
+        ) from exc
+    if weights is not None:  # the weights' own preprocessing becomes record()'s default
+        model.unitrec_transform = weights.transforms()
+    return model
+
+
+def _build_factory(spec: str, weights: Any) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"cannot import model factory {spec!r}: {exc}") from exc
+    if weights is not None:
+        raise ModelError(
+            f"weights={weights!r} only applies to torchvision models; give your own "
+            "model's weights as checkpoint=PATH"
+        )
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_model(
+    name: str,
+    weights: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Build a model in eval mode.
+
+    Parameters
+    ----------
+    name
+        A torchvision classification model name (``"resnet50"``, ``"densenet121"``,
+        ``"googlenet"``, ``"inception_v3"``, ...) or an importable factory
+        ``"package.module:function"`` that returns an ``nn.Module``.
+    weights
+        ``None`` for random initialisation (seeded by `seed`), ``"DEFAULT"`` or a
+        torchvision weights enum name such as ``"IMAGENET1K_V2"``. Needs internet the
+        first time; torchvision caches the file afterwards.
+    checkpoint
+        A local file holding a ``state_dict`` (or a dict with a ``"state_dict"`` or
+        ``"model"`` entry), loaded strictly over the built model.
+    seed
+        Seed of the random initialisation.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, in eval mode, on the CPU.
+
+    Examples
+    --------
+    >>> model = load_model("resnet18")            # random weights, seed 0
+    >>> model.training
+    False
+    """
+    torch.manual_seed(seed)
+    if isinstance(weights, str) and weights.lower() in ("none", "null", "random"):
+        weights = None
+    model = _build(name, weights)
+    if checkpoint is not None:
+        _load_checkpoint(model, checkpoint)
+    model.eval()
+    model.unitrec_description = model_description(name, weights, checkpoint, seed)  # type: ignore[assignment]
+    return model
+
+
+def _load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> None:
+    path = os.fspath(checkpoint)
+    if not os.path.isfile(path):
+        raise ModelError(f"checkpoint file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise ModelError(f"checkpoint {path} does not hold a state_dict")
+    # DataParallel / DDP checkpoints prefix every key with "module."
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ModelError(
+            f"checkpoint {path} does not fit the model: {' '.join(first[:3])[:500]}"
+        ) from exc
+
+
+def model_description(
+    name: str, weights: Any = None, checkpoint: Any = None, seed: int = 0
+) -> dict[str, Any]:
+    """The provenance record of how a model was built (stored in every recording)."""
+    if checkpoint is not None:
+        how = f"checkpoint {os.path.abspath(os.fspath(checkpoint))}"
+    elif weights is None:
+        how = f"random init (seed {seed}), not trained"
+    else:
+        how = f"torchvision weights {weights}"
+    return {
+        "name": name,
+        "weights": "none" if weights is None else str(weights),
+        "checkpoint": "" if checkpoint is None else os.path.abspath(os.fspath(checkpoint)),
+        "seed": seed,
+        "description": how,
+    }
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers, in state_dict order.
+
+    Two models with this hash equal compute the same function (given the same code),
+    which is what a resumed recording must check.
+    """
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        t = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

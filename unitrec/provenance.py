@@ -1,0 +1,77 @@
+"""How a recording was made: the attributes every file carries and the run key.
+
+The run key is the part of the provenance that decides whether an unfinished file
+may be resumed: same weights, preprocessing, sites, stimuli, dtype and device
+kind. Everything else (batch size, workers, progress bars) cannot change a value.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from typing import Any
+
+import yaml
+
+__all__ = ["file_attrs", "library_versions", "run_key"]
+
+
+def library_versions() -> dict[str, str]:
+    import h5py
+    import numpy
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "unitrec": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+    }
+
+
+def run_key(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, sites: list[dict],
+            stimuli_sha256: str, n_stimuli: int, dtype: str, device: str) -> dict[str, Any]:
+    """The facts that must match for a partial recording to be resumed."""
+    return {
+        "model": model.get("name"),
+        "weights": weights_sha256,
+        "preprocessing": preprocessing,
+        "sites": json.dumps(sites, sort_keys=True),
+        "stimuli": f"{n_stimuli} stimuli, sha256 {stimuli_sha256}",
+        "dtype": dtype,
+        "device": device.split(":")[0],
+    }
+
+
+def file_attrs(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, config: dict[str, Any],
+               stimuli_sha256: str, key: dict[str, Any], stimuli_description: str) -> dict[str, Any]:
+    """Root attributes of a recording file (strings, so MATLAB and xarray read them)."""
+    from . import __version__
+
+    key_text = json.dumps(key, sort_keys=True)
+    return {
+        "format": "unitrec",
+        "format_version": "1",
+        "unitrec_version": __version__,
+        "model": model.get("name", ""),
+        "model_description": model.get("description", ""),
+        "weights": model.get("weights", "none"),
+        "checkpoint": model.get("checkpoint", ""),
+        "weights_sha256": weights_sha256,
+        "preprocessing": preprocessing,
+        "stimuli": stimuli_description,
+        "stimulus_set_sha256": stimuli_sha256,
+        "config": yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+        "run_key": key_text,
+        "run_id": hashlib.sha256(key_text.encode()).hexdigest()[:16],
+        "library_versions": json.dumps(library_versions()),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,159 @@
+"""Theoretical receptive fields, propagated op by op through a traced forward pass.
+
+Each spatial tensor carries, per axis, the input-pixel interval seen by its first
+position and the step between positions: position ``i`` sees pixels
+``[lo + i*stride, hi + i*stride]``. Convolutions and pools grow the interval,
+elementwise ops and concatenations take the union over their inputs (so a residual
+block's field is the largest over its paths), and anything else ends the chain
+(the field becomes unknown rather than wrong).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+__all__ = ["Axis", "Field", "image_field", "propagate"]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One spatial axis of a receptive field, in input pixels."""
+
+    lo: float
+    hi: float
+    stride: float
+
+    @property
+    def size(self) -> float:
+        return self.hi - self.lo + 1
+
+    def center(self, index: int) -> float:
+        return (self.lo + self.hi) / 2 + index * self.stride
+
+    def window(self, kernel: int, stride: int, pad: int, dilation: int = 1) -> Axis:
+        return Axis(
+            self.lo - pad * self.stride,
+            self.hi + (-pad + (kernel - 1) * dilation) * self.stride,
+            self.stride * stride,
+        )
+
+    def union(self, other: Axis) -> Axis:
+        return Axis(min(self.lo, other.lo), max(self.hi, other.hi), max(self.stride, other.stride))
+
+
+@dataclass(frozen=True)
+class Field:
+    """Receptive field of a (…, H, W) tensor: one :class:`Axis` for rows, one for columns."""
+
+    y: Axis
+    x: Axis
+
+    @property
+    def size(self) -> tuple[float, float]:
+        return (self.y.size, self.x.size)
+
+    @property
+    def stride(self) -> tuple[float, float]:
+        return (self.y.stride, self.x.stride)
+
+    def union(self, other: Field) -> Field:
+        return Field(self.y.union(other.y), self.x.union(other.x))
+
+
+def image_field() -> Field:
+    """The field of the input image itself: every pixel sees itself."""
+    return Field(Axis(0, 0, 1), Axis(0, 0, 1))
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        return (int(value[0]), int(value[-1])) if len(value) else (0, 0)
+    return (int(value), int(value))
+
+
+# Parameter order of the functional ops whose geometry we know; builtins have no
+# inspectable signature, so positional arguments are matched by these lists.
+_PARAMS = {
+    "conv2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    "max_pool2d": ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    "max_pool2d_with_indices": ("input", "kernel_size", "stride", "padding", "dilation"),
+    "avg_pool2d": ("input", "kernel_size", "stride", "padding", "ceil_mode"),
+    "lp_pool2d": ("input", "norm_type", "kernel_size", "stride", "ceil_mode"),
+    "adaptive_avg_pool2d": ("input", "output_size"),
+    "adaptive_max_pool2d": ("input", "output_size"),
+    "pad": ("input", "pad", "mode", "value"),
+}
+
+
+def _bind(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound = dict(zip(_PARAMS[name], args))
+    bound.update(kwargs)
+    return bound
+
+
+def _window(name: str, p: dict[str, Any], field: Field, in_hw: tuple[int, int]) -> Field | None:
+    if name == "conv2d":
+        kernel = tuple(p["weight"].shape[-2:])
+        stride, dilation = _pair(p.get("stride", 1)), _pair(p.get("dilation", 1))
+        padding = p.get("padding", 0)
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            padding = tuple((k - 1) * d // 2 for k, d in zip(kernel, dilation))
+        padding = _pair(padding)
+    elif name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
+        out = p["output_size"]
+        out = _pair(out) if out is not None else in_hw
+        out = tuple(o if o is not None else n for o, n in zip(out, in_hw))
+        if any(n % o for n, o in zip(in_hw, out)):
+            return None  # uneven bins: no single kernel describes every position
+        kernel = stride = tuple(n // o for n, o in zip(in_hw, out))
+        padding, dilation = (0, 0), (1, 1)
+    elif name == "pad":
+        pads = list(p["pad"]) + [0, 0, 0, 0]
+        left, top = pads[0], pads[2]
+        return Field(field.y.window(1, 1, top), field.x.window(1, 1, left))
+    else:  # pools
+        kernel = _pair(p["kernel_size"])
+        stride = _pair(p.get("stride") or kernel)
+        padding = _pair(p.get("padding", 0) if name != "lp_pool2d" else 0)
+        dilation = _pair(p.get("dilation", 1) if name.startswith("max") else 1)
+    return Field(
+        field.y.window(kernel[0], stride[0], padding[0], dilation[0]),
+        field.x.window(kernel[1], stride[1], padding[1], dilation[1]),
+    )
+
+
+def propagate(
+    name: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    inputs: list[tuple[tuple[int, ...], Field]],
+    out_shape: tuple[int, ...],
+) -> Field | None:
+    """Field of an op's output, from its name, arguments and its inputs' fields.
+
+    `inputs` lists ``(shape, field)`` of the op's tensor arguments whose field is
+    known. Returns None when the output has no spatial layout we can vouch for.
+    """
+    if len(out_shape) < 3 or not inputs:
+        return None
+    if name in _PARAMS:
+        first_shape, first_field = inputs[0]
+        if len(first_shape) < 3:
+            return None
+        return _window(name, _bind(name, args, kwargs), first_field, tuple(first_shape[-2:]))
+    spatial = [(s, f) for s, f in inputs if len(s) >= 3]
+    if not spatial or any(tuple(s[-2:]) != tuple(out_shape[-2:]) for s, _ in spatial):
+        return None  # reshapes, interpolation, ...: unknown geometry
+    field = spatial[0][1]
+    for _, other in spatial[1:]:
+        field = field.union(other)
+    return field
+
+
+def finite(value: float) -> float | int:
+    """Render a coordinate as an int when it is whole (for files and tables)."""
+    return int(value) if float(value).is_integer() and math.isfinite(value) else float(value)

@@ -1,0 +1,187 @@
+"""Hooks that copy site values out of a forward pass, exactly as they were returned.
+
+The value is taken at the hook, reduced to the selected units on the model's
+device, and copied once; in-place operations that run later in the forward
+(``ReLU(inplace=True)``, ``out += identity``) cannot reach the copy. A module that
+runs several times per forward is counted per call, so ``layer1.0.relu:1`` is the
+second call and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import RecordingError
+from .sites import Site, resolve_sites
+from .trace import _first_tensor
+
+__all__ = ["Recorder"]
+
+Sink = Callable[[Site, torch.Tensor], None]
+
+
+class _StopForward(BaseException):
+    """Raised by the hook of the last site to skip the rest of the forward pass.
+
+    A BaseException, so that a model's own ``except Exception`` cannot swallow it.
+    """
+
+
+class Recorder:
+    """Record sites of a model in memory, for notebooks and small experiments.
+
+    Hooks are attached when the ``with`` block is entered and removed when it is
+    left, also when the forward pass raises. Each forward pass of the model inside
+    the block appends one batch to :attr:`activations`.
+
+    Parameters
+    ----------
+    model
+        The network.
+    layers
+        Site names or layer entries (dicts with ``name``, ``units``, ``channels``,
+        ``positions``, ``pool``, ``sample``, ``capture``).
+    input_size
+        ``(channels, height, width)`` of one input, used once to map the model
+        (call counts, shapes, receptive fields) when the block is entered.
+
+    Examples
+    --------
+    >>> import torch, unitrec as ur
+    >>> model = ur.load_model("resnet18")
+    >>> with ur.Recorder(model, ["layer1.0.bn2", "layer1.0.relu:1"]) as rec:
+    ...     _ = model(torch.randn(2, 3, 64, 64))
+    >>> rec.activations["layer1.0.bn2"].shape
+    torch.Size([2, 64, 16, 16])
+    """
+
+    def __init__(self, model: nn.Module, layers: Any, *, input_size: Sequence[int] = (3, 224, 224),
+                 example: torch.Tensor | None = None) -> None:
+        self.model = model
+        self._layers = layers
+        self._input_size = tuple(input_size)
+        self._example = example
+        self.sites: list[Site] = []
+        self.trace = None
+        self._handles: list[Any] = []
+        self._counts: dict[str, int] = {}
+        self._seen: set[str] = set()
+        self._stop_at: Site | None = None
+        self._sink: Sink = self._keep
+        self._batches: dict[str, list[torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def __enter__(self) -> Recorder:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        state = "attached" if self._handles else "detached"
+        return f"<Recorder {state}: {', '.join(s.key for s in self.sites) or '(not resolved)'}>"
+
+    def attach(self) -> None:
+        """Map the model, check every site and register the hooks."""
+        if self._handles:
+            return
+        if not self.sites:
+            example = self._example
+            if example is None:
+                device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+                gen = torch.Generator().manual_seed(0)
+                example = torch.randn((1, *self._input_size), generator=gen).to(device)
+            self.sites, self.trace = resolve_sites(self.model, self._layers, example)
+        modules = dict(self.model.named_modules())
+        by_module: dict[tuple[str, str], list[Site]] = {}
+        for site in self.sites:
+            by_module.setdefault((site.module, site.capture), []).append(site)
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._begin))
+            for (name, capture), sites in by_module.items():
+                module = modules[name]
+                if capture == "input":
+                    self._handles.append(module.register_forward_pre_hook(self._pre_hook(name, sites)))
+                else:
+                    self._handles.append(module.register_forward_hook(self._post_hook(name, sites)))
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Remove every hook (safe to call twice)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    # ------------------------------------------------------------------ hooks
+    def _begin(self, module: nn.Module, args: Any) -> None:
+        self._counts.clear()
+        self._seen.clear()
+
+    def _take(self, name: str, sites: list[Site], value: Any, counter: str) -> None:
+        index = self._counts.get(counter, 0)
+        self._counts[counter] = index + 1
+        for site in sites:
+            if site.index != index:
+                continue
+            tensor = value if isinstance(value, torch.Tensor) else _first_tensor(value)
+            if tensor is None:
+                raise RecordingError(f"site {site.key!r}: the module's {site.capture} is not a tensor")
+            with torch.no_grad():
+                self._sink(site, site.selection.apply(tensor.detach()))
+            self._seen.add(site.key)
+            if site is self._stop_at:
+                raise _StopForward
+
+    def _pre_hook(self, name: str, sites: list[Site]):
+        def hook(module, args):
+            self._take(name, sites, args, name + "@input")
+        return hook
+
+    def _post_hook(self, name: str, sites: list[Site]):
+        def hook(module, args, output):
+            self._take(name, sites, output, name)
+        return hook
+
+    # ------------------------------------------------------------------ use
+    def _keep(self, site: Site, value: torch.Tensor) -> None:
+        # copy=True: on the CPU .to() would otherwise alias the live tensor
+        self._batches.setdefault(site.key, []).append(value.to("cpu", copy=True))
+
+    @property
+    def activations(self) -> dict[str, torch.Tensor]:
+        """Recorded values per site, batches concatenated along the first dim."""
+        return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in self._batches.items()}
+
+    def clear(self) -> None:
+        """Forget what was recorded so far."""
+        self._batches.clear()
+
+    def run(self, x: torch.Tensor, *, stop_early: bool = True, sink: Sink | None = None) -> None:
+        """One forward pass that records every site, stopping after the last one.
+
+        With ``stop_early`` the rest of the network after the deepest site is not
+        computed (the values are the same: a site's value is complete when its
+        module returns). `sink` receives ``(site, value)`` instead of memory.
+        """
+        if not self._handles:
+            raise RecordingError("Recorder.run() needs the hooks: use it inside 'with Recorder(...)'")
+        self._stop_at = max(self.sites, key=lambda s: s.event) if stop_early else None
+        self._sink = sink or self._keep
+        try:
+            with torch.inference_mode():
+                self.model(x)
+        except _StopForward:
+            pass
+        finally:
+            self._stop_at, self._sink = None, self._keep
+        missing = [s.key for s in self.sites if s.key not in self._seen]
+        if missing:
+            raise RecordingError(
+                f"sites {missing} were not reached in this forward pass (the model's control "
+                "flow differs from the traced pass); record with stop_early=False"
+            )

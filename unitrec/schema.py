@@ -1,0 +1,199 @@
+"""The one place where user configuration is validated (YAML and Python alike).
+
+pydantic models with ``extra="forbid"``: an unknown key is an error that names it
+and lists the valid keys. :func:`parse` turns pydantic's report into a short
+:class:`~unitrec.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Type, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "GenerateSpec",
+    "LayerSpec",
+    "ModelSpec",
+    "OutputSpec",
+    "PreprocessSpec",
+    "RecordSpec",
+    "StimuliSpec",
+    "parse",
+    "parse_layers",
+]
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class LayerSpec(_Strict):
+    """One recording site and which of its units to keep (see DESIGN.md, "Layer entries")."""
+
+    name: str
+    capture: Literal["output", "input"] = "output"
+    units: Optional[Literal["center", "centre", "all"]] = None
+    channels: Optional[list[int]] = None
+    positions: Optional[list[tuple[int, int]]] = None
+    pool: Optional[Literal["mean", "max"]] = None
+    sample: Optional[int] = None
+    seed: int = 0
+    store_as: Optional[str] = Field(default=None, alias="as")
+
+    @field_validator("units")
+    @classmethod
+    def _spelling(cls, v: Optional[str]) -> Optional[str]:
+        return {"centre": "center", "all": None}.get(v, v) if v else v
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> "LayerSpec":
+        modes = [k for k in ("units", "pool", "sample") if getattr(self, k) is not None]
+        if self.positions is not None:
+            modes.append("positions")
+        if len(modes) > 1:
+            raise ValueError(f"choose one of units / positions / pool / sample, not {' and '.join(modes)}")
+        if self.sample is not None and self.channels is not None:
+            raise ValueError("sample draws from every unit; it cannot be combined with channels")
+        return self
+
+    @property
+    def key(self) -> str:
+        """Name of the site in the file: `as`, else the site name (with ``@input``)."""
+        if self.store_as:
+            return self.store_as
+        return self.name + ("@input" if self.capture == "input" and "@" not in self.name else "")
+
+
+class ModelSpec(_Strict):
+    name: str
+    weights: Optional[str] = None
+    checkpoint: Optional[str] = None
+    seed: int = 0
+
+
+class GenerateSpec(_Strict):
+    kind: Literal["gratings", "gabors"]
+    size: int = 64
+    orientations: Optional[list[float]] = None
+    spatial_frequencies: Optional[list[float]] = None
+    phases: Optional[list[float]] = None
+    contrasts: Optional[list[float]] = None
+    sigmas: Optional[list[float]] = None
+
+
+class StimuliSpec(_Strict):
+    path: Optional[str] = None
+    generate: Optional[GenerateSpec] = None
+    on_error: Literal["skip", "raise"] = "skip"
+    background: tuple[int, int, int] = (255, 255, 255)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "StimuliSpec":
+        if self.generate is None and self.path is None:
+            raise ValueError("give stimuli.path (a folder) or stimuli.generate")
+        return self
+
+
+class PreprocessSpec(_Strict):
+    resize: Optional[int] = 256
+    crop: Optional[int] = 224
+    normalize: Union[Literal["imagenet"], None, dict[str, list[float]]] = "imagenet"
+
+    @field_validator("normalize")
+    @classmethod
+    def _mean_std(cls, v: Any) -> Any:
+        if isinstance(v, dict) and set(v) != {"mean", "std"}:
+            raise ValueError(f"normalize must be 'imagenet', null or {{mean, std}}; got keys {sorted(v)}")
+        return v
+
+
+class RecordSpec(_Strict):
+    batch_size: int = Field(32, gt=0)
+    device: str = "cpu"
+    num_workers: int = Field(0, ge=0)
+    dtype: Literal["float32", "float16"] = "float32"
+    compression: Optional[Literal["zstd"]] = None
+    stop_early: bool = True
+    progress: bool = True
+
+
+class OutputSpec(_Strict):
+    path: str
+    overwrite: bool = False
+
+
+class ReportSpec(_Strict):
+    path: Optional[str] = None
+
+
+class Config(_Strict):
+    """A whole experiment: model, stimuli, preprocessing, sites, recording, output."""
+
+    model: ModelSpec
+    stimuli: StimuliSpec
+    preprocess: Optional[PreprocessSpec] = None
+    layers: list[Union[str, LayerSpec]]
+    record: RecordSpec = RecordSpec()
+    output: Union[str, OutputSpec]
+    report: Optional[ReportSpec] = None
+
+    @field_validator("layers")
+    @classmethod
+    def _some(cls, v: list) -> list:
+        if not v:
+            raise ValueError("list at least one recording site")
+        return v
+
+
+def _message(exc: ValidationError, what: str, model: Type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+        if err["type"] == "extra_forbidden":
+            parent = model
+            for part in err["loc"][:-1]:
+                field = parent.model_fields.get(str(part)) if isinstance(part, str) else None
+                ann = getattr(field, "annotation", None)
+                parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                               and issubclass(a, BaseModel)), parent)
+            valid = ", ".join(f.alias or n for n, f in parent.model_fields.items())
+            lines.append(f"unknown key '{where}' (valid keys: {valid})")
+        else:
+            lines.append(f"{where or what}: {err['msg']}")
+    more = f" (+{len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
+    return f"invalid {what}: " + "; ".join(lines) + more
+
+
+def parse(model: Type[T], data: Any, what: str = "config") -> T:
+    """Validate `data` against `model`, raising ConfigError with a short message."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc, what, model)) from None
+
+
+def parse_layers(layers: Any) -> list[LayerSpec]:
+    """Layer entries (names or dicts) to validated :class:`LayerSpec` objects."""
+    if isinstance(layers, (str, dict, LayerSpec)):
+        layers = [layers]
+    specs = []
+    for entry in layers:
+        if isinstance(entry, LayerSpec):
+            specs.append(entry)
+        elif isinstance(entry, str):
+            specs.append(LayerSpec(name=entry))
+        else:
+            specs.append(parse(LayerSpec, entry, "layer entry"))
+    keys = [s.key for s in specs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ConfigError(
+            f"site {dup[0]!r} is listed twice; give one entry an 'as:' name to store both"
+        )
+    return specs

@@ -1,0 +1,150 @@
+"""Which units of a site to keep, applied on the device before the copy to the host.
+
+A site's output is either kept whole (``dense``), reduced to a list of units
+(``units``: a channel and a position each) or pooled over space (``pooled``). The
+selection knows the labels of what it keeps, so the file can say which unit is which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import SelectionError
+
+__all__ = ["Selection", "make_selection"]
+
+
+@dataclass
+class Selection:
+    """A site's selection: what to keep, the resulting per-stimulus shape and labels.
+
+    ``channel``, ``y`` and ``x`` are the labels along the kept dims: for ``dense``
+    and ``pooled`` the channel (and row/column) numbers kept; for ``units`` one
+    entry per unit (``y``/``x`` are None for 2-D outputs).
+    """
+
+    kind: str  # "dense", "units" or "pooled"
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    channel: np.ndarray | None = None
+    y: np.ndarray | None = None
+    x: np.ndarray | None = None
+    pool: str | None = None
+    description: str = "all units"
+    _channels: np.ndarray | None = None  # channel subset to take first (dense/pooled)
+    _flat: np.ndarray | None = None  # flattened unit indices (units)
+    _cache: dict[Any, tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=dict)
+
+    def _indices(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if device not in self._cache:
+            def put(a):
+                return None if a is None else torch.as_tensor(a, dtype=torch.long, device=device)
+            self._cache[device] = (put(self._channels), put(self._flat))
+        return self._cache[device]
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        """Reduce a batch ``(N, *site_shape)`` to ``(N, *self.shape)`` on its device."""
+        channels, flat = self._indices(t.device)
+        if self.kind == "units":
+            return t.reshape(t.shape[0], -1).index_select(1, flat)
+        if channels is not None:
+            t = t.index_select(1, channels)
+        if self.kind == "pooled":
+            return t.mean(dim=(2, 3)) if self.pool == "mean" else t.amax(dim=(2, 3))
+        return t
+
+
+def _dims(shape: Sequence[int]) -> tuple[str, ...]:
+    if len(shape) == 1:
+        return ("channel",)
+    if len(shape) == 3:
+        return ("channel", "y", "x")
+    return tuple(f"dim_{i + 1}" for i in range(len(shape)))
+
+
+def _check(name: str, what: str, values: Sequence[int], size: int) -> np.ndarray:
+    arr = np.asarray(list(values), dtype=np.int64).reshape(-1)
+    bad = arr[(arr < 0) | (arr >= size)]
+    if bad.size:
+        raise SelectionError(
+            f"{name}: {what} {int(bad[0])} is outside the site's range 0..{size - 1}"
+        )
+    return arr
+
+
+def make_selection(
+    name: str,
+    shape: Sequence[int],
+    *,
+    units: str | None = None,
+    channels: Sequence[int] | None = None,
+    positions: Sequence[Sequence[int]] | None = None,
+    pool: str | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+) -> Selection:
+    """Build the selection of a layer entry for a site whose output is `shape` (no batch).
+
+    Raises
+    ------
+    SelectionError
+        If a channel, position or sample size falls outside the site's shape, or the
+        selection needs a spatial output the site does not have.
+    """
+    shape = tuple(int(s) for s in shape)
+    spatial = len(shape) == 3
+    wants = [k for k, v in (("units", units), ("positions", positions), ("pool", pool),
+                            ("sample", sample)) if v is not None]
+    if not wants and channels is None:
+        return Selection("dense", _dims(shape), shape)
+    if len(shape) not in (1, 3):
+        raise SelectionError(
+            f"{name}: output shape {shape} has neither (channel,) nor (channel, y, x) "
+            "layout; record it whole (no units/channels/positions/pool/sample)"
+        )
+    if not spatial and wants and wants != ["sample"]:
+        raise SelectionError(
+            f"{name}: output {shape} has no spatial positions; '{wants[0]}' needs a "
+            "(channel, y, x) output (use channels: or sample:)"
+        )
+    n_ch = shape[0]
+    ch = None if channels is None else _check(name, "channel", channels, n_ch)
+    if sample is not None:
+        total = int(np.prod(shape))
+        if not 0 < sample <= total:
+            raise SelectionError(f"{name}: sample {sample} is outside 1..{total} (the site's units)")
+        flat = np.sort(np.random.default_rng(seed).choice(total, size=sample, replace=False))
+        return _units(shape, flat, f"{sample} random units (seed {seed})")
+    if pool is not None:
+        kept = ch if ch is not None else np.arange(n_ch)
+        return Selection("pooled", ("channel",), (len(kept),), channel=kept, pool=pool,
+                         description=f"{pool} over space", _channels=ch)
+    if units == "center" or positions is not None:
+        h, w = shape[1], shape[2]
+        if units == "center":
+            pos = np.array([[h // 2, w // 2]])
+        else:
+            pos = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+            _check(name, "row (y)", pos[:, 0], h)
+            _check(name, "column (x)", pos[:, 1], w)
+        kept = ch if ch is not None else np.arange(n_ch)
+        cc, pp = np.repeat(kept, len(pos)), np.tile(np.arange(len(pos)), len(kept))
+        flat = cc * h * w + pos[pp, 0] * w + pos[pp, 1]
+        what = "centre position" if units == "center" else f"{len(pos)} positions"
+        return _units(shape, flat, f"{len(kept)} channels × {what}")
+    # channels alone: every position of those channels, kept as a dense map
+    return Selection("dense", _dims(shape), (len(ch),) + shape[1:], channel=ch,
+                     description=f"{len(ch)} channels, all positions", _channels=ch)
+
+
+def _units(shape: tuple[int, ...], flat: np.ndarray, description: str) -> Selection:
+    if len(shape) == 1:
+        return Selection("units", ("unit",), (len(flat),), channel=flat, description=description,
+                         _flat=flat)
+    c, y, x = np.unravel_index(flat, shape)
+    return Selection("units", ("unit",), (len(flat),), channel=c, y=y, x=x,
+                     description=description, _flat=flat)

@@ -1,0 +1,301 @@
+"""Recording sites: from names a user writes to a checked plan of what to hook.
+
+A site is a module's qualified name (``layer4.1``), with ``:k`` for the k-th call
+of a module that runs several times per forward (``layer1.0.relu:2``) and
+``@input`` to capture what enters the module instead of what leaves it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import LayerNotFoundError, RecordingError
+from .receptive_field import Field, finite
+from .schema import LayerSpec, parse_layers
+from .selection import Selection, make_selection
+from .trace import Call, Trace, trace_model
+
+__all__ = ["LayerInfo", "Site", "list_layers", "resolve_sites", "site_names", "stages"]
+
+_NAME = re.compile(r"^(?P<module>[^:@]+?)(?::(?P<index>\d+))?(?:@(?P<capture>input|output))?$")
+
+
+@dataclass
+class Site:
+    """A resolved recording site: which call to hook, what to keep, how to label it."""
+
+    key: str  # the group name in the file
+    module: str
+    index: int
+    capture: str  # "output" or "input"
+    spec: LayerSpec
+    call: Call
+    selection: Selection
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.selection.shape
+
+    @property
+    def field(self) -> Field | None:
+        return self.call.input_field if self.capture == "input" else self.call.output_field
+
+    @property
+    def event(self) -> int:
+        """When, in the traced forward, this site's value is complete."""
+        return self.call.start if self.capture == "input" else self.call.end
+
+    def sources(self) -> list[str] | None:
+        """Per-channel provenance of a concatenating site (after selection)."""
+        if self.capture != "output" or not self.call.sources:
+            return None
+        labels = np.array([label for label, n in self.call.sources for _ in range(n)], dtype=object)
+        sel = self.selection
+        if sel.kind == "units":
+            return list(labels[sel.channel])
+        return list(labels[sel.channel]) if sel.channel is not None else list(labels)
+
+    def coords(self) -> dict[str, tuple[str, np.ndarray]]:
+        """Coordinates of the kept dims: ``{name: (dim, values)}`` (no stimulus)."""
+        sel, out = self.selection, {}
+        full = self.call.input_shape if self.capture == "input" else self.call.output_shape
+        full = full[1:] if full else ()
+        if sel.kind == "units":
+            out["unit"] = ("unit", np.arange(sel.shape[0]))
+            out["channel"] = ("unit", np.asarray(sel.channel))
+            if sel.y is not None:
+                out["y"], out["x"] = ("unit", np.asarray(sel.y)), ("unit", np.asarray(sel.x))
+        else:
+            for dim, n in zip(sel.dims, sel.shape):
+                out[dim] = (dim, np.arange(n))
+            if "channel" in out and sel.channel is not None:
+                out["channel"] = ("channel", np.asarray(sel.channel))
+        src = self.sources()
+        if src is not None:
+            out["source"] = ("unit" if sel.kind == "units" else "channel", np.array(src, dtype=object))
+        fld = self.field
+        if fld is not None and sel.kind != "pooled" and len(full) == 3:
+            if sel.kind == "units":
+                out["rf_center_y"] = ("unit", np.array([fld.y.center(v) for v in sel.y], float))
+                out["rf_center_x"] = ("unit", np.array([fld.x.center(v) for v in sel.x], float))
+            else:
+                out["rf_center_y"] = ("y", np.array([fld.y.center(v) for v in range(full[1])], float))
+                out["rf_center_x"] = ("x", np.array([fld.x.center(v) for v in range(full[2])], float))
+        return out
+
+    def attrs(self) -> dict[str, Any]:
+        """Attributes stored with the site: module, call, selection, receptive field."""
+        full = self.call.input_shape if self.capture == "input" else self.call.output_shape
+        attrs: dict[str, Any] = {
+            "site": self.key,
+            "module": self.module,
+            "module_type": self.call.type,
+            "call_index": self.index,
+            "capture": self.capture,
+            "site_shape": list(full[1:]) if full else [],
+            "selection": self.selection.description,
+        }
+        if self.selection.kind == "pooled":
+            attrs["pool"] = self.selection.pool
+        fld = self.field
+        if fld is not None and full and len(full) == 4:
+            size, stride = list(map(finite, fld.size)), list(map(finite, fld.stride))
+            if self.selection.kind == "pooled":  # one unit sees the union of every position
+                size = [finite(s + (n - 1) * st) for s, n, st in zip(fld.size, full[2:], fld.stride)]
+            attrs["rf_size"], attrs["rf_stride"] = size, stride
+        return attrs
+
+
+def site_names(trace: Trace) -> list[str]:
+    """Every valid site name of a traced model, in forward order (indexed where reused)."""
+    names = []
+    for call in trace.calls:
+        n = trace.counts[call.module]
+        names.append(call.module if n == 1 else f"{call.module}:{call.index}")
+    return names
+
+
+def _not_found(name: str, trace: Trace, model_name: str | None) -> LayerNotFoundError:
+    valid = site_names(trace)
+    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.6)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    return LayerNotFoundError(
+        f"no recording site {name!r} in this model.{hint} "
+        f"List every site with: unitrec layers {model_name or 'MODEL'}"
+    )
+
+
+def resolve_sites(
+    model: nn.Module,
+    layers: Any,
+    example: torch.Tensor | None = None,
+    *,
+    trace: Trace | None = None,
+    model_name: str | None = None,
+) -> tuple[list[Site], Trace]:
+    """Check layer entries against the model and plan the hooks.
+
+    Parameters
+    ----------
+    model
+        The network.
+    layers
+        Names or dicts (see :class:`~unitrec.schema.LayerSpec`).
+    example
+        A batch to trace the model with (its values do not matter, its shape does).
+    trace
+        A trace already made, to skip the dry pass.
+    """
+    specs = parse_layers(layers)
+    if trace is None:
+        if example is None:
+            raise ValueError("resolve_sites needs an example batch or a trace")
+        trace = trace_model(model, example)
+    modules = dict(model.named_modules())
+    model_name = model_name or getattr(model, "unitrec_description", {}).get("name")
+    sites = []
+    for spec in specs:
+        m = _NAME.match(spec.name)
+        if not m:
+            raise _not_found(spec.name, trace, model_name)
+        module = m["module"]
+        capture = m["capture"] or spec.capture
+        if module not in modules or module == "":
+            raise _not_found(spec.name, trace, model_name)
+        count = trace.counts.get(module, 0)
+        if count == 0:
+            raise LayerNotFoundError(
+                f"{module!r} ({type(modules[module]).__name__}) is never called in a forward "
+                "pass in eval mode, so it has nothing to record"
+            )
+        if m["index"] is None and count > 1:
+            indexed = ", ".join(f"{module}:{i}" for i in range(count))
+            raise LayerNotFoundError(
+                f"{module!r} is called {count} times per forward; record one call by its "
+                f"index: {indexed}"
+            )
+        index = int(m["index"] or 0)
+        if index >= count:
+            raise LayerNotFoundError(
+                f"{spec.name!r}: {module!r} is called {count} time(s) per forward, "
+                f"so the index must be in 0..{count - 1}"
+            )
+        call = trace.find(module, index)
+        shape = call.input_shape if capture == "input" else call.output_shape
+        if shape is None:
+            raise RecordingError(
+                f"{spec.name!r}: the module's {capture} is not a tensor; record one of its "
+                "children instead"
+            )
+        selection = make_selection(
+            spec.name, shape[1:], units=spec.units, channels=spec.channels,
+            positions=spec.positions, pool=spec.pool, sample=spec.sample, seed=spec.seed,
+        )
+        key = spec.key
+        if capture == "input" and not key.endswith("@input") and not spec.store_as:
+            key += "@input"
+        sites.append(Site(key, module, index, capture, spec, call, selection))
+    return sites, trace
+
+
+@dataclass
+class LayerInfo:
+    """One row of :func:`list_layers`."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...] | None
+    units: int
+    calls: int
+    rf_size: tuple[float, float] | None
+    rf_stride: tuple[float, float] | None
+    sources: list[tuple[str, int]] | None
+
+    @property
+    def provenance(self) -> str:
+        """``cat(branch1:64, branch2:128, ...)`` for concatenating sites, else ''."""
+        if not self.sources:
+            return ""
+        return "cat(" + ", ".join(f"{s}:{n}" for s, n in self.sources) + ")"
+
+
+def list_layers(
+    model: nn.Module,
+    input_size: Sequence[int] = (3, 224, 224),
+    *,
+    trace: Trace | None = None,
+) -> list[LayerInfo]:
+    """Every recording site of a model, in forward order.
+
+    Parameters
+    ----------
+    model
+        The network (left in the training mode it had).
+    input_size
+        ``(channels, height, width)`` of one input.
+
+    Returns
+    -------
+    list of LayerInfo
+        name (indexed ``name:k`` for modules called k times), module type, output
+        shape (without batch), unit count, calls per forward, receptive-field size and
+        stride in input pixels ``(rows, columns)``, and channel provenance of
+        concatenating sites.
+
+    Examples
+    --------
+    >>> import unitrec as ur
+    >>> rows = ur.list_layers(ur.load_model("resnet18"))
+    >>> [(r.name, r.rf_size) for r in rows if r.name == "layer1"]
+    [('layer1', (43, 43))]
+    """
+    if trace is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        gen = torch.Generator().manual_seed(0)
+        example = torch.randn((1, *input_size), generator=gen).to(device)
+        trace = trace_model(model, example)
+    rows = []
+    names = site_names(trace)
+    for name, call in zip(names, trace.calls):
+        shape = call.output_shape[1:] if call.output_shape else None
+        fld = call.output_field if shape is not None and len(shape) == 3 else None
+        rows.append(LayerInfo(
+            name=name, type=call.type, output_shape=shape,
+            units=int(np.prod(shape)) if shape is not None else 0,
+            calls=trace.counts[call.module],
+            rf_size=tuple(map(finite, fld.size)) if fld else None,
+            rf_stride=tuple(map(finite, fld.stride)) if fld else None,
+            sources=call.sources,
+        ))
+    return rows
+
+
+def stages(model: nn.Module, trace: Trace) -> list[str]:
+    """The classic stages of a network, as site names: the outputs a figure would show.
+
+    ResNet: ``conv1``, ``layer1``..``layer4``, ``avgpool``, ``fc``; DenseNet: the
+    stem, each ``denseblockK`` and ``transitionK``; Inception/GoogLeNet: each
+    inception block. Found from the anatomy, not from a table: the children of the
+    model (or of its ``features`` container) that are called once and produce a
+    spatial map or the logits.
+    """
+    top = dict(model.named_children())
+    container = "features" if isinstance(top.get("features"), nn.Sequential) else ""
+    prefix = container + "." if container else ""
+    names = []
+    for call in trace.calls:
+        rel = call.module[len(prefix):] if call.module.startswith(prefix) else None
+        if rel is None or not rel or "." in rel or trace.counts[call.module] != 1:
+            if not (container and call.module in top and call.module != container):
+                continue
+        if call.output_shape is None or call.type in ("ReLU", "BatchNorm2d", "Dropout", "Flatten"):
+            continue
+        names.append(call.module)
+    return names

@@ -1,0 +1,212 @@
+"""One dry forward pass that maps a model's anatomy.
+
+The trace runs a single input through the model with a forward (pre-)hook on every
+module and a TorchFunctionMode that sees every torch function. From it we learn,
+for every call of every module: the order of calls, input and output shapes, the
+theoretical receptive field of the output, and — for outputs that are a channel
+concatenation — which child produced each channel. Nothing here is specific to a
+model family: a user's own network that concatenates its children is mapped the
+same way as a DenseNet block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .receptive_field import Field, image_field, propagate
+
+__all__ = ["Call", "Trace", "trace_model"]
+
+_CAT = {"cat", "concat", "concatenate"}
+
+
+@dataclass
+class Call:
+    """One call of one module during the traced forward pass."""
+
+    module: str
+    index: int
+    type: str
+    start: int  # event number when the module was entered
+    end: int  # event number when it returned
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    input_field: Field | None = None
+    output_field: Field | None = None
+    sources: list[tuple[str, int]] | None = None  # (child, channels) in channel order
+
+
+@dataclass
+class Trace:
+    """Every module call of one forward pass, in the order the calls returned."""
+
+    calls: list[Call]
+    counts: dict[str, int]  # calls per forward, per module name
+    input_shape: tuple[int, ...]
+    types: dict[str, str] = field(default_factory=dict)  # every module, called or not
+
+    def find(self, module: str, index: int) -> Call:
+        for call in self.calls:
+            if call.module == module and call.index == index:
+                return call
+        raise KeyError((module, index))
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    return next(_tensors(obj), None)
+
+
+class _Mode(TorchFunctionMode):
+    """Follows receptive fields and concatenations through every torch function."""
+
+    def __init__(self, keep: list[Any]) -> None:
+        super().__init__()
+        self.keep = keep  # holds every tensor seen, so that id() stays unique
+        self.fields: dict[int, Field] = {}
+        self.cats: dict[int, list[torch.Tensor]] = {}
+        self.ops: dict[int, tuple[str, list[torch.Tensor]]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name in ("dim", "size", "__get__", "numel") or not isinstance(out, (torch.Tensor, tuple, list)):
+            return out
+        inputs = [t for t in _tensors((args, kwargs))]
+        known = [(tuple(t.shape), self.fields[id(t)]) for t in inputs if id(t) in self.fields]
+        for result in _tensors(out):
+            self.keep.append(result)
+            fld = propagate(name.rstrip("_"), args, kwargs, known, tuple(result.shape))
+            if fld is not None:
+                self.fields[id(result)] = fld
+            elif id(result) not in {id(t) for t in inputs}:
+                self.fields.pop(id(result), None)
+            if result.dim() >= 2 and id(result) not in {id(t) for t in inputs}:
+                self.ops[id(result)] = (name, [t for t in inputs if t.dim() >= 2])
+        if name in _CAT and isinstance(out, torch.Tensor):
+            tensors = list(args[0]) if args else list(kwargs.get("tensors", ()))
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if out.dim() >= 2 and dim % out.dim() == 1:
+                self.cats[id(out)] = tensors
+        return out
+
+
+def _describe(t: torch.Tensor, owner: str, inputs: set[int], mode: _Mode,
+              producers: dict[int, list[str]], depth: int = 0) -> list[tuple[str, int]]:
+    """Label the channels of `t` relative to module `owner`: (label, channels) runs."""
+    channels = int(t.shape[1])
+    prefix = owner + "." if owner else ""
+    made_by = [n for n in producers.get(id(t), []) if n.startswith(prefix) and n != owner]
+    if made_by:
+        # the latest direct child to return this object, else the shallowest descendant
+        rel = [n[len(prefix):] for n in made_by]
+        direct = [r for r in rel if "." not in r]
+        return [((direct or sorted(rel, key=lambda r: r.count(".")))[-1 if direct else 0], channels)]
+    if id(t) in inputs:
+        return [("input", channels)]
+    if depth < 16 and id(t) in mode.cats:
+        runs: list[tuple[str, int]] = []
+        for part in mode.cats[id(t)]:
+            runs.extend(_describe(part, owner, inputs, mode, producers, depth + 1))
+        return runs
+    if depth < 16 and id(t) in mode.ops:
+        name, args = mode.ops[id(t)]
+        if len(args) == 1:
+            inner = _describe(args[0], owner, inputs, mode, producers, depth + 1)
+            if len(inner) == 1:
+                return [(f"{name}({inner[0][0]})", channels)]
+    return [("other", channels)]
+
+
+def _merge(runs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    merged: list[tuple[str, int]] = []
+    for label, n in runs:
+        if merged and merged[-1][0] == label:
+            merged[-1] = (label, merged[-1][1] + n)
+        else:
+            merged.append((label, n))
+    return merged
+
+
+@torch.no_grad()
+def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
+    """Run `example` (a batch, usually of one) through `model` and map every call.
+
+    The model is put in eval mode for the pass and its training flag restored.
+    """
+    keep: list[Any] = [example]
+    producers: dict[int, list[str]] = {}
+    calls: list[Call] = []
+    counts: dict[str, int] = {}
+    open_calls: dict[str, list[tuple[int, torch.Tensor | None, Field | None, set[int]]]] = {}
+    events = [0]
+    mode = _Mode(keep)
+    mode.fields[id(example)] = image_field()
+    types = {name: type(m).__name__ for name, m in model.named_modules()}
+
+    def pre(name: str):
+        def hook(module, args):
+            x = _first_tensor(args)
+            events[0] += 1
+            fld = mode.fields.get(id(x)) if x is not None else None
+            open_calls.setdefault(name, []).append(
+                (events[0], x, fld, {id(t) for t in _tensors(args)})
+            )
+        return hook
+
+    def post(name: str):
+        def hook(module, args, output):
+            start, x, in_field, input_ids = open_calls[name].pop()
+            events[0] += 1
+            index = counts.get(name, 0)
+            counts[name] = index + 1
+            y = output if isinstance(output, torch.Tensor) else None
+            call = Call(
+                module=name, index=index, type=type(module).__name__, start=start, end=events[0],
+                input_shape=tuple(x.shape) if x is not None else None,
+                output_shape=tuple(y.shape) if y is not None else None,
+                input_field=in_field,
+                output_field=mode.fields.get(id(y)) if y is not None else None,
+            )
+            if y is not None:
+                keep.append(y)
+                if id(y) in mode.cats and y.dim() >= 2:
+                    runs = _merge(_describe(y, name, input_ids, mode, producers))
+                    if len(runs) > 1:
+                        call.sources = runs
+                producers.setdefault(id(y), []).append(name)
+            calls.append(call)
+        return hook
+
+    handles = []
+    training = model.training
+    try:
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            handles.append(module.register_forward_pre_hook(pre(name)))
+            handles.append(module.register_forward_hook(post(name)))
+        model.eval()
+        with mode:
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    return Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]), types=types)
