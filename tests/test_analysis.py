@@ -269,6 +269,15 @@ def test_rsa_matches_scipy_and_rsatoolbox(patterns, method, scipy_fn, rsatoolbox
     assert got == pytest.approx(float(ours[0, 0]), abs=1e-10)
 
 
+def test_rsa_spearman_with_ties(patterns):
+    a = rdm(patterns).round(1)  # many tied dissimilarities
+    b = rdm(patterns, "euclidean").round(0)
+    upper = np.triu_indices(20, k=1)
+    assert np.unique(b.values[upper]).size < 40
+    expected = stats.spearmanr(a.values[upper], b.values[upper]).statistic
+    assert rsa(a, b) == pytest.approx(expected, abs=1e-12)
+
+
 def test_rsa_aligns_labels_and_drops_nan(patterns):
     a = rdm(patterns)
     b = rdm(patterns, "euclidean")
@@ -390,6 +399,7 @@ def test_top_stimuli_order_ties_and_nan():
     np.testing.assert_array_equal(top["response"].values[1, :4], [5.0, 5.0, 2.0, 1.0])
     assert np.isnan(top["response"].values[0, 4])
     np.testing.assert_array_equal(top["orientation"].values[0, :4], [30, 60, 120, 0])
+    xr.testing.assert_equal(top_stimuli(da, k=5, chunk_size=2), top)  # ties across blocks
     with pytest.raises(ConfigError, match="between 1 and 5"):
         top_stimuli(da, k=6)
 
@@ -429,3 +439,52 @@ def test_layer_similarity_matches_pairwise():
     )
     with pytest.raises(ConfigError, match="cka, rsa"):
         layer_similarity(layers, "svcca")
+
+
+# -- memory: no function materialises the whole dask array --------------------------
+
+
+class _LargestCompute:
+    """A dask scheduler that records how many values each compute call returns."""
+
+    def __init__(self) -> None:
+        self.largest = 0
+
+    def __call__(self, dsk, keys, **kwargs):
+        import dask.local
+
+        out = dask.local.get_sync(dsk, keys, **kwargs)
+        self.largest = max(self.largest, _n_values(out))
+        return out
+
+
+def _n_values(obj) -> int:
+    if isinstance(obj, (list, tuple)):
+        return sum(_n_values(o) for o in obj)
+    return int(np.size(obj))
+
+
+@pytest.mark.parametrize(
+    "analysis",
+    [
+        lambda d: tuning_curves(d).compute(),
+        lambda d: lifetime_sparseness(d).compute(),
+        lambda d: population_sparseness(d).compute(),
+        lambda d: top_stimuli(d, k=3, chunk_size=4),
+        lambda d: rdm(d, chunk_size=4),
+        lambda d: cka(d, d, chunk_size=4),
+        lambda d: participation_ratio(d, chunk_size=4),  # covariance route
+        lambda d: participation_ratio(d.isel(stimulus=slice(0, 8)), chunk_size=4),  # Gram
+        lambda d: layer_similarity({"a": d, "b": d}, chunk_size=4),
+    ],
+)
+def test_dask_input_is_never_loaded_whole(tuned, analysis):
+    import dask
+
+    da, _, _ = tuned
+    big = xr.concat([da] * 4, "stimulus").assign_coords(stimulus=labels(4 * 48))
+    lazy = big.chunk({"stimulus": 10})
+    scheduler = _LargestCompute()
+    with dask.config.set(scheduler=scheduler):
+        analysis(lazy)
+    assert 0 < scheduler.largest < big.size / 2  # blocks of 4 of the 12 units at most

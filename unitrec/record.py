@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -177,7 +178,7 @@ def _stream(model, sites: list[Site], trace, stim, rec_file: RecordingFile, todo
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     ring = [{s.key: torch.empty((batch_size, *s.shape), dtype=torch_dtype, pin_memory=cuda) for s in sites}
             for _ in range(_QUEUE + 2)]
-    writer = AsyncWriter(rec_file.write, maxsize=_QUEUE)
+    writer = AsyncWriter(maxsize=_QUEUE)
     bar = _progress(progress, len(stim), len(stim) - len(todo))
     recorder = Recorder(model, [s.spec for s in sites])
     recorder.sites, recorder.trace = sites, trace
@@ -186,19 +187,23 @@ def _stream(model, sites: list[Site], trace, stim, rec_file: RecordingFile, todo
         with recorder:
             for step, (rows, x, failed) in enumerate(loader):
                 if failed:
-                    _skip(rec_file, failed, on_error, stim)
+                    _skip(writer, rec_file, failed, on_error)
                 if x is None:
                     bar.update(len(failed))
                     continue
                 buffers = {k: v[: len(rows)] for k, v in ring[step % len(ring)].items()}
 
-                def sink(site: Site, value: torch.Tensor, buffers=buffers) -> None:
-                    buffers[site.key].copy_(value, non_blocking=cuda)
+                def sink(site: Site, value: torch.Tensor, buffers=buffers, n=len(rows)) -> None:
+                    buffers[site.key].copy_(value[:n], non_blocking=cuda)
 
+                if len(rows) == 1:
+                    # PyTorch picks other CPU kernels for a single image (last-bit
+                    # differences); a batch of two keeps values independent of batching
+                    x = torch.cat([x, x])
                 recorder.run(x.to(device, non_blocking=cuda), stop_early=stop_early, sink=sink)
                 if cuda:
                     torch.cuda.current_stream(device).synchronize()
-                writer.submit(torch.as_tensor(rows), {k: v.numpy() for k, v in buffers.items()})
+                writer.submit(rec_file.write, np.asarray(rows), {k: v.numpy() for k, v in buffers.items()})
                 bar.update(len(rows) + len(failed))
         writer.close()
     except BaseException:
@@ -210,12 +215,13 @@ def _stream(model, sites: list[Site], trace, stim, rec_file: RecordingFile, todo
     return time.perf_counter() - start
 
 
-def _skip(rec_file: RecordingFile, failed, on_error: str, stim: StimulusSet) -> None:
+def _skip(writer: AsyncWriter, rec_file: RecordingFile, failed, on_error: str) -> None:
     if on_error == "raise":
         raise StimulusError(failed[0].error)
     for item in failed:
         warnings.warn(f"skipped: {item.error}", stacklevel=3)
-    rec_file.mark_skipped([it.index for it in failed], [it.error for it in failed])
+    # through the writer, so the mark lands in order with the batch's rows
+    writer.submit(rec_file.mark_skipped, [it.index for it in failed], [it.error for it in failed])
 
 
 def _first_good(loading, on_error: str) -> torch.Tensor:

@@ -222,15 +222,14 @@ def check_run_key(h5: h5py.File, run_key: dict[str, Any], path: Path) -> None:
 
 
 class AsyncWriter:
-    """Writes batches in a background thread so that disk time overlaps compute.
+    """Runs write jobs in order in a background thread, so disk time overlaps compute.
 
     The queue is bounded (memory stays flat when the disk is slower than the model).
     An error in the thread stops the run with that error at the next submit or at
     close; it never leaves the caller waiting on a full queue.
     """
 
-    def __init__(self, write: Callable[..., None], maxsize: int = 2) -> None:
-        self._write = write
+    def __init__(self, maxsize: int = 2) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._error: BaseException | None = None
         self._failed = False
@@ -244,11 +243,9 @@ class AsyncWriter:
                 return
             if self._failed:
                 continue  # drain after a failure so the producer never blocks
-            args, done = job
+            fn, args = job
             try:
-                self._write(*args)
-                if done is not None:
-                    done()
+                fn(*args)
             except BaseException as exc:  # reported to the main thread
                 self._error, self._failed = exc, True
 
@@ -257,19 +254,20 @@ class AsyncWriter:
             err, self._error = self._error, None
             raise RecordingError(f"writing the recording failed: {type(err).__name__}: {err}") from err
 
-    def submit(self, *args: Any, done: Callable[[], None] | None = None) -> None:
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Queue ``fn(*args)``; blocks while the queue is full, raises the writer's error."""
         self._raise()
         while True:
             try:
-                self._queue.put((args, done), timeout=0.5)
+                self._queue.put((fn, args), timeout=0.5)
                 return
             except queue.Full:
                 self._raise()
                 if not self._thread.is_alive():
-                    raise RecordingError("the writer thread stopped unexpectedly")
+                    raise RecordingError("the writer thread stopped unexpectedly") from None
 
     def close(self) -> None:
-        """Wait for every submitted batch to be written; raise the writer's error."""
+        """Wait for every submitted job to finish; raise the writer's error."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()

@@ -72,7 +72,9 @@ def participation_ratio(da: xr.DataArray, *, chunk_size: int | None = None) -> f
     return trace**2 / frob2
 
 
-def _unit_scatter(data: xr.DataArray, chunk_size: int | None, keep: np.ndarray) -> np.ndarray:
+def _unit_scatter(
+    data: xr.DataArray, chunk_size: int | None, keep: np.ndarray
+) -> np.ndarray:
     """Centred ``Xᵀ X`` (units × units), accumulated over blocks of stimuli."""
     kept = data.isel(stimulus=np.flatnonzero(keep))
     mean = np.asarray(kept.mean("stimulus").values, dtype=np.float64)

@@ -1,7 +1,7 @@
-"""Figures for the analyses: tuning curves, RDMs, preferred-stimulus montages, layer matrices.
+"""Figures: tuning curves, RDMs, preferred-stimulus montages, layer matrices.
 
-matplotlib (and Pillow for montages) are optional: they are imported when a figure
-is asked for. Every function builds a :class:`matplotlib.figure.Figure` directly,
+matplotlib is optional (the ``plots`` extra): it is imported when a figure is
+asked for. Every function builds a :class:`matplotlib.figure.Figure` directly,
 without pyplot's global state, so it works under any backend and in threads; save
 it with ``fig.savefig(path)``.
 """
@@ -109,7 +109,9 @@ def _unit_name(curve: xr.DataArray, where: dict[str, Any]) -> str:
     return ", ".join(parts) if parts else "unit"
 
 
-def plot_rdm(rdm_da: xr.DataArray, *, max_labels: int = 30, cmap: str = "viridis") -> Figure:
+def plot_rdm(
+    rdm_da: xr.DataArray, *, max_labels: int = 30, cmap: str = "viridis"
+) -> Figure:
     """Heatmap of an RDM with stimulus labels (every n-th when there are many).
 
     Parameters
@@ -177,10 +179,8 @@ def plot_montage(
     StimulusError
         If an image cannot be read.
     """
-    try:
-        from PIL import Image
-    except ImportError as exc:
-        raise UnitrecError(f"Pillow is needed for montages: {_INSTALL}") from exc
+    from PIL import Image
+
     series = _select_unit(da, unit)
     top = top_stimuli(series, k)
     labels = [str(v) for v in top[STIMULUS].values if str(v)]
@@ -257,11 +257,14 @@ def plot_layer_matrix(
     fig = _new_figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap=cmap, vmin=np.nanmin(values), vmax=np.nanmax(values))
-    fig.colorbar(image, ax=ax, label=matrix_da.attrs.get("method", matrix_da.name or ""))
+    label = matrix_da.attrs.get("method", matrix_da.name or "")
+    fig.colorbar(image, ax=ax, label=label)
     middle = (np.nanmin(values) + np.nanmax(values)) / 2
     for (i, j), value in np.ndenumerate(values):
         color = "black" if value > middle else "white"
-        ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7, color=color)
+        ax.text(
+            j, i, format(value, fmt), ha="center", va="center", fontsize=7, color=color
+        )
     ax.set_xticks(np.arange(cols.size), cols, rotation=90, fontsize=7)
     ax.set_yticks(np.arange(rows.size), rows, fontsize=7)
     return fig

@@ -10,7 +10,7 @@ from unitrec.analysis._units import (
     UNIT,
     as_population,
     stimulus_labels,
-    unit_blocks,
+    stimulus_blocks,
 )
 from unitrec.errors import ConfigError
 
@@ -28,11 +28,11 @@ def top_stimuli(
     ----------
     da : xarray.DataArray
         Recording with first dim ``"stimulus"``; may be dask-backed and larger
-        than memory (it is read in blocks of units).
+        than memory (it is read once, in blocks of stimuli).
     k : int
         How many stimuli to keep per unit, at most the number of stimuli.
     chunk_size : int, optional
-        Units per block (default: blocks of about 128 MB).
+        Stimuli per block (default: blocks of about 128 MB).
 
     Returns
     -------
@@ -60,20 +60,14 @@ def top_stimuli(
         raise ConfigError(
             f"k must be an integer between 1 and {n} (the stimuli), got {k!r}"
         )
+    order, response = _running_top(pop.data, int(k), chunk_size)
     k = int(k)
-    order = np.empty((pop.n_units, k), dtype=np.intp)
-    response = np.empty((pop.n_units, k))
-    start = 0
-    for block in unit_blocks(pop.data, chunk_size):
-        stop = start + block.shape[1]
-        ranked = np.argsort(-np.nan_to_num(block, nan=-np.inf), axis=0, kind="stable")[:k]
-        order[start:stop] = ranked.T
-        response[start:stop] = np.take_along_axis(block, ranked, axis=0).T
-        start = stop
     missing = np.isnan(response)
 
-    unit_coords = {
-        name: coord for name, coord in pop.data.coords.items() if coord.dims == (UNIT,)
+    unit_coords = {  # per-unit and scalar coords (e.g. layer) carry over
+        name: coord
+        for name, coord in pop.data.coords.items()
+        if coord.dims in ((UNIT,), ())
     }
     dims = (UNIT, RANK)
     labels = stimulus_labels(pop.data)[order]
@@ -96,6 +90,33 @@ def top_stimuli(
         variables[str(name)] = values
     out = {}
     for name, values in variables.items():
-        arr = xr.DataArray(values, dims=dims, coords={**unit_coords, RANK: np.arange(k)})
+        coords = {**unit_coords, RANK: np.arange(k)}
+        arr = xr.DataArray(values, dims=dims, coords=coords)
         out[name] = pop.restore(arr).transpose(..., RANK)
     return xr.Dataset(out)
+
+
+def _running_top(
+    data: xr.DataArray, k: int, chunk_size: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stimulus indices and responses ``(unit, k)`` of the best k, in one pass.
+
+    The current best (all from earlier stimuli) go before each new block, so a
+    stable sort ranks ties by stimulus order.
+    """
+    p = data.sizes[UNIT]
+    best_index = np.empty((0, p), dtype=np.intp)
+    best_value = np.empty((0, p))
+    start = 0
+    for block in stimulus_blocks(data, chunk_size):
+        index = np.broadcast_to(
+            np.arange(start, start + block.shape[0])[:, None], block.shape
+        )
+        start += block.shape[0]
+        values = np.concatenate([best_value, block])
+        indices = np.concatenate([best_index, index])
+        keys = -np.nan_to_num(values, nan=-np.inf)
+        ranked = np.argsort(keys, axis=0, kind="stable")[:k]
+        best_value = np.take_along_axis(values, ranked, axis=0)
+        best_index = np.take_along_axis(indices, ranked, axis=0)
+    return best_index.T, best_value.T

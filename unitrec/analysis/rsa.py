@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xarray as xr
-from scipy import stats
 
 from unitrec.analysis._units import (
     STIMULUS,
@@ -14,7 +15,7 @@ from unitrec.analysis._units import (
     stimulus_gram,
     stimulus_labels,
 )
-from unitrec.errors import ConfigError
+from unitrec.errors import ConfigError, UnitrecError
 
 __all__ = ["rdm", "rsa"]
 
@@ -82,8 +83,10 @@ def rdm(
 
 
 def _as_rdm(values: np.ndarray, flat: xr.DataArray, metric: str) -> xr.DataArray:
-    coords: dict[str, tuple[str, np.ndarray]] = {}
+    coords: dict[str, tuple[Any, np.ndarray]] = {}
     for name, coord in flat.coords.items():
+        if coord.ndim == 0:  # e.g. the layer name
+            coords[str(name)] = ((), coord.values)
         if coord.dims != (STIMULUS,):
             continue
         second = STIMULUS_2 if name == STIMULUS else f"{name}_2"
@@ -105,10 +108,11 @@ def rsa(rdm_a: xr.DataArray, rdm_b: xr.DataArray, method: str = "spearman") -> f
         Square RDMs from :func:`rdm`. ``rdm_b`` is reordered to ``rdm_a``'s
         stimulus labels; both must hold the same set of labels.
     method : {"spearman", "pearson", "kendall"}
-        Correlation between the upper triangles (diagonal excluded):
-        :func:`scipy.stats.spearmanr`, :func:`scipy.stats.pearsonr` or
-        :func:`scipy.stats.kendalltau` (tau-b). These match rsatoolbox's
-        ``compare`` methods ``"spearman"``, ``"corr"`` and ``"kendall"``.
+        Correlation between the upper triangles (diagonal excluded): Spearman's
+        rho (Pearson on ranks, ties averaged), Pearson's r, or Kendall's tau-b,
+        as :func:`scipy.stats.spearmanr`, :func:`scipy.stats.pearsonr` and
+        :func:`scipy.stats.kendalltau` and rsatoolbox's ``compare`` methods
+        ``"spearman"``, ``"corr"`` and ``"kendall"``. ``"kendall"`` needs scipy.
 
     Returns
     -------
@@ -151,10 +155,32 @@ def rsa(rdm_a: xr.DataArray, rdm_b: xr.DataArray, method: str = "spearman") -> f
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     if method == "spearman":
-        return float(stats.spearmanr(x, y).statistic)
+        return _pearson(_rank(x), _rank(y))
     if method == "pearson":
-        return float(stats.pearsonr(x, y).statistic)
+        return _pearson(x, y)
+    try:
+        from scipy import stats
+    except ImportError as exc:
+        raise UnitrecError(
+            "scipy is needed for method='kendall': pip install scipy "
+            "(or use method='spearman')"
+        ) from exc
     return float(stats.kendalltau(x, y).statistic)
+
+
+def _rank(values: np.ndarray) -> np.ndarray:
+    """Ranks from 0, ties given their average rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(values.size)
+    ranks[order] = np.arange(values.size)
+    _, tie, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.bincount(tie, weights=ranks) / counts)[tie]
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean()
+    y = y - y.mean()
+    return float(np.dot(x, y) / np.sqrt(np.dot(x, x) * np.dot(y, y)))
 
 
 def _square(matrix: xr.DataArray, name: str) -> np.ndarray:

@@ -41,8 +41,7 @@ def lifetime_sparseness(da: xr.DataArray, *, negative: str = "clip") -> xr.DataA
     The measure of Vinje & Gallant (2000), *Science* 287:1273, built on the
     activity ratio of Treves & Rolls (1991), *Network* 2:371:
 
-    .. math:: S = \\frac{1 - \\left(\\sum_i r_i / n\\right)^2 / \\left(\\sum_i r_i^2 / n\\right)}
-              {1 - 1/n}
+    .. math:: S = \\frac{1 - (\\sum_i r_i / n)^2 / (\\sum_i r_i^2 / n)}{1 - 1/n}
 
     over the ``n`` stimuli. NaN responses (skipped stimuli) are ignored: ``n`` is
     the number of non-NaN responses of each unit.

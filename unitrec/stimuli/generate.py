@@ -88,11 +88,13 @@ def gratings(
 
     Examples
     --------
-    >>> root = gratings("stimuli/gratings", orientations=(0, 45, 90, 135))  # doctest: +SKIP
+    >>> gratings("stim/gratings", orientations=(0, 45, 90))  # doctest: +SKIP
     """
     params = {
         "orientation": _numbers("orientations", orientations),
-        "spatial_frequency": _numbers("spatial_frequencies", spatial_frequencies, positive=True),
+        "spatial_frequency": _numbers(
+            "spatial_frequencies", spatial_frequencies, positive=True
+        ),
         "phase": _numbers("phases", phases),
         "contrast": _contrasts(contrasts, background),
     }
@@ -114,11 +116,11 @@ def gabors(
 ) -> Path:
     """Write Gabor patches (gratings under a Gaussian envelope) on a uniform background.
 
-    Parameters are those of :func:`gratings` (same orientation convention, phase
-    reference and luminance formula), plus:
-
     Parameters
     ----------
+    out_dir, size, orientations, spatial_frequencies, phases, contrasts, background, fmt, overwrite
+        As in :func:`gratings` (same orientation convention, phase reference and
+        folder rules).
     sigmas : sequence of float
         Standard deviation of the circular Gaussian envelope centred on the image,
         as a fraction of the image size (0.125 with ``size=64`` is 8 pixels), > 0.
@@ -128,17 +130,25 @@ def gabors(
     pathlib.Path
         ``out_dir``, holding ``gabor_ori030_sf04_ph090_c100_s012p5.png``-style files
         (``s`` is sigma in percent of the image size) and ``metadata.csv`` with an
-        extra column ``sigma`` (fraction of the image size).
+        extra last column ``sigma`` (fraction of the image size).
+
+    Raises
+    ------
+    ConfigError
+        For a bad parameter, or a non-empty ``out_dir`` without ``overwrite``.
 
     Notes
     -----
-    ``L = background + contrast / 2 · exp(-(x² + y²) / (2 σ²)) · sin(2π f (x cos θ
-    + y sin θ) + φ)`` with ``x, y, σ`` in units of the image size; far from the
-    centre the image is the background.
+    With ``x, y, σ`` in units of the image size (see :func:`gratings`),
+    ``L = background + contrast / 2 · exp(-(x² + y²) / (2 σ²))
+    · sin(2π f (x cos θ + y sin θ) + φ)``; far from the centre the image is the
+    background. ``contrast`` is the peak contrast at the envelope's centre.
     """
     params = {
         "orientation": _numbers("orientations", orientations),
-        "spatial_frequency": _numbers("spatial_frequencies", spatial_frequencies, positive=True),
+        "spatial_frequency": _numbers(
+            "spatial_frequencies", spatial_frequencies, positive=True
+        ),
         "phase": _numbers("phases", phases),
         "contrast": _contrasts(contrasts, background),
         "sigma": _numbers("sigmas", sigmas, positive=True),
@@ -192,7 +202,8 @@ def _write_set(
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
         raise ConfigError(f"size must be an integer >= 2 (pixels), got {size!r}")
     if fmt not in _FORMATS:
-        raise ConfigError(f"fmt={fmt!r} is not supported; choose one of {', '.join(_FORMATS)}")
+        allowed = ", ".join(_FORMATS)
+        raise ConfigError(f"fmt={fmt!r} is not supported; choose one of {allowed}")
     root = _prepare(Path(out_dir), overwrite)
     names = list(params)
     rows: list[list[str]] = []
@@ -224,11 +235,15 @@ def _prepare(root: Path, overwrite: bool) -> Path:
     return root
 
 
-def _numbers(name: str, values: Iterable[float], *, positive: bool = False) -> list[float]:
+def _numbers(
+    name: str, values: Iterable[float], *, positive: bool = False
+) -> list[float]:
     try:
         numbers = [float(v) for v in values]
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} must be a sequence of numbers, got {values!r}") from exc
+        raise ConfigError(
+            f"{name} must be a sequence of numbers, got {values!r}"
+        ) from exc
     if not numbers:
         raise ConfigError(f"{name} must hold at least one value")
     if not all(np.isfinite(numbers)) or (positive and min(numbers) <= 0):
@@ -242,7 +257,9 @@ def _contrasts(contrasts: Iterable[float], background: float) -> list[float]:
     try:
         background = float(background)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"background must be a number in [0, 1], got {background!r}") from exc
+        raise ConfigError(
+            f"background must be a number in [0, 1], got {background!r}"
+        ) from exc
     if not 0 <= background <= 1:
         raise ConfigError(f"background must be in [0, 1], got {background!r}")
     for c in values:

@@ -1,0 +1,61 @@
+"""Shared fixtures: small stimulus folders, seeded random models, a fast transform."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_images(root: Path, n: int = 10, size: int = 48, classes=("cats", "dogs"), seed: int = 0) -> Path:
+    """Random-noise RGB PNGs in class subfolders: root/<class>/img_<i>.png."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        folder = root / classes[i % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        arr = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"img_{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    return make_images(tmp_path / "stimuli")
+
+
+@pytest.fixture(scope="session")
+def transform64():
+    from unitrec.preprocess import build_transform
+
+    return build_transform({"resize": 64, "crop": 64, "normalize": "imagenet"})
+
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """Seeded random zoo models, built once per test session."""
+    import unitrec as ur
+
+    def get(name: str) -> torch.nn.Module:
+        if name not in _MODELS:
+            _MODELS[name] = ur.load_model(name, seed=0)
+        return _MODELS[name].eval()
+
+    return get
+
+
+def image_batch(folder: Path, transform) -> tuple[list[str], torch.Tensor]:
+    """The stimuli of a folder as unitrec orders them, preprocessed: (labels, batch)."""
+    from unitrec.stimuli import find_stimuli, load_rgb
+
+    labels = find_stimuli(folder)
+    return labels, torch.stack([transform(load_rgb(folder / lab)) for lab in labels])
