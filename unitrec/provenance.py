@@ -52,7 +52,8 @@ def run_key(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, s
 
 
 def file_attrs(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, config: dict[str, Any],
-               stimuli_sha256: str, key: dict[str, Any], stimuli_description: str) -> dict[str, Any]:
+               stimuli_sha256: str, key: dict[str, Any], stimuli_description: str,
+               stimulus_root: str = "") -> dict[str, Any]:
     """Root attributes of a recording file (strings, so MATLAB and xarray read them)."""
     from . import __version__
 
@@ -68,6 +69,7 @@ def file_attrs(*, model: dict[str, Any], weights_sha256: str, preprocessing: str
         "weights_sha256": weights_sha256,
         "preprocessing": preprocessing,
         "stimuli": stimuli_description,
+        "stimulus_root": stimulus_root,
         "stimulus_set_sha256": stimuli_sha256,
         "config": yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
         "run_key": key_text,

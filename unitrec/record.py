@@ -150,7 +150,8 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
     else:
         attrs = file_attrs(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
                            config=config, stimuli_sha256=stim.sha256(), key=key,
-                           stimuli_description=stim.description)
+                           stimuli_description=stim.description,
+                           stimulus_root=str(stim.root) if stim.root is not None else "")
         rec_file = RecordingFile.create(out, stim.labels, stim.coords, sites, attrs,
                                         batch_size=batch_size, dtype=dtype, compression=compression)
     try:

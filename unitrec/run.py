@@ -40,7 +40,7 @@ def _resolve(base: Path, value: str | None) -> Path | None:
     if value is None:
         return None
     p = Path(os.path.expanduser(value))
-    return p if p.is_absolute() else base / p
+    return (p if p.is_absolute() else base / p).resolve()
 
 
 def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool = False,
@@ -75,7 +75,21 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
         on_error=cfg.stimuli.on_error, background=cfg.stimuli.background,
         overwrite=overwrite or out_spec.overwrite, config=raw,
     )
+    if cfg.report is not None:
+        _report(path, _resolve(base, cfg.report.path) if cfg.report.path else path.parent / "report")
     return path
+
+
+def _report(path: Path, folder: Path) -> None:
+    from .report import write_report
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("report skipped: figures need matplotlib (pip install 'unitrec[plots]')")
+        return
+    index = write_report(path, folder)
+    print(f"report: {index}")
 
 
 def _stimuli(cfg: Config, base: Path, out: Path) -> Path:
@@ -90,6 +104,6 @@ def _stimuli(cfg: Config, base: Path, out: Path) -> Path:
     if gen.kind == "gratings":
         kwargs.pop("sigmas", None)
     make = getattr(generate, gen.kind)
-    if not (folder / "metadata.csv").is_file():
-        make(folder, **kwargs)
+    # deterministic, so regenerating an existing set rewrites the same files
+    make(folder, overwrite=True, **kwargs)
     return folder

@@ -99,10 +99,12 @@ def plot_tuning_curves(
 
 def _unit_name(curve: xr.DataArray, where: dict[str, Any]) -> str:
     """``channel=3, y=1, x=2`` from the unit's coords, else from its positions."""
+    # the unit's identity, not every scalar coordinate it carries
+    shown = ("channel", "y", "x", "unit")
     parts = [
-        f"{name}={coord.item()}"
-        for name, coord in curve.coords.items()
-        if coord.ndim == 0 and name != "layer"
+        f"{name}={curve.coords[name].item()}"
+        for name in shown
+        if name in curve.coords and curve.coords[name].ndim == 0
     ]
     if not parts:
         parts = [f"{dim}={int(i)}" for dim, i in where.items()]

@@ -1,0 +1,160 @@
+"""``unitrec report``: the figures a newcomer wants after a recording, as PNG + HTML.
+
+Per recording: tuning curves of the most selective units of each site (when the
+stimuli carry a parameter such as ``orientation``), an RDM per site, layer × layer
+CKA and RSA matrices, and a montage of the preferred stimuli of a few units.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import analysis as A
+from .errors import UnitrecError
+from .load import load_layer, recording_info
+
+__all__ = ["write_report"]
+
+_MAX_RDM_STIMULI = 200  # an RDM of more stimuli is unreadable as a picture
+
+
+def _chunks() -> Any:
+    try:
+        import dask  # noqa: F401
+
+        return {}  # dask arrays on the file's own chunks: nothing loaded whole
+    except ImportError:
+        return None
+
+
+def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str | None = None,
+                 units_per_site: int = 8) -> Path:
+    """Write figures of a recording and an ``index.html`` linking them.
+
+    Parameters
+    ----------
+    path
+        A recording.
+    out_dir
+        Folder for the PNG files and ``index.html`` (created).
+    by
+        Stimulus coordinate for tuning curves; default ``orientation`` when present.
+    units_per_site
+        Tuning curves drawn per site (the most selective units).
+
+    Returns
+    -------
+    pathlib.Path
+        The ``index.html`` file.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UnitrecError("the report needs matplotlib: pip install 'unitrec[plots]'") from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = recording_info(path)
+    sites = [s["name"] for s in info["sites"]]
+    layers = {name: load_layer(path, name, chunks=_chunks()) for name in sites}
+    first = next(iter(layers.values()))
+    coords = [c for c in first.coords if c != "stimulus" and first[c].dims == ("stimulus",) and c != "done"]
+    if by is None and "orientation" in coords:
+        by = "orientation"
+    sections: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def save(fig, name: str) -> str:
+        fig.savefig(out / name, dpi=110)
+        return name
+
+    summary_rows = []
+    for name, da in layers.items():
+        pr = A.participation_ratio(da)
+        sparse = A.lifetime_sparseness(da)
+        summary_rows.append((name, "×".join(map(str, da.shape)), f"{pr:.1f}",
+                             f"{float(np.nanmedian(np.asarray(sparse.values))):.2f}"))
+    safe = {name: name.replace("/", "_").replace(":", "-").replace("@", "_at_") for name in layers}
+
+    if by is not None:
+        figs = []
+        for name, da in layers.items():
+            # selectivity indices need non-negative responses: use the rectified
+            # response (a firing rate) for sites whose values go negative
+            rectified = bool(float(da.min()) < 0)
+            tuning = A.tuning_curves(da.clip(min=0) if rectified else da, by=by)
+            sel = np.asarray(tuning["selectivity"].values, dtype=float).reshape(-1)
+            peak = np.asarray(tuning["mean"].max(by).values, dtype=float).reshape(-1)
+            # near-silent units answering one stimulus are "perfectly selective" and
+            # uninformative: rank only the units whose peak is in the upper half
+            sel = np.where(peak >= np.nanmedian(peak), sel, np.nan)
+            best = [int(i) for i in np.argsort(np.nan_to_num(sel, nan=-1))[::-1][:units_per_site]]
+            fig = A.plot_tuning_curves(tuning, units=best)
+            fig.suptitle(f"{name}: the {len(best)} most {by}-selective of the stronger half of units (mean ± s.e.m."
+                         + (", rectified)" if rectified else ")"))
+            figs.append((f"{name}", save(fig, f"tuning_{safe[name]}.png")))
+        sections.append((f"Tuning curves by {by}", figs))
+
+    n = first.sizes["stimulus"]
+    step = max(1, int(np.ceil(n / _MAX_RDM_STIMULI)))
+    figs = []
+    for name, da in layers.items():
+        sub = da.isel(stimulus=slice(None, None, step))
+        if by is not None:
+            sub = sub.sortby(by)
+        fig = A.plot_rdm(A.rdm(sub, metric="correlation"))
+        fig.suptitle(f"{name}: RDM (1 − Pearson r)" + (f", stimuli sorted by {by}" if by else ""))
+        figs.append((name, save(fig, f"rdm_{safe[name]}.png")))
+    sections.append(("Representational dissimilarity matrices", figs))
+
+    if len(layers) > 1:
+        figs = []
+        for method in ("cka", "rsa"):
+            matrix = A.layer_similarity(layers, method=method)
+            fig = A.plot_layer_matrix(matrix)
+            fig.suptitle("linear CKA between sites" if method == "cka" else "RSA (Spearman) between sites")
+            figs.append((method.upper(), save(fig, f"layers_{method}.png")))
+        sections.append(("Layer-by-layer similarity", figs))
+
+    root = info.get("stimulus_root")
+    if root and Path(root).is_dir():
+        name, da = list(layers.items())[-1]
+        conv = [(n, d) for n, d in layers.items() if d.ndim > 2 or "unit" in d.dims]
+        if conv:
+            name, da = conv[-1]
+        figs = []
+        flat = A.top_stimuli(da, k=1)["response"].values.reshape(-1)
+        for unit in np.argsort(np.nan_to_num(flat, nan=-np.inf))[::-1][:3]:
+            fig = A.plot_montage(da, int(unit), root, k=9)
+            figs.append((f"{name} unit {int(unit)}", save(fig, f"montage_{safe[name]}_{int(unit)}.png")))
+        sections.append((f"Preferred stimuli ({name})", figs))
+
+    index = out / "index.html"
+    index.write_text(_html(info, summary_rows, sections), encoding="utf-8")
+    return index
+
+
+def _html(info: dict[str, Any], rows, sections) -> str:
+    esc = html.escape
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>unitrec report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}</style>",
+        f"<h1>unitrec report: {esc(os.path.basename(info['file']))}</h1>",
+        f"<p>model <b>{esc(str(info.get('model')))}</b> — {esc(str(info.get('model_description')))}<br>"
+        f"{info['n_recorded']} of {info['n_stimuli']} stimuli recorded; status {esc(str(info.get('status')))}; "
+        f"preprocessing <code>{esc(str(info.get('preprocessing')))}</code><br>"
+        f"unitrec {esc(str(info.get('unitrec_version')))}, run id {esc(str(info.get('run_id')))}</p>",
+        "<table><tr><th>site</th><th>shape</th><th>participation ratio</th>"
+        "<th>median lifetime sparseness</th></tr>",
+        *[f"<tr><td>{esc(a)}</td><td>{b}</td><td>{c}</td><td>{d}</td></tr>" for a, b, c, d in rows],
+        "</table>",
+    ]
+    for title, figs in sections:
+        parts.append(f"<h2>{esc(title)}</h2>")
+        for caption, file in figs:
+            parts.append(f"<figure><img src='{esc(file)}'><figcaption>{esc(caption)}</figcaption></figure>")
+    return "\n".join(parts)
