@@ -29,7 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import unitrec as ur
 
     start = time.perf_counter()
-    path = ur.run_config(args.config, overwrite=args.overwrite, progress=not args.no_progress)
+    path = ur.run_config(args.config, overwrite=args.overwrite, progress=False if args.no_progress else None)
     _print_summary(path, time.perf_counter() - start)
     return 0
 

@@ -1,0 +1,203 @@
+"""Crash safety: partial files, resume after SIGKILL, run keys, locks, writer failures."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import unitrec as ur
+from unitrec.writer import RecordingFile, partial_path
+
+from .conftest import make_images
+
+SITES = ["conv1", "layer1.0.bn2", {"name": "layer2", "units": "center"}]
+
+
+class Interrupting(torch.utils.data.Dataset):
+    """Preprocessed stimuli that raise KeyboardInterrupt at one index (a Ctrl-C)."""
+
+    def __init__(self, n: int = 24, stop_at: int | None = None) -> None:
+        self.x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+        self.stop_at = stop_at
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == self.stop_at:
+            raise KeyboardInterrupt
+        return self.x[i]
+
+
+def _values(path: Path) -> dict[str, np.ndarray]:
+    return {s: ur.load_layer(path, s).values for s in ["conv1", "layer1.0.bn2", "layer2"]}
+
+
+def test_interrupted_run_resumes_to_the_same_values(zoo, tmp_path):
+    m = zoo("resnet18")
+    whole = ur.record(m, Interrupting(), SITES, tmp_path / "whole.h5", batch_size=4, progress=False)
+    out = tmp_path / "acts.h5"
+    with pytest.raises(KeyboardInterrupt):
+        ur.record(m, Interrupting(stop_at=13), SITES, out, batch_size=4, progress=False)
+    assert not out.exists()
+    with h5py.File(partial_path(out), "r") as h5:
+        done = h5["done"][...]
+        assert h5.attrs["status"] == "incomplete"
+        assert done[:12].all() and not done[12:].any()  # whole batches only
+        assert np.isnan(h5["conv1/activation"][12:]).all()  # unwritten rows are NaN, never 0
+    calls = []
+    handle = m.layer1.register_forward_hook(lambda *a: calls.append(a[1][0].shape[0]))
+    try:
+        path = ur.record(m, Interrupting(), SITES, out, batch_size=4, progress=False)
+    finally:
+        handle.remove()
+    assert sum(calls[1:]) == 12  # after the dry trace, only the 12 missing rows were recomputed
+    assert not partial_path(out).exists()
+    for site, want in _values(whole).items():
+        np.testing.assert_array_equal(_values(path)[site], want, err_msg=site)
+
+
+def test_a_different_run_is_refused_and_says_what_differs(zoo, tmp_path):
+    out = tmp_path / "acts.h5"
+    with pytest.raises(KeyboardInterrupt):
+        ur.record(zoo("resnet18"), Interrupting(stop_at=9), SITES, out, batch_size=4, progress=False)
+    with pytest.raises(ur.RecordingError, match="weights.*--overwrite"):
+        ur.record(ur.load_model("resnet18", seed=1), Interrupting(), SITES, out, progress=False)
+    with pytest.raises(ur.RecordingError, match="sites"):
+        ur.record(zoo("resnet18"), Interrupting(), ["conv1"], out, progress=False)
+    with pytest.raises(ur.RecordingError, match="stimuli"):
+        ur.record(zoo("resnet18"), Interrupting(n=20), SITES, out, progress=False)
+    with pytest.raises(ur.RecordingError, match="dtype"):
+        ur.record(zoo("resnet18"), Interrupting(), SITES, out, progress=False, dtype="float16")
+    path = ur.record(zoo("resnet18"), Interrupting(), ["conv1"], out, progress=False, overwrite=True)
+    assert list(ur.load_layer(path, "conv1").stimulus.values)[:2] == ["00", "01"]
+
+
+def test_finished_files_are_never_rewritten_unless_asked(zoo, tmp_path):
+    out = ur.record(zoo("resnet18"), Interrupting(), ["conv1"], tmp_path / "a.h5", progress=False)
+    stamp = out.stat().st_mtime_ns
+    assert ur.record(zoo("resnet18"), Interrupting(), ["conv1"], out, progress=False) == out
+    assert out.stat().st_mtime_ns == stamp
+    with pytest.raises(ur.RecordingError, match="already holds a finished recording"):
+        ur.record(zoo("resnet18"), Interrupting(n=8), ["conv1"], out, progress=False)
+    ur.record(zoo("resnet18"), Interrupting(n=8), ["conv1"], out, progress=False, overwrite=True)
+    assert ur.load_layer(out, "conv1").sizes["stimulus"] == 8
+
+
+def test_a_second_writer_of_the_same_output_is_refused(zoo, tmp_path):
+    out = tmp_path / "a.h5"
+    with open(tmp_path / "a.h5.lock", "a+") as held:  # what a running writer holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ur.RecordingError, match="another process is writing"):
+            ur.record(zoo("resnet18"), Interrupting(), ["conv1"], out, progress=False)
+    assert ur.record(zoo("resnet18"), Interrupting(), ["conv1"], out, progress=False).exists()
+
+
+def test_a_failing_writer_stops_the_run_with_its_error(zoo, tmp_path, monkeypatch):
+    real = RecordingFile.write
+    calls = {"n": 0}
+
+    def flaky(self, rows, values):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        real(self, rows, values)
+
+    monkeypatch.setattr(RecordingFile, "write", flaky)
+    start = time.perf_counter()
+    with pytest.raises(ur.RecordingError, match="No space left"):
+        ur.record(zoo("resnet18"), Interrupting(n=40), ["conv1"], tmp_path / "a.h5", batch_size=2,
+                  progress=False)
+    assert time.perf_counter() - start < 30  # an error, never a hang
+
+
+def test_early_stop_skips_the_rest_without_changing_values(zoo, tmp_path):
+    m = zoo("resnet18")
+    later = []
+    handle = m.layer2.register_forward_hook(lambda *a: later.append(1))
+    try:
+        early = ur.record(m, Interrupting(), ["layer1"], tmp_path / "e.h5", progress=False)
+        assert len(later) == 1  # only the dry trace reached layer2
+        full = ur.record(m, Interrupting(), ["layer1"], tmp_path / "f.h5", progress=False, stop_early=False)
+    finally:
+        handle.remove()
+    np.testing.assert_array_equal(ur.load_layer(early, "layer1").values, ur.load_layer(full, "layer1").values)
+
+
+def test_workers_float16_and_zstd(zoo, images, transform64, tmp_path):
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    m = zoo("resnet18")
+    base = ur.record(m, images, ["layer1"], tmp_path / "a.h5", transform=transform64, progress=False)
+    workers = ur.record(m, images, ["layer1"], tmp_path / "w.h5", transform=transform64, progress=False,
+                        num_workers=2, batch_size=3)
+    half = ur.record(m, images, ["layer1"], tmp_path / "h.h5", transform=transform64, progress=False,
+                     dtype="float16", compression="zstd")
+    want = ur.load_layer(base, "layer1").values
+    np.testing.assert_array_equal(ur.load_layer(workers, "layer1").values, want)
+    got = ur.load_layer(half, "layer1")
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got.values, want.astype(np.float16))
+    with h5py.File(half, "r") as h5:
+        assert str(hdf5plugin.ZSTD_ID) in h5["layer1/activation"]._filters
+    assert half.stat().st_size < base.stat().st_size / 2
+
+
+_CHILD = """
+import sys, unitrec as ur
+ur.run_config(sys.argv[1], progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_value_for_value(tmp_path):
+    make_images(tmp_path / "stim", n=160, size=64)
+    cfg = {
+        "model": {"name": "resnet18"},
+        "stimuli": {"path": "stim"},
+        "preprocess": {"resize": None, "crop": None, "normalize": "imagenet"},
+        "layers": ["conv1", "layer1.0.bn2", {"name": "layer3", "pool": "max"}],
+        "record": {"batch_size": 2, "stop_early": False},
+        "output": "out/acts.h5",
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["output"] = "ref/acts.h5"
+    (tmp_path / "ref.yaml").write_text(yaml.safe_dump(cfg))
+    ref = ur.run_config(tmp_path / "ref.yaml", progress=False)
+    out = tmp_path / "out" / "acts.h5"
+    partial = partial_path(out)
+    rng = random.Random(0)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    progress = []
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "exp.yaml")], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while not partial.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.05, 0.8))  # anywhere: mid-batch, mid-write, mid-flush
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if out.exists():
+            break
+        with h5py.File(partial, "r") as h5:  # the killed file always reopens
+            progress.append(int((h5["done"][...] == 1).sum()))
+    assert progress, "the child finished before it could be killed"
+    assert progress == sorted(progress)  # every kill kept the batches already done
+    path = ur.run_config(tmp_path / "exp.yaml", progress=False)
+    for site in ("conv1", "layer1.0.bn2", "layer3"):
+        np.testing.assert_array_equal(ur.load_layer(path, site).values, ur.load_layer(ref, site).values,
+                                      err_msg=site)
+    with h5py.File(path, "r") as h5:
+        assert h5.attrs["status"] == "complete" and (h5["done"][...] == 1).all()
