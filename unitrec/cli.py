@@ -75,8 +75,11 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     table = [header]
     for r in rows:
         shape = "×".join(map(str, r.output_shape)) if r.output_shape is not None else "-"
-        fmt = (lambda v: "×".join(str(int(a)) if float(a).is_integer() else f"{a:g}" for a in set(v))
-               if v else "-")
+        def fmt(v):
+            if not v:
+                return "-"
+            parts = [f"{a:g}" for a in v]
+            return parts[0] if len(set(parts)) == 1 else "×".join(parts)  # rows × columns
         table.append((r.name, r.type, shape, str(r.units), str(r.calls), fmt(r.rf_size),
                       fmt(r.rf_stride), r.provenance))
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
