@@ -125,6 +125,7 @@ class Recorder:
     def _take(self, name: str, sites: list[Site], value: Any, counter: str) -> None:
         index = self._counts.get(counter, 0)
         self._counts[counter] = index + 1
+        stop = False
         for site in sites:
             if site.index != index:
                 continue
@@ -134,8 +135,9 @@ class Recorder:
             with torch.no_grad():
                 self._sink(site, site.selection.apply(tensor.detach()))
             self._seen.add(site.key)
-            if site is self._stop_at:
-                raise _StopForward
+            stop = stop or site is self._stop_at
+        if stop:  # only after every entry on this call has its value
+            raise _StopForward
 
     def _pre_hook(self, name: str, sites: list[Site]):
         def hook(module, args):

@@ -76,6 +76,18 @@ def _check(name: str, what: str, values: Sequence[int], size: int) -> np.ndarray
     return arr
 
 
+def _distinct(name: str, what: str, items: np.ndarray) -> None:
+    """A selection names each unit once: an empty or repeated list is a mistake."""
+    if len(items) == 0:
+        raise SelectionError(f"{name}: '{what}' is empty; list at least one, or leave it out")
+    seen = set()
+    for item in items.tolist():
+        key = tuple(item) if isinstance(item, list) else item
+        if key in seen:
+            raise SelectionError(f"{name}: '{what}' lists {key} twice; list each once")
+        seen.add(key)
+
+
 def make_selection(
     name: str,
     shape: Sequence[int],
@@ -113,6 +125,8 @@ def make_selection(
         )
     n_ch = shape[0]
     ch = None if channels is None else _check(name, "channel", channels, n_ch)
+    if ch is not None:
+        _distinct(name, "channels", ch)
     if sample is not None:
         total = int(np.prod(shape))
         if not 0 < sample <= total:
@@ -129,6 +143,7 @@ def make_selection(
             pos = np.array([[h // 2, w // 2]])
         else:
             pos = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+            _distinct(name, "positions", pos)
             _check(name, "row (y)", pos[:, 0], h)
             _check(name, "column (x)", pos[:, 1], w)
         kept = ch if ch is not None else np.arange(n_ch)

@@ -277,25 +277,92 @@ def list_layers(
     return rows
 
 
+def _stage_level(model: nn.Module, trace: Trace) -> dict[str, nn.Module]:
+    """The modules a stage list is made of: the model's children, with a Sequential
+    trunk (``features``, ``classifier``) opened up into its own children.
+
+    A Sequential is a trunk when some of its children are single layers (VGG's and
+    DenseNet's ``features``, AlexNet's ``classifier``) or when its children change the
+    spatial resolution more than once (MobileNet's ``features``); a Sequential of
+    blocks at one resolution after a downsampling (ResNet's ``layer2``) is a stage.
+    """
+    first: dict[str, Call] = {}
+    for call in trace.calls:
+        first.setdefault(call.module, call)
+
+    def resolution(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return tuple(shape[-2:]) if shape is not None and len(shape) == 4 else None
+
+    level: dict[str, nn.Module] = {}
+    for name, child in model.named_children():
+        trunk = False
+        if isinstance(child, nn.Sequential) and name in first:
+            kids = list(child.named_children())
+            sizes = [resolution(first[name].input_shape)] + [
+                resolution(first[f"{name}.{n}"].output_shape) for n, _ in kids if f"{name}.{n}" in first]
+            changes = sum(a != b for a, b in zip(sizes, sizes[1:]) if a is not None and b is not None)
+            trunk = changes > 1 or any(not any(True for _ in c.children()) for _, c in kids)
+        if trunk:
+            level.update({f"{name}.{n}": c for n, c in child.named_children()})
+        else:
+            level[name] = child
+    return level
+
+
+def _is_layer(module: nn.Module) -> bool:
+    """A single layer with a weight matrix or kernel (conv, linear), not a block."""
+    return not any(True for _ in module.children()) and any(p.dim() >= 2 for p in module.parameters())
+
+
+def _follows(module: nn.Module) -> bool:
+    """A single layer without a kernel, other than a pool (norm, activation, dropout)."""
+    return (not any(True for _ in module.children()) and all(p.dim() <= 1 for p in module.parameters())
+            and "Pool" not in type(module).__name__)
+
+
 def stages(model: nn.Module, trace: Trace) -> list[str]:
     """The classic stages of a network, as site names: the outputs a figure would show.
 
-    ResNet: ``conv1``, ``layer1``..``layer4``, ``avgpool``, ``fc``; DenseNet: the
-    stem, each ``denseblockK`` and ``transitionK``; Inception/GoogLeNet: each
-    inception block. Found from the anatomy, not from a table: the children of the
-    model (or of its ``features`` container) that are called once and produce a
-    spatial map or the logits.
+    Read from the anatomy, not from a table. The candidates are the model's children,
+    with a Sequential trunk (``features``, ``classifier``: one that holds single
+    layers or changes resolution more than once) opened into its children. In forward
+    order:
+
+    - a conv or linear layer starts a stage that the normalisation, activation and
+      dropout layers after it (same output shape) extend; the stage's site is the last
+      of them that is not a dropout (so the rectified response: AlexNet ``features.1``,
+      ResNet's stem ``relu``);
+    - a block (a module with children: ``layer1``, ``features.denseblock2``,
+      ``features.transition2``, ``inception4a``, ``Mixed_6e``) and a pooling layer are
+      stages of their own;
+    - anything else (a normalisation after a block, a lone dropout, a flatten) is not.
+
+    ResNet: ``relu`` (the stem), ``maxpool``, ``layer1``..``layer4``, ``avgpool``,
+    ``fc``. DenseNet: ``features.relu0``, ``features.pool0``, each ``denseblockK`` and
+    ``transitionK``, ``classifier``. GoogLeNet / Inception v3: the stem convolutions
+    and pools, each inception block, ``avgpool``, ``fc``.
     """
-    top = dict(model.named_children())
-    container = "features" if isinstance(top.get("features"), nn.Sequential) else ""
-    prefix = container + "." if container else ""
-    names = []
-    for call in trace.calls:
-        rel = call.module[len(prefix):] if call.module.startswith(prefix) else None
-        if rel is None or not rel or "." in rel or trace.counts[call.module] != 1:
-            if not (container and call.module in top and call.module != container):
-                continue
-        if call.output_shape is None or call.type in ("ReLU", "BatchNorm2d", "Dropout", "Flatten"):
+    level = _stage_level(model, trace)
+    names = site_names(trace)
+    out: list[str] = []
+    open_stage = False  # the last stage is a conv/linear layer that followers extend
+    last_shape: tuple[int, ...] | None = None
+    for name, call in zip(names, trace.calls):
+        module = level.get(call.module)
+        if module is None or call.output_shape is None:
             continue
-        names.append(call.module)
-    return names
+        if isinstance(module, (nn.Identity, nn.Flatten, nn.Unflatten)):
+            continue
+        if _is_layer(module):
+            out.append(name)
+            open_stage, last_shape = True, call.output_shape
+        elif _follows(module):
+            if open_stage and call.output_shape == last_shape:
+                if not isinstance(module, nn.modules.dropout._DropoutNd):
+                    out[-1] = name
+            else:
+                open_stage = False
+        else:  # a block or a pool
+            out.append(name)
+            open_stage = False
+    return out

@@ -79,6 +79,10 @@ class _Mode(TorchFunctionMode):
         super().__init__()
         self.keep = keep  # holds every tensor seen, so that id() stays unique
         self.fields: dict[int, Field] = {}
+        # tensors computed from the image whose field nobody can vouch for (after a
+        # global mean, a reshape, ...): whatever they touch has an unknown field too,
+        # rather than the field of the other operand (squeeze-excitation, attention)
+        self.unknown: set[int] = set()
         self.cats: dict[int, list[torch.Tensor]] = {}
         self.ops: dict[int, tuple[str, list[torch.Tensor]]] = {}
 
@@ -89,15 +93,20 @@ class _Mode(TorchFunctionMode):
         if name in ("dim", "size", "__get__", "numel") or not isinstance(out, (torch.Tensor, tuple, list)):
             return out
         inputs = [t for t in _tensors((args, kwargs))]
+        input_ids = {id(t) for t in inputs}
         known = [(tuple(t.shape), self.fields[id(t)]) for t in inputs if id(t) in self.fields]
+        tainted = any(id(t) in self.unknown for t in inputs)
+        derived = tainted or bool(known)
         for result in _tensors(out):
             self.keep.append(result)
-            fld = propagate(name.rstrip("_"), args, kwargs, known, tuple(result.shape))
+            fld = None if tainted else propagate(name.rstrip("_"), args, kwargs, known, tuple(result.shape))
             if fld is not None:
                 self.fields[id(result)] = fld
-            elif id(result) not in {id(t) for t in inputs}:
+                self.unknown.discard(id(result))
+            elif derived:
                 self.fields.pop(id(result), None)
-            if result.dim() >= 2 and id(result) not in {id(t) for t in inputs}:
+                self.unknown.add(id(result))
+            if result.dim() >= 2 and id(result) not in input_ids:
                 self.ops[id(result)] = (name, [t for t in inputs if t.dim() >= 2])
         if name in _CAT and isinstance(out, torch.Tensor):
             tensors = list(args[0]) if args else list(kwargs.get("tensors", ()))
@@ -107,28 +116,74 @@ class _Mode(TorchFunctionMode):
         return out
 
 
-def _describe(t: torch.Tensor, owner: str, inputs: set[int], mode: _Mode,
-              producers: dict[int, list[str]], depth: int = 0) -> list[tuple[str, int]]:
-    """Label the channels of `t` relative to module `owner`: (label, channels) runs."""
+# Ops that keep every channel where it was (elementwise or per channel): a module that
+# returns relu(cat(...)) still has the cat's channel provenance.
+_CHANNELWISE = {
+    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "gelu", "silu", "mish",
+    "sigmoid", "tanh", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "softplus",
+    "batch_norm", "dropout", "clone", "contiguous", "detach",
+}
+
+
+def _channel_base(t: torch.Tensor, mode: _Mode, inputs: set[int]) -> torch.Tensor:
+    """The tensor whose channels `t` carries unchanged, through channel-wise ops made
+    after the module's input (`inputs`: the ids of its arguments)."""
+    for _ in range(64):
+        if id(t) in mode.cats or id(t) in inputs or id(t) not in mode.ops:
+            break
+        name, args = mode.ops[id(t)]
+        if name not in _CHANNELWISE or len(args) != 1 or args[0].shape != t.shape:
+            break
+        t = args[0]
+    return t
+
+
+@dataclass
+class _Made:
+    """One module call that returned a given tensor object."""
+
+    module: str
+    index: int
+    end: int
+
+
+def _describe(t: torch.Tensor, call: Call, inputs: set[int], mode: _Mode,
+              producers: dict[int, list[_Made]], counts: dict[str, int],
+              depth: int = 0) -> list[tuple[str, int]]:
+    """Label the channels of `t` relative to the call of a module: (label, channels) runs.
+
+    A label names the descendant of the module that made the channels, relative to
+    the module (``denselayer3``, ``branch2``, ``0.branch_a`` inside a Sequential),
+    indexed ``name:k`` when that module runs several times per forward; ``input``
+    for channels passed through from the module's input; ``op(label)`` for a
+    functional op applied to one of those; ``other`` when nothing is known.
+    """
+    owner = call.module
     channels = int(t.shape[1])
     prefix = owner + "." if owner else ""
-    made_by = [n for n in producers.get(id(t), []) if n.startswith(prefix) and n != owner]
-    if made_by:
-        # the latest direct child to return this object, else the shallowest descendant
-        rel = [n[len(prefix):] for n in made_by]
-        direct = [r for r in rel if "." not in r]
-        return [((direct or sorted(rel, key=lambda r: r.count(".")))[-1 if direct else 0], channels)]
-    if id(t) in inputs:
-        return [("input", channels)]
-    if depth < 16 and id(t) in mode.cats:
+    made = [p for p in producers.get(id(t), [])
+            if p.module.startswith(prefix) and p.module != owner and call.start < p.end <= call.end]
+    if depth < 256 and id(t) in mode.cats and (made or id(t) not in inputs):
+        # a concatenation, made here or by a descendant: label each part
         runs: list[tuple[str, int]] = []
         for part in mode.cats[id(t)]:
-            runs.extend(_describe(part, owner, inputs, mode, producers, depth + 1))
+            runs.extend(_describe(part, call, inputs, mode, producers, counts, depth + 1))
         return runs
-    if depth < 16 and id(t) in mode.ops:
+    if made:
+        # the earliest direct child to return this object (a conv rather than the
+        # in-place ReLU applied to its output), else the shallowest descendant
+        direct = [p for p in made if "." not in p.module[len(prefix):]]
+        best = direct[0] if direct else min(made, key=lambda p: p.module.count("."))
+        label = best.module[len(prefix):]
+        if counts.get(best.module, 1) > 1:
+            label += f":{best.index}"
+        return [(label, channels)]
+    if id(t) in inputs:
+        return [("input", channels)]
+    if depth < 256 and id(t) in mode.ops:
         name, args = mode.ops[id(t)]
         if len(args) == 1:
-            inner = _describe(args[0], owner, inputs, mode, producers, depth + 1)
+            inner = _describe(args[0], call, inputs, mode, producers, counts, depth + 1)
             if len(inner) == 1:
                 return [(f"{name}({inner[0][0]})", channels)]
     return [("other", channels)]
@@ -151,10 +206,11 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
     The model is put in eval mode for the pass and its training flag restored.
     """
     keep: list[Any] = [example]
-    producers: dict[int, list[str]] = {}
+    producers: dict[int, list[_Made]] = {}
     calls: list[Call] = []
     counts: dict[str, int] = {}
     open_calls: dict[str, list[tuple[int, torch.Tensor | None, Field | None, set[int]]]] = {}
+    concatenating: list[tuple[Call, torch.Tensor, set[int]]] = []
     events = [0]
     mode = _Mode(keep)
     mode.fields[id(example)] = image_field()
@@ -186,11 +242,10 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
             )
             if y is not None:
                 keep.append(y)
-                if id(y) in mode.cats and y.dim() >= 2:
-                    runs = _merge(_describe(y, name, input_ids, mode, producers))
-                    if len(runs) > 1:
-                        call.sources = runs
-                producers.setdefault(id(y), []).append(name)
+                base = _channel_base(y, mode, input_ids) if y.dim() >= 2 else y
+                if id(base) in mode.cats:
+                    concatenating.append((call, base, input_ids))
+                producers.setdefault(id(y), []).append(_Made(name, index, events[0]))
             calls.append(call)
         return hook
 
@@ -209,4 +264,9 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
         for handle in handles:
             handle.remove()
         model.train(training)
+    # labelled once the pass is over, when every module's call count is known
+    for call, base, input_ids in concatenating:
+        runs = _merge(_describe(base, call, input_ids, mode, producers, counts))
+        if len(runs) > 1:
+            call.sources = runs
     return Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]), types=types)
