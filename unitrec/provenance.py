@@ -19,22 +19,21 @@ __all__ = ["file_attrs", "library_versions", "run_key"]
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of everything that shapes the numbers (from metadata: no slow imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import h5py
-    import numpy
-    import torch
-    import torchvision
 
     from . import __version__
 
-    return {
-        "unitrec": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-    }
+    out = {"unitrec": __version__, "python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy", "h5py", "xarray", "pillow"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unknown"
+    out["hdf5"] = h5py.version.hdf5_version
+    return out
 
 
 def run_key(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, sites: list[dict],

@@ -269,29 +269,41 @@ def _check_finished(out: Path, stim: StimulusSet) -> None:
 
 @contextlib.contextmanager
 def _lock(out: Path) -> Iterator[None]:
-    """Refuse a second process writing the same output at the same time."""
+    """Refuse a second process writing the same output at the same time.
+
+    An advisory lock on ``<out>.lock``, removed at the end. A process that locked
+    a lock file which was removed meanwhile (the inode no longer at the path) has
+    locked nothing, and tries again on the new file.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; HDF5's own locking still applies
         yield
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out.with_name(out.name + ".lock")
-    fh = open(lock_path, "a+")
-    try:
+    for _ in range(5):
+        fh = open(lock_path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            fh.close()
             raise RecordingError(
                 f"another process is writing {out} right now (lock {lock_path}); wait for it or "
                 "choose another output"
             ) from None
         try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fh.fileno()).st_ino:
+            break
+        fh.close()  # locked a file that was removed meanwhile: try the new one
+    else:
+        raise RecordingError(f"cannot take the lock {lock_path}; is another process writing {out}?")
+    try:
+        yield
     finally:
+        lock_path.unlink(missing_ok=True)  # while still holding the lock
         fh.close()
 
 

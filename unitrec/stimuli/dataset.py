@@ -56,20 +56,28 @@ class StimulusSet:
     root: Path | None = None
     source: Any = None  # tensor or Dataset when not files
     description: str = ""
+    _sha256: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def sha256(self) -> str:
-        """Identifies the set: labels plus file sizes (files) or the bytes (tensors)."""
-        digest = hashlib.sha256()
-        for label in self.labels:
-            digest.update(label.encode() + b"\0")
-            if self.root is not None:
-                digest.update(str(os.path.getsize(self.root / label)).encode())
-        if isinstance(self.source, torch.Tensor):
-            digest.update(self.source.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        """Identifies the set: labels plus file sizes (files) or the bytes (tensors).
+
+        Computed once and cached: a set does not change during a run.
+        """
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            for label in self.labels:
+                digest.update(label.encode() + b"\0")
+                if self.root is not None:
+                    digest.update(str(os.path.getsize(self.root / label)).encode())
+            if isinstance(self.source, torch.Tensor):
+                # row by row through a memoryview: no copy of the whole tensor
+                for row in self.source.detach().cpu():
+                    digest.update(memoryview(row.contiguous().numpy()).cast("B"))
+            self._sha256 = digest.hexdigest()
+        return self._sha256
 
     def dataset(self, transform: Callable | None, background=(255, 255, 255),
                 rows: Sequence[int] | None = None) -> torch.utils.data.Dataset:
