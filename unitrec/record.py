@@ -181,8 +181,7 @@ def _stream(model, sites: list[Site], trace, stim, rec_file: RecordingFile, todo
             for _ in range(_QUEUE + 2)]
     writer = AsyncWriter(maxsize=_QUEUE)
     bar = _progress(progress, len(stim), len(stim) - len(todo))
-    recorder = Recorder(model, [s.spec for s in sites])
-    recorder.sites, recorder.trace = sites, trace
+    recorder = Recorder.from_sites(model, sites, trace)
     start = time.perf_counter()
     try:
         with recorder:

@@ -73,6 +73,13 @@ class Recorder:
         self._sink: Sink = self._keep
         self._batches: dict[str, list[torch.Tensor]] = {}
 
+    @classmethod
+    def from_sites(cls, model: nn.Module, sites: list[Site], trace: Any) -> Recorder:
+        """A recorder for sites already resolved against `model` (no second trace)."""
+        rec = cls(model, [s.spec for s in sites])
+        rec.sites, rec.trace = sites, trace
+        return rec
+
     # ------------------------------------------------------------------ set-up
     def __enter__(self) -> Recorder:
         self.attach()

@@ -154,7 +154,7 @@ class Config(_Strict):
 def _message(exc: ValidationError, what: str, model: Type[BaseModel]) -> str:
     lines = []
     for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+        where = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             parent = model
             for part in err["loc"][:-1]:

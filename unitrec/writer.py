@@ -31,6 +31,7 @@ __all__ = ["FORMAT_VERSION", "AsyncWriter", "RecordingFile", "chunk_shape", "par
 FORMAT_VERSION = "1"
 TODO, DONE, SKIPPED = 0, 1, 2  # values of the done mask
 _CHUNK_BYTES = 4 << 20
+_SYNC_BYTES = 64 << 20
 
 
 def partial_path(out: Path) -> Path:
@@ -72,6 +73,7 @@ class RecordingFile:
         self.h5, self.path, self.final, self.sites = h5, path, final, sites
         self._datasets = {s.key: h5[s.key]["activation"] for s in sites}
         self._done = h5["done"]
+        self._unsynced = 0  # bytes written since the last fdatasync
 
     def __repr__(self) -> str:
         return f"<RecordingFile {self.path.name} ({'open' if self.h5 else 'closed'})>"
@@ -171,6 +173,12 @@ class RecordingFile:
         for start, stop, _ in _runs(rows):
             self._done[start:stop] = DONE
         self.h5.flush()
+        # Push data to the disk while the model computes (this runs in the writer
+        # thread), so the final fsync has little left and the page cache stays small.
+        self._unsynced += sum(v.nbytes for v in values.values())
+        if self._unsynced >= _SYNC_BYTES:
+            os.fdatasync(self.h5.id.get_vfd_handle())
+            self._unsynced = 0
 
     def mark_skipped(self, rows: list[int], reasons: list[str]) -> None:
         for row in rows:
