@@ -636,7 +636,7 @@ def _report(args, machine, results, diffs, torchlens_note: str) -> dict[str, Any
         f"| ≤ 1 |",
         f"| `record` ÷ `create_feature_extractor` + h5py per batch "
         f"| {_fmt_ratio(ratios['record_over_feature_extractor'])} | ≤ 1 |",
-        f"| `record` ÷ torchlens | "
+        "| `record` ÷ torchlens | "
         + (torchlens_note or _fmt_ratio(ratios["record_over_torchlens"]))
         + " | |",
         f"| peak RSS: bare / `record` / hook loop / feature extractor | {rss['bare']:.0f} / {rss['unitrec']:.0f} / "

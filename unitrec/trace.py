@@ -11,7 +11,7 @@ same way as a DenseNet block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -48,7 +48,6 @@ class Trace:
     calls: list[Call]
     counts: dict[str, int]  # calls per forward, per module name
     input_shape: tuple[int, ...]
-    types: dict[str, str] = field(default_factory=dict)  # every module, called or not
 
     def find(self, module: str, index: int) -> Call:
         for call in self.calls:
@@ -214,7 +213,6 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
     events = [0]
     mode = _Mode(keep)
     mode.fields[id(example)] = image_field()
-    types = {name: type(m).__name__ for name, m in model.named_modules()}
 
     def pre(name: str):
         def hook(module, args):
@@ -269,4 +267,4 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
         runs = _merge(_describe(base, call, input_ids, mode, producers, counts))
         if len(runs) > 1:
             call.sources = runs
-    return Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]), types=types)
+    return Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]))
