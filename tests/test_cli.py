@@ -55,6 +55,7 @@ def test_run_config_relative_paths_and_stored_config(tmp_path, images, capsys):
     assert main(["info", str(path)]) == 0
     info = capsys.readouterr().out
     assert "resnet18" in info and "complete" in info and "layer2" in info and "10 of 10" in info
+    assert "config:" in info and "batch_size: 4" in info  # the stored config, as run
 
 
 def test_layers_command(capsys):

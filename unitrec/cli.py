@@ -110,12 +110,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("sites:")
     for site in info["sites"]:
         dims = ", ".join(f"{d}={n}" for d, n in zip(site["dims"], site["shape"]))
-        rf = f"  rf {list(site['rf_size'])}" if "rf_size" in site else ""
+        rf = ""
+        if "rf_size" in site:
+            size = [f"{v:g}" for v in site["rf_size"].tolist()]
+            rf = "  rf " + (size[0] if len(set(size)) == 1 else "×".join(size)) + " px"
         print(f"  {site['name']:<28} {site.get('module_type', ''):<18} ({dims}) {site['dtype']}{rf}")
     for reason in info["skipped"][:10]:
         print(f"skipped: {reason}")
-    if args.config:
-        print("config:\n" + info.get("config", ""))
+    if len(info["skipped"]) > 10:
+        print(f"... and {len(info['skipped']) - 10} more skipped (unitrec info --json lists all)")
+    if not args.no_config:
+        print("config:\n  " + info.get("config", "").rstrip().replace("\n", "\n  "))
     return 0
 
 
@@ -177,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a recording: model, weights, sites, status",
                           description="Print the provenance and contents of a recording file.")
     info.add_argument("file", help="a .h5 recording (or its .partial.h5)")
-    info.add_argument("--config", action="store_true", help="also print the stored config")
+    info.add_argument("--no-config", action="store_true", help="leave out the stored config")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
 

@@ -70,7 +70,7 @@ def file_attrs(*, model: dict[str, Any], weights_sha256: str, preprocessing: str
         "stimuli": stimuli_description,
         "stimulus_root": stimulus_root,
         "stimulus_set_sha256": stimuli_sha256,
-        "config": yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+        "config": yaml.safe_dump(config, sort_keys=False, allow_unicode=True, default_flow_style=None),
         "run_key": key_text,
         "run_id": hashlib.sha256(key_text.encode()).hexdigest()[:16],
         "library_versions": json.dumps(library_versions()),
