@@ -150,7 +150,9 @@ class RecordingFile:
             h5 = h5py.File(path, "r+")
         except OSError as exc:
             raise RecordingError(
-                f"cannot reopen the unfinished recording {path} ({exc}); start over with --overwrite"
+                f"cannot reopen the unfinished recording {path} ({exc}). If another program has it "
+                "open (a notebook?), close it and rerun to resume; if the file is damaged, start "
+                "over with --overwrite"
             ) from exc
         try:
             check_run_key(h5, run_key, path)
