@@ -15,7 +15,8 @@ Measurements
    site ÷ the full forward.
 3. ``ur.record`` ÷ what users write instead, on the same sites: a hook loop that
    keeps numpy arrays in memory and saves them with h5py at the end;
-   ``create_feature_extractor`` with h5py writes per batch; torchlens if installed.
+   ``create_feature_extractor`` with h5py writes per batch; torchlens' ``extract_dataset``
+   if installed.
    Every contender that writes a file fsyncs it, as ``ur.record`` does.
 4. Write throughput of unitrec's ``RecordingFile`` (and of the whole ``record``
    path on a model that does no work) vs ``numpy.ndarray.tofile`` of the same bytes
@@ -62,7 +63,7 @@ CONTENDERS: dict[str, tuple[str, str]] = {
     "unitrec-early": ("ur.record, early site only (stop_early)", "job"),
     "hooks-memory": ("hand hook loop, arrays in memory, h5py at end", "job"),
     "feature-extractor": ("create_feature_extractor + h5py per batch", "job"),
-    "torchlens": ("torchlens log_forward_pass per batch + h5py", "job"),
+    "torchlens": ("torchlens extract_dataset (in memory) + h5py", "job"),
     "write-recordingfile": ("unitrec RecordingFile.write + finish", "write"),
     "write-record-identity": ("ur.record of an identity model (tensor stimuli)", "write"),
     "write-tofile": ("ndarray.tofile + fsync", "write"),
@@ -265,23 +266,20 @@ def run_feature_extractor(args):
 
 
 def run_torchlens(args):
+    """torchlens' own dataset extractor (in memory), then h5py, as a user would."""
     import h5py
     import torchlens as tl  # the parent checked that it imports
 
     model = _model(args)
     start = time.perf_counter()
     loader, n = _loader(args)
+    # torchlens 2.x finds container modules by address but a leaf Linear by its op
+    # label: the first linear op of a resnet is its `fc`
+    wanted = ["linear_1_1" if s == "fc" else s for s in args.sites]
+    out = tl.extract_dataset(model, loader.dataset, wanted, batch_size=args.batch_size, progress=False)
     with h5py.File(args.out, "w") as h5:
-        datasets = None
-        row = 0
-        for x in loader:
-            log = tl.log_forward_pass(model, x, layers_to_save=list(args.sites), vis_opt="none")
-            out = {s: log[s].tensor_contents for s in args.sites}
-            if datasets is None:
-                datasets = _h5_datasets(h5, args.sites, n, {s: tuple(v.shape[1:]) for s, v in out.items()})
-            for s, v in out.items():
-                datasets[s][row : row + len(x)] = v.detach().cpu().numpy()
-            row += len(x)
+        for site, values in zip(args.sites, out.values()):  # results come back in request order
+            h5.create_dataset(site, data=values.detach().cpu().numpy())
     _fsync(Path(args.out))
     return time.perf_counter() - start, n, {}
 
