@@ -25,6 +25,14 @@ def _size(n: float) -> str:
     return f"{n} B"
 
 
+def _rows_by_cols(values) -> str:
+    """A receptive-field size or stride: ``7`` when square, ``159×255`` (rows × columns) if not."""
+    if values is None or len(values) == 0:
+        return "-"
+    parts = [f"{v:g}" for v in values]
+    return parts[0] if len(set(parts)) == 1 else "×".join(parts)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import unitrec as ur
 
@@ -75,13 +83,8 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     table = [header]
     for r in rows:
         shape = "×".join(map(str, r.output_shape)) if r.output_shape is not None else "-"
-        def fmt(v):
-            if not v:
-                return "-"
-            parts = [f"{a:g}" for a in v]
-            return parts[0] if len(set(parts)) == 1 else "×".join(parts)  # rows × columns
-        table.append((r.name, r.type, shape, str(r.units), str(r.calls), fmt(r.rf_size),
-                      fmt(r.rf_stride), r.provenance))
+        table.append((r.name, r.type, shape, str(r.units), str(r.calls), _rows_by_cols(r.rf_size),
+                      _rows_by_cols(r.rf_stride), r.provenance))
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
@@ -110,10 +113,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("sites:")
     for site in info["sites"]:
         dims = ", ".join(f"{d}={n}" for d, n in zip(site["dims"], site["shape"]))
-        rf = ""
-        if "rf_size" in site:
-            size = [f"{v:g}" for v in site["rf_size"].tolist()]
-            rf = "  rf " + (size[0] if len(set(size)) == 1 else "×".join(size)) + " px"
+        rf = f"  rf {_rows_by_cols(site['rf_size'].tolist())} px" if "rf_size" in site else ""
         print(f"  {site['name']:<28} {site.get('module_type', ''):<18} ({dims}) {site['dtype']}{rf}")
     for reason in info["skipped"][:10]:
         print(f"skipped: {reason}")

@@ -301,7 +301,7 @@ def _stage_level(model: nn.Module, trace: Trace) -> dict[str, nn.Module]:
             sizes = [resolution(first[name].input_shape)] + [
                 resolution(first[f"{name}.{n}"].output_shape) for n, _ in kids if f"{name}.{n}" in first]
             changes = sum(a != b for a, b in zip(sizes, sizes[1:]) if a is not None and b is not None)
-            trunk = changes > 1 or any(not any(True for _ in c.children()) for _, c in kids)
+            trunk = changes > 1 or any(_leaf(c) for _, c in kids)
         if trunk:
             level.update({f"{name}.{n}": c for n, c in child.named_children()})
         else:
@@ -309,14 +309,19 @@ def _stage_level(model: nn.Module, trace: Trace) -> dict[str, nn.Module]:
     return level
 
 
+def _leaf(module: nn.Module) -> bool:
+    """A module without children: a single layer."""
+    return next(module.children(), None) is None
+
+
 def _is_layer(module: nn.Module) -> bool:
     """A single layer with a weight matrix or kernel (conv, linear), not a block."""
-    return not any(True for _ in module.children()) and any(p.dim() >= 2 for p in module.parameters())
+    return _leaf(module) and any(p.dim() >= 2 for p in module.parameters())
 
 
 def _follows(module: nn.Module) -> bool:
     """A single layer without a kernel, other than a pool (norm, activation, dropout)."""
-    return (not any(True for _ in module.children()) and all(p.dim() <= 1 for p in module.parameters())
+    return (_leaf(module) and all(p.dim() <= 1 for p in module.parameters())
             and "Pool" not in type(module).__name__)
 
 
