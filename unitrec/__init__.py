@@ -17,6 +17,7 @@ from .errors import (
     SelectionError,
     StimulusError,
     UnitrecError,
+    UnitrecWarning,
 )
 from .load import load_layer, load_population, open_recording
 from .model import load_model
@@ -34,6 +35,7 @@ __all__ = [
     "SelectionError",
     "StimulusError",
     "UnitrecError",
+    "UnitrecWarning",
     "__version__",
     "analysis",
     "list_layers",

@@ -15,6 +15,7 @@ __all__ = [
     "SelectionError",
     "StimulusError",
     "UnitrecError",
+    "UnitrecWarning",
 ]
 
 
@@ -47,3 +48,8 @@ class StimulusError(UnitrecError, OSError):
 
 class RecordingError(UnitrecError, RuntimeError):
     """A recording cannot be written, resumed, or read back."""
+
+
+class UnitrecWarning(UserWarning):
+    """Something a user should know about a run that still goes on (skipped images,
+    float16 overflow, an adopted batch size). The CLI prints each as one line."""

@@ -21,9 +21,17 @@ def load_config(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Config, 
     else:
         path = Path(source)
         try:
+            with open(path, "rb") as handle:
+                hdf5 = handle.read(8) == b"\x89HDF\r\n\x1a\n"
+            if hdf5:
+                raise ConfigError(f"{path} is an HDF5 file (a recording?), not a YAML config; "
+                                  f"`unitrec info {path}` describes it")
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {path} is not a text file; give a YAML config such as "
+                              "configs/demo.yaml") from None
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -104,6 +112,10 @@ def _stimuli(cfg: Config, base: Path, out: Path) -> Path:
     if gen.kind == "gratings":
         kwargs.pop("sigmas", None)
     make = getattr(generate, gen.kind)
-    # deterministic, so regenerating an existing set rewrites the same files
-    make(folder, overwrite=True, **kwargs)
+    # replaces only a set unitrec generated there before; a folder of the user's own
+    # files is refused by the generator, whatever overwrite says
+    try:
+        make(folder, overwrite=True, **kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"stimuli.generate: {exc}") from None
     return folder

@@ -8,9 +8,13 @@ accepted too, labelled by their index.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import StimulusError
+from ..errors import StimulusError, UnitrecWarning
 from .decode import IMAGE_EXTENSIONS, find_stimuli, load_rgb
 
 __all__ = ["METADATA_FILE", "Item", "StimulusSet", "as_stimulus_set"]
@@ -34,6 +38,7 @@ class Item:
     index: int
     tensor: torch.Tensor | None
     error: str | None = None
+    digest: str | None = None  # SHA-256 of the image file's bytes, for file stimuli
 
 
 @dataclass
@@ -62,16 +67,16 @@ class StimulusSet:
         return len(self.labels)
 
     def sha256(self) -> str:
-        """Identifies the set: labels plus file sizes (files) or the bytes (tensors).
+        """Identifies the list: the labels in order, and the bytes of a tensor set.
 
-        Computed once and cached: a set does not change during a run.
+        The content of image files is identified per file instead (see
+        :meth:`file_stats` and the recording's ``file_sha256``), so that a resume can
+        say which files changed. Computed once and cached.
         """
         if self._sha256 is None:
             digest = hashlib.sha256()
             for label in self.labels:
-                digest.update(label.encode() + b"\0")
-                if self.root is not None:
-                    digest.update(str(os.path.getsize(self.root / label)).encode())
+                digest.update(label.encode("utf-8", "surrogateescape") + b"\0")
             if isinstance(self.source, torch.Tensor):
                 # row by row through a memoryview: no copy of the whole tensor
                 for row in self.source.detach().cpu():
@@ -79,25 +84,75 @@ class StimulusSet:
             self._sha256 = digest.hexdigest()
         return self._sha256
 
+    def file_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each image file's size in bytes and modification time in ns (None if not files).
+
+        Read once per call (a ``stat`` per file, following symlinks).
+        """
+        if self.root is None:
+            return None
+        try:
+            stats = [os.stat(self.root / label) for label in self.labels]
+        except OSError as exc:
+            raise StimulusError(f"stimulus file {exc.filename} cannot be read: {exc.strerror}") from None
+        return (np.array([st.st_size for st in stats], dtype=np.int64),
+                np.array([st.st_mtime_ns for st in stats], dtype=np.int64))
+
     def dataset(self, transform: Callable | None, background=(255, 255, 255),
                 rows: Sequence[int] | None = None) -> torch.utils.data.Dataset:
         """A torch Dataset over `rows` (default: all) that yields :class:`Item` objects."""
         return _Loading(self, transform, background, list(range(len(self)) if rows is None else rows))
 
 
+class _SizeError(StimulusError):
+    """Stimuli of different sizes; stays one line when a DataLoader worker raises it.
+
+    The main process rebuilds a worker's exception as ``type(text)``, `text` being
+    the worker's whole traceback; keep only the message on its last line.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "Traceback" in message:
+            message = message.rstrip().splitlines()[-1].partition(": ")[2]
+        super().__init__(message)
+
+
 class _Loading(torch.utils.data.Dataset):
     def __init__(self, stimuli: StimulusSet, transform, background, rows: list[int]) -> None:
         self.stimuli, self.transform, self.background, self.rows = stimuli, transform, background, rows
+        self._reference: tuple[str, tuple[int, ...]] | None = None  # first good stimulus, its shape
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> Item:
-        index = self.rows[i]
+        item = self._load(self.rows[i])
+        if item.tensor is not None and not isinstance(self.stimuli.source, torch.Tensor):
+            self._check_size(item)
+        return item
+
+    def _check_size(self, item: Item) -> None:
+        """Every stimulus must give the shape of the set's first good one (batches are stacked)."""
+        if self._reference is None:  # the same in every worker: the set's first good stimulus
+            first = next(it for it in map(self._load, range(len(self.stimuli))) if it.tensor is not None)
+            self._reference = (self.stimuli.labels[first.index], tuple(first.tensor.shape))
+        label, shape = self._reference
+        if tuple(item.tensor.shape) != shape:
+            raise _SizeError(
+                f"stimuli differ in size after preprocessing: {label} gives {_dims(shape)}, "
+                f"{self.stimuli.labels[item.index]} gives {_dims(item.tensor.shape)}; set preprocess "
+                "resize and crop (e.g. resize: 224, crop: 224) or give a transform that returns one size"
+            )
+
+    def _load(self, index: int) -> Item:
         s = self.stimuli
+        digest = None
         try:
             if s.root is not None:
-                x = load_rgb(s.root / s.labels[index], self.background)
+                path = s.root / s.labels[index]
+                # read twice (the second time from the page cache): the hash is of the bytes on disk
+                digest = file_sha256(path)
+                x = load_rgb(path, self.background)
             elif isinstance(s.source, torch.Tensor):
                 return Item(index, s.source[index])
             else:
@@ -109,57 +164,153 @@ class _Loading(torch.utils.data.Dataset):
             if not isinstance(x, torch.Tensor):
                 raise StimulusError(f"stimulus {s.labels[index]} became {type(x).__name__}, not a tensor; "
                                     "give a transform that returns a tensor")
-            return Item(index, x)
+            return Item(index, x, digest=digest)
         except StimulusError as exc:
             return Item(index, None, str(exc))
         except Exception as exc:  # a transform failing on one image must not kill a night's run
             return Item(index, None, f"cannot preprocess stimulus {s.labels[index]}: {type(exc).__name__}: {exc}")
 
 
-def collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[Item]]:
-    """Stack the loaded items; keep the failed ones aside (rows, batch, failures)."""
+def _dims(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[Item], list[str | None]]:
+    """Stack the loaded items; keep the failed ones aside (rows, batch, failures, file hashes)."""
     good = [it for it in items if it.tensor is not None]
     bad = [it for it in items if it.tensor is None]
     batch = torch.stack([it.tensor for it in good]) if good else None
-    return [it.index for it in good], batch, bad
+    return [it.index for it in good], batch, bad, [it.digest for it in good]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for piece in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def _read_metadata(root: Path, labels: list[str]) -> dict[str, np.ndarray]:
+    """One coordinate per column of ``metadata.csv``, in the order of `labels`.
+
+    Refuses a file that is not UTF-8, lacks a path column, has two rows for one
+    image or none for a stimulus. Warns once about renamed columns and once about
+    empty cells (NaN in number columns, ``""`` in text columns).
+    """
     path = root / METADATA_FILE
     if not path.is_file():
         return {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
+    header, rows, lines = _read_csv(path)
     if not rows:
         return {}
-    key = next((c for c in _PATH_COLUMNS if c in rows[0]), None)
+    key = next((c for c in _PATH_COLUMNS if c in header), None)
     if key is None:
         raise StimulusError(f"{path}: needs a column naming the image ({' or '.join(_PATH_COLUMNS)})")
-    by_path = {r[key].replace("\\", "/"): r for r in rows}
+    k = header.index(key)
+    by_path: dict[str, list[str | None]] = {}
+    line_of: dict[str, int] = {}
+    for row, line in zip(rows, lines):
+        name = (row[k] or "").replace("\\", "/")
+        if name in by_path:
+            raise StimulusError(f"{path}: two rows for {name} (lines {line_of[name]} and {line}); "
+                                "keep one row per image")
+        by_path[name], line_of[name] = row, line
     missing = [lab for lab in labels if lab not in by_path]
     if missing:
         raise StimulusError(f"{path}: no row for {len(missing)} stimuli, e.g. {missing[0]}")
-    coords = {}
-    for col in rows[0]:
-        if col == key or not col:
-            continue
-        values = [by_path[lab][col] for lab in labels]
-        coords[_coord_name(col)] = _typed(values)
+    coords, empty = {}, []
+    for i, name in _coord_names(path, header, k, rows):
+        coords[name], n_empty = _typed([by_path[lab][i] for lab in labels])
+        if n_empty:
+            stored = "NaN" if coords[name].dtype.kind == "f" else "''"
+            empty.append(f"{header[i]!r} in {n_empty} of {len(labels)} rows (stored as {stored})")
+    if empty:
+        warnings.warn(f"{path}: empty cells in column {', '.join(empty)}", UnitrecWarning, stacklevel=3)
     return coords
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str | None]], list[int]]:
+    """Header, rows (short ones padded with None), and the line each row ends on.
+
+    Refuses text that is not UTF-8. Rows are lists, not dicts, so that two columns
+    with the same name (two unnamed ones, say) keep their own values.
+    """
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise StimulusError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                            "save it as UTF-8 (in a spreadsheet: CSV UTF-8) and run again") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[list[str | None]] = []
+    lines: list[int] = []
+    try:
+        header = next(reader, [])
+        for row in reader:
+            if row:  # a blank line
+                rows.append([*row, *[None] * (len(header) - len(row))])
+                lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise StimulusError(f"{path} line {reader.line_num}: not valid CSV ({exc})") from None
+    return header, rows, lines
+
+
+def _coord_names(path: Path, header: list[str], key: int, rows) -> list[tuple[int, str]]:
+    """(column index, coordinate name) for each column but the path column `key`.
+
+    Spaces and ``/`` cannot be in a stored name (netCDF splits its coordinate
+    list on spaces; HDF5 reads ``/`` as a group): they become ``_``, an empty name
+    becomes ``column_<position>``, with one warning. An unnamed column without
+    values (a trailing comma) is dropped.
+    """
+    pairs, renamed, seen = [], [], {}
+    for i, col in enumerate(header):
+        if i == key or (not col.strip() and not any((r[i] or "").strip() for r in rows)):
+            continue
+        name = re.sub(r"[\s/]", "_", col.strip()) or f"column_{i + 1}"
+        if name != col:
+            renamed.append(f"{col!r} to {name!r}")
+        name = _coord_name(name)
+        if name in seen:
+            raise StimulusError(f"{path}: columns {seen[name]!r} and {col!r} would both be stored as "
+                                f"{name!r}; rename one of them")
+        seen[name] = col
+        pairs.append((i, name))
+    if renamed:
+        warnings.warn(f"{path}: renamed columns (names cannot hold spaces or '/', or be empty): "
+                      f"{', '.join(renamed)}", UnitrecWarning, stacklevel=4)
+    return pairs
 
 
 def _coord_name(col: str) -> str:
     # names that would clash with our own dims get a prefix
-    return f"meta_{col}" if col in ("stimulus", "unit", "channel", "y", "x", "done") else col
+    own = ("stimulus", "unit", "channel", "y", "x", "done", "file_size", "file_mtime_ns", "file_sha256")
+    return f"meta_{col}" if col in own else col
 
 
-def _typed(values: list[str]) -> np.ndarray:
-    for kind in (int, float):
+def _typed(values: list[str | None]) -> tuple[np.ndarray, int]:
+    """Numbers if every filled cell is one, else text; also how many cells are empty.
+
+    Empty cells (``""``, blanks, or ``None`` for a row shorter than the header) are
+    NaN in numbers (so integers become floats) and ``""`` in text.
+    """
+    empty = np.array([v is None or not v.strip() for v in values], dtype=bool)
+    n_empty = int(empty.sum())
+    filled = [v for v, e in zip(values, empty) if not e]
+    for kind in (int, float) if filled else ():
         try:
-            return np.array([kind(v) for v in values])
+            numbers = np.array([kind(v) for v in filled])
         except ValueError:
             continue
-    return np.array(values, dtype=object)
+        if not n_empty:
+            return numbers, 0
+        column = np.full(len(values), np.nan)
+        column[~empty] = numbers
+        return column, n_empty
+    return np.array(["" if e else v for v, e in zip(values, empty)], dtype=object), n_empty
 
 
 def as_stimulus_set(stimuli: Any) -> StimulusSet:
@@ -172,7 +323,11 @@ def as_stimulus_set(stimuli: Any) -> StimulusSet:
         coords = {}
         if all("/" in lab for lab in labels):
             coords["label"] = np.array([lab.split("/", 1)[0] for lab in labels], dtype=object)
-        coords.update(_read_metadata(root, labels))
+        metadata = _read_metadata(root, labels)
+        if "label" in coords and "label" in metadata:
+            warnings.warn(f"{root / METADATA_FILE}: its column 'label' replaces the class-subfolder "
+                          "label; rename the column to keep both", UnitrecWarning, stacklevel=2)
+        coords.update(metadata)
         return StimulusSet(labels, coords, root=root.resolve(), description=str(root))
     if isinstance(stimuli, torch.Tensor):
         if stimuli.dim() != 4:

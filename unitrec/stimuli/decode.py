@@ -8,6 +8,7 @@ later stages (preprocessing, the recorder) see a single pixel format.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from numbers import Integral
 from pathlib import PurePath
@@ -15,7 +16,7 @@ from pathlib import PurePath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from unitrec.errors import ConfigError, StimulusError
+from unitrec.errors import ConfigError, StimulusError, UnitrecWarning
 
 __all__ = ["IMAGE_EXTENSIONS", "find_stimuli", "load_rgb"]
 
@@ -33,7 +34,9 @@ def find_stimuli(root: str | os.PathLike[str]) -> list[str]:
     root : str or os.PathLike
         Folder to search, recursively. Hidden files and folders (name starting
         with ``"."``) are skipped. Symlinked files are listed; symlinked folders
-        are not entered, so a link loop cannot make the search endless.
+        are not entered, so a link loop cannot make the search endless. Links
+        that lead to no file (dangling, or looping back on themselves) are left
+        out and named in one warning.
 
     Returns
     -------
@@ -45,7 +48,8 @@ def find_stimuli(root: str | os.PathLike[str]) -> list[str]:
     Raises
     ------
     StimulusError
-        If `root` is not an existing folder, or holds no image file.
+        If `root` is not an existing folder, holds no image file, or an image's
+        path is not valid UTF-8 (it could not be stored as a label).
 
     Examples
     --------
@@ -59,6 +63,7 @@ def find_stimuli(root: str | os.PathLike[str]) -> list[str]:
             why = " (it is a file; give the folder that holds the images)"
         raise StimulusError(f"stimulus folder not found: {root_str}{why}")
     found: list[str] = []
+    broken: list[str] = []  # links to nothing, or to themselves
     n_other = 0
     for dirpath, dirnames, filenames in os.walk(root_str):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune in place
@@ -66,16 +71,53 @@ def find_stimuli(root: str | os.PathLike[str]) -> list[str]:
             if name.startswith("."):
                 continue
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                rel = os.path.relpath(os.path.join(dirpath, name), root_str)
-                found.append(PurePath(rel).as_posix())
+                full = os.path.join(dirpath, name)
+                rel = PurePath(os.path.relpath(full, root_str)).as_posix()
+                (found if os.path.isfile(full) else broken).append(rel)
             else:
                 n_other += 1
+    if broken:
+        warnings.warn(
+            f"left out {len(broken)} broken links in {root_str} (they lead to no file): "
+            f"{_some([_shown(b) for b in sorted(broken)])}", UnitrecWarning, stacklevel=2,
+        )
+    found.sort()
+    _check_utf8(root_str, found)
     if not found:
         raise StimulusError(
             f"no images in stimulus folder {root_str} "
             f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}; found {n_other} other files)"
         )
-    return sorted(found)
+    return found
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    """``"a, b, c"``, or the first `limit` names and how many more."""
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def _shown(name: str) -> str:
+    """A file name as printable UTF-8: bytes that are not UTF-8 become ``\\xe9``."""
+    try:  # os.listdir gives such bytes as surrogate escapes (U+DC80..U+DCFF)
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # some other lone surrogate
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_utf8(root: str, paths: list[str]) -> None:
+    """Refuse paths that are not UTF-8: the file stores them as UTF-8 labels."""
+    bad = []
+    for rel in paths:
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(_shown(rel))
+    if bad:
+        raise StimulusError(
+            f"stimulus file names are not UTF-8: {_some(bad)} in {_shown(root)}; "
+            "rename them to UTF-8 names, then run again"
+        )
 
 
 def load_rgb(

@@ -3,12 +3,15 @@
 Each set is one image per parameter combination plus ``metadata.csv``: a header row,
 a first column ``path`` (the image path relative to the folder, POSIX) and one
 column per parameter, so a loader can attach the parameters as stimulus coordinates.
+A hidden ``.unitrec-generated`` file marks the folder as generated: only such a
+folder (or an empty one) is written into.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from unitrec.errors import ConfigError
 __all__ = ["gabors", "gratings"]
 
 METADATA = "metadata.csv"
+MARKER = ".unitrec-generated"  # hidden, so find_stimuli skips it
+_OURS = re.compile(r"(grating|gabor)_ori\S*\.(png|bmp|tiff|jpg)")  # the images _filename names
 _FORMATS = {"png": ".png", "bmp": ".bmp", "tiff": ".tiff", "jpg": ".jpg"}
 
 
@@ -40,8 +45,8 @@ def gratings(
     Parameters
     ----------
     out_dir : str or pathlib.Path
-        Folder to write into; created if missing. It must be empty unless
-        ``overwrite`` is true.
+        Folder to write into; created if missing. It must be empty (hidden files
+        aside) or hold a set generated earlier, which ``overwrite`` replaces.
     size : int
         Width and height in pixels.
     orientations : sequence of float
@@ -62,8 +67,10 @@ def gratings(
     fmt : {"png", "bmp", "tiff", "jpg"}
         Image format ("jpg" is lossy and changes the exact values).
     overwrite : bool
-        Write into a non-empty folder. Files with the same names are replaced;
-        other files are left alone, and ``metadata.csv`` lists only this set.
+        Replace a set generated earlier in ``out_dir`` (recognised by the hidden
+        file ``.unitrec-generated``): its images and ``metadata.csv`` are removed,
+        other files are left alone. A folder holding files that unitrec did not
+        generate is never written into.
 
     Returns
     -------
@@ -73,7 +80,8 @@ def gratings(
     Raises
     ------
     ConfigError
-        For a bad parameter, or a non-empty ``out_dir`` without ``overwrite``.
+        For a bad parameter, a generated ``out_dir`` without ``overwrite``, or an
+        ``out_dir`` holding files that unitrec did not generate.
 
     Notes
     -----
@@ -135,7 +143,8 @@ def gabors(
     Raises
     ------
     ConfigError
-        For a bad parameter, or a non-empty ``out_dir`` without ``overwrite``.
+        For a bad parameter, a generated ``out_dir`` without ``overwrite``, or an
+        ``out_dir`` holding files that unitrec did not generate.
 
     Notes
     -----
@@ -225,13 +234,34 @@ def _write_set(
 
 
 def _prepare(root: Path, overwrite: bool) -> Path:
+    """Check `root` may be written, remove a set generated before, mark the folder.
+
+    The marker is written before the images, so an interrupted run leaves a
+    folder that the next run may replace.
+    """
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{root} exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"{root} already holds files; choose an empty folder or pass overwrite=True"
-        )
+    marker = root / MARKER
+    visible = [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
+    if visible:
+        # sets written before the marker existed hold only metadata.csv and our images
+        legacy = all(p.name == METADATA or _OURS.fullmatch(p.name) for p in visible)
+        if not (marker.is_file() or legacy):
+            raise ConfigError(
+                f"{root} holds files that unitrec did not generate; generated stimuli go to "
+                "an empty folder or one unitrec generated before: choose another path"
+            )
+        if not overwrite:
+            raise ConfigError(
+                f"{root} holds a stimulus set generated earlier; to replace it pass --overwrite "
+                "(command line) or overwrite=True (Python), or choose an empty folder"
+            )
+        for p in visible:
+            if (p.name == METADATA or _OURS.fullmatch(p.name)) and p.is_file():
+                p.unlink()
     root.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by unitrec.stimuli: this folder holds a generated stimulus set\n",
+                      encoding="utf-8")
     return root
 
 
