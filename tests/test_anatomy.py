@@ -363,12 +363,12 @@ def test_a_users_network_lists_like_the_zoo():
     assert rows["stem"].rf_size == (3, 3) and rows["body.0.b"].rf_size == (5, 5)
     assert rows["body.0"].rf_size == (5, 5)  # the largest of its branches
     assert rows["head"].rf_size is None
-    # sources are discovered from the forward pass, named by the module that made the
-    # channels (the conv, not the shared in-place ReLU applied to it) ...
-    assert rows["body.0"].sources == [("a", 4), ("b", 6), ("input", 8)]
-    # ... and a Sequential whose output is that concatenation (through an elementwise
-    # ReLU) names them relative to itself
-    assert rows["body"].sources == [("0.a", 4), ("0.b", 6), ("input", 8)]
+    # sources are discovered from the forward pass, named by the module whose output the
+    # channels are (the shared in-place ReLU applied to the conv's output, per call) ...
+    assert rows["body.0"].sources == [("relu:0", 4), ("relu:1", 6), ("input", 8)]
+    # ... and a Sequential whose output is that concatenation through an elementwise
+    # ReLU names them relative to itself, marked `+`: changed after the concatenation
+    assert rows["body"].sources == [("0.relu:0+", 4), ("0.relu:1+", 6), ("input+", 8)]
     assert rows["body.1"].sources is None  # its whole input: nothing to tell apart
 
 
@@ -389,8 +389,8 @@ def test_a_users_network_records_values_sources_and_fields(images, tmp_path):
         np.testing.assert_allclose(ur.load_layer(path, site).values, value.numpy(), rtol=0, atol=1e-6)
     # the concatenation is recorded before the Sequential's out-of-place ReLU
     assert ur.load_layer(path, "body.0").values.min() < 0
-    assert list(ur.load_layer(path, "body.0").source.values) == ["a"] * 4 + ["b"] * 6 + ["input"] * 8
-    assert list(ur.load_layer(path, "body").source.values) == ["0.a"] * 4 + ["0.b"] * 6 + ["input"] * 8
+    assert list(ur.load_layer(path, "body.0").source.values) == ["relu:0"] * 4 + ["relu:1"] * 6 + ["input"] * 8
+    assert list(ur.load_layer(path, "body").source.values) == ["0.relu:0+"] * 4 + ["0.relu:1+"] * 6 + ["input+"] * 8
     da = ur.load_layer(path, "body.0")
     assert list(da.attrs["rf_size"]) == [5, 5] and list(da.attrs["rf_stride"]) == [1, 1]
     np.testing.assert_array_equal(da.rf_center_y.values, np.arange(16))

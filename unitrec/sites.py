@@ -79,7 +79,11 @@ class Site:
                 out["channel"] = ("channel", np.asarray(sel.channel))
         src = self.sources()
         if src is not None:
-            out["source"] = ("unit" if sel.kind == "units" else "channel", np.array(src, dtype=object))
+            dim = "unit" if sel.kind == "units" else "channel"
+            # sources numbered in channel order (of the whole site), for groupby in that order
+            order = {label: i for i, label in enumerate(dict.fromkeys(s for s, _ in self.call.sources))}
+            out["source"] = (dim, np.array(src, dtype=object))
+            out["source_index"] = (dim, np.array([order[s] for s in src], dtype=np.int64))
         fld = self.field
         if fld is not None and sel.kind != "pooled" and len(full) == 3:
             if sel.kind == "units":

@@ -4,9 +4,9 @@ The trace runs a single input through the model with a forward (pre-)hook on eve
 module and a TorchFunctionMode that sees every torch function. From it we learn,
 for every call of every module: the order of calls, input and output shapes, the
 theoretical receptive field of the output, and — for outputs that are a channel
-concatenation — which child produced each channel. Nothing here is specific to a
-model family: a user's own network that concatenates its children is mapped the
-same way as a DenseNet block.
+concatenation — which child produced each channel and which channels were changed
+after the concatenation. Nothing here is specific to a model family: a user's own
+network that concatenates its children is mapped the same way as a DenseNet block.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from .receptive_field import Field, image_field, propagate
 __all__ = ["Call", "Trace", "trace_model"]
 
 _CAT = {"cat", "concat", "concatenate"}
+# in-place ops not named `*_` (`y[:, :4] = 0`); `y += x` reaches the mode as `add_`
+_IN_PLACE = {"__setitem__"}
 
 
 @dataclass
@@ -74,9 +76,12 @@ def _first_tensor(obj: Any) -> torch.Tensor | None:
 class _Mode(TorchFunctionMode):
     """Follows receptive fields and concatenations through every torch function."""
 
-    def __init__(self, keep: list[Any]) -> None:
+    def __init__(self, keep: list[Any], events: list[int]) -> None:
         super().__init__()
         self.keep = keep  # holds every tensor seen, so that id() stays unique
+        self.events = events  # the clock shared with the module hooks: one tick per call
+        self.born: dict[int, int] = {}  # when each tensor was made
+        self.writes: dict[int, list[tuple[int, Any]]] = {}  # in-place writes: (when, channels)
         self.fields: dict[int, Field] = {}
         # tensors computed from the image whose field nobody can vouch for (after a
         # global mean, a reshape, ...): whatever they touch has an unknown field too,
@@ -87,8 +92,15 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        self.events[0] += 1
         name = getattr(func, "__name__", "")
+        target = _written(name, args, kwargs)
+        base = target if target is None or target._base is None else target._base
+        if base is not None and base.dim() >= 2:
+            self.keep.append(base)
+            self.writes.setdefault(id(base), []).append(
+                (self.events[0], _channels_written(base, target, name, args)))
+        out = func(*args, **kwargs)
         if name in ("dim", "size", "__get__", "numel") or not isinstance(out, (torch.Tensor, tuple, list)):
             return out
         inputs = [t for t in _tensors((args, kwargs))]
@@ -105,8 +117,10 @@ class _Mode(TorchFunctionMode):
             elif derived:
                 self.fields.pop(id(result), None)
                 self.unknown.add(id(result))
-            if result.dim() >= 2 and id(result) not in input_ids:
-                self.ops[id(result)] = (name, [t for t in inputs if t.dim() >= 2])
+            if id(result) not in input_ids:
+                self.born[id(result)] = self.events[0]
+                if result.dim() >= 2:
+                    self.ops[id(result)] = (name, [t for t in inputs if t.dim() >= 2])
         if name in _CAT and isinstance(out, torch.Tensor):
             tensors = list(args[0]) if args else list(kwargs.get("tensors", ()))
             dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
@@ -114,27 +128,63 @@ class _Mode(TorchFunctionMode):
                 self.cats[id(out)] = tensors
         return out
 
+    def changed(self, t: torch.Tensor, after: int, before: int) -> set[int]:
+        """Channels of `t` written in place between two events."""
+        return set().union(*(ch for when, ch in self.writes.get(id(t), ()) if after < when < before))
+
+
+def _written(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The tensor an in-place op writes into (``y += x``, ``y.relu_()``,
+    ``F.relu(y, inplace=True)``, ``y[:, :4] = 0``, ``out=y``), else None."""
+    if isinstance(kwargs.get("out"), torch.Tensor):
+        return kwargs["out"]
+    first = args[0] if args else kwargs.get("input")
+    in_place = (name in _IN_PLACE or kwargs.get("inplace") is True
+                or (name.endswith("_") and not name.startswith("_")))
+    return first if in_place and isinstance(first, torch.Tensor) else None
+
+
+def _channels_written(base: torch.Tensor, target: torch.Tensor, name: str, args: tuple) -> Any:
+    """The channels (dim 1) of `base` that an in-place op on `target`, a view of `base`
+    or `base` itself, writes: found by laying `target` over a map of channel numbers."""
+    if target is base and name not in _IN_PLACE:
+        return range(int(base.shape[1]))
+    shape = [1] * base.dim()
+    shape[1] = -1
+    numbers = torch.empty_strided(base.shape, base.stride(), dtype=torch.int32)
+    numbers.copy_(torch.arange(base.shape[1], dtype=torch.int32).view(shape).expand(base.shape))
+    region = numbers.as_strided(target.shape, target.stride(), target.storage_offset() - base.storage_offset())
+    if name == "__setitem__" and _first_tensor(args[1]) is None:  # a tensor index: assume all of it
+        region = region[args[1]]
+    return set(region.unique().tolist())
+
 
 # Ops that keep every channel where it was (elementwise or per channel): a module that
-# returns relu(cat(...)) still has the cat's channel provenance.
+# returns relu(cat(...)) still has the cat's channel provenance, each label marked `+`.
 _CHANNELWISE = {
     "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "gelu", "silu", "mish",
     "sigmoid", "tanh", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "softplus",
     "batch_norm", "dropout", "clone", "contiguous", "detach",
 }
+# ... of which these keep the values too (dropout: the trace runs in eval mode)
+_KEEPS_VALUES = {"dropout", "clone", "contiguous", "detach"}
 
 
-def _channel_base(t: torch.Tensor, mode: _Mode, inputs: set[int]) -> torch.Tensor:
-    """The tensor whose channels `t` carries unchanged, through channel-wise ops made
-    after the module's input (`inputs`: the ids of its arguments)."""
+def _channel_base(t: torch.Tensor, mode: _Mode, inputs: set[int],
+                  end: int) -> tuple[torch.Tensor, int, bool]:
+    """The tensor whose channels `t` carries in place, through channel-wise ops made
+    after the module's input (`inputs`: the ids of its arguments); when the first of
+    those ops read it (`end` if none); whether they change values."""
+    changes = False
     for _ in range(64):
         if id(t) in mode.cats or id(t) in inputs or id(t) not in mode.ops:
             break
         name, args = mode.ops[id(t)]
         if name not in _CHANNELWISE or len(args) != 1 or args[0].shape != t.shape:
             break
+        end, changes = mode.born[id(t)], changes or name not in _KEEPS_VALUES
         t = args[0]
-    return t
+    return t, end, changes
 
 
 @dataclass
@@ -147,45 +197,57 @@ class _Made:
 
 
 def _describe(t: torch.Tensor, call: Call, inputs: set[int], mode: _Mode,
-              producers: dict[int, list[_Made]], counts: dict[str, int],
+              producers: dict[int, list[_Made]], counts: dict[str, int], before: int,
               depth: int = 0) -> list[tuple[str, int]]:
-    """Label the channels of `t` relative to the call of a module: (label, channels) runs.
+    """Label the channels of `t`, as it was at event `before`, relative to the call of
+    a module: (label, channels) runs.
 
-    A label names the descendant of the module that made the channels, relative to
-    the module (``denselayer3``, ``branch2``, ``0.branch_a`` inside a Sequential),
-    indexed ``name:k`` when that module runs several times per forward; ``input``
-    for channels passed through from the module's input; ``op(label)`` for a
-    functional op applied to one of those; ``other`` when nothing is known.
+    A label names the descendant of the module whose recorded output the channels
+    equal: the last one to return that tensor (``expand1x1_activation``, the in-place
+    ReLU applied to ``expand1x1``'s output), relative to the module (``denselayer3``,
+    ``branch2``, ``0.branch_a`` inside a Sequential), indexed ``name:k`` when that
+    module runs several times per forward; ``input`` for channels passed through from
+    the module's input; ``op(label)`` for a functional op applied to one of those;
+    ``other`` when nothing is known. ``+`` is appended to the labels of channels
+    changed in place after that, before `before` (``y += x`` after a concatenation).
     """
     owner = call.module
     channels = int(t.shape[1])
     prefix = owner + "." if owner else ""
     made = [p for p in producers.get(id(t), [])
-            if p.module.startswith(prefix) and p.module != owner and call.start < p.end <= call.end]
+            if p.module.startswith(prefix) and p.module != owner and call.start < p.end < before]
     if depth < 256 and id(t) in mode.cats and (made or id(t) not in inputs):
         # a concatenation, made here or by a descendant: label each part
+        born = mode.born[id(t)]
         runs: list[tuple[str, int]] = []
         for part in mode.cats[id(t)]:
-            runs.extend(_describe(part, call, inputs, mode, producers, counts, depth + 1))
-        return runs
+            runs.extend(_describe(part, call, inputs, mode, producers, counts, born, depth + 1))
+        return _mark(runs, mode.changed(t, born, before))
     if made:
-        # the earliest direct child to return this object (a conv rather than the
-        # in-place ReLU applied to its output), else the shallowest descendant
-        direct = [p for p in made if "." not in p.module[len(prefix):]]
-        best = direct[0] if direct else min(made, key=lambda p: p.module.count("."))
+        best = made[-1]  # in the order they returned
         label = best.module[len(prefix):]
         if counts.get(best.module, 1) > 1:
             label += f":{best.index}"
-        return [(label, channels)]
+        return _mark([(label, channels)], mode.changed(t, best.end, before))
     if id(t) in inputs:
-        return [("input", channels)]
+        return _mark([("input", channels)], mode.changed(t, call.start, before))
     if depth < 256 and id(t) in mode.ops:
         name, args = mode.ops[id(t)]
         if len(args) == 1:
-            inner = _describe(args[0], call, inputs, mode, producers, counts, depth + 1)
+            born = mode.born[id(t)]
+            inner = _describe(args[0], call, inputs, mode, producers, counts, born, depth + 1)
             if len(inner) == 1:
-                return [(f"{name}({inner[0][0]})", channels)]
+                return _mark([(f"{name}({inner[0][0]})", channels)], mode.changed(t, born, before))
     return [("other", channels)]
+
+
+def _mark(runs: list[tuple[str, int]], changed: Any) -> list[tuple[str, int]]:
+    """Append ``+`` to the labels of the channels in `changed` (a set or range)."""
+    if not changed:
+        return runs
+    labels = [label for label, n in runs for _ in range(n)]
+    return _merge([(lab + "+" if i in changed and not lab.endswith("+") else lab, 1)
+                   for i, lab in enumerate(labels)])
 
 
 def _merge(runs: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -211,7 +273,7 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
     open_calls: dict[str, list[tuple[int, torch.Tensor | None, Field | None, set[int]]]] = {}
     concatenating: list[tuple[Call, torch.Tensor, set[int]]] = []
     events = [0]
-    mode = _Mode(keep)
+    mode = _Mode(keep, events)
     mode.fields[id(example)] = image_field()
 
     def pre(name: str):
@@ -240,9 +302,8 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
             )
             if y is not None:
                 keep.append(y)
-                base = _channel_base(y, mode, input_ids) if y.dim() >= 2 else y
-                if id(base) in mode.cats:
-                    concatenating.append((call, base, input_ids))
+                if y.dim() >= 2 and id(_channel_base(y, mode, input_ids, call.end)[0]) in mode.cats:
+                    concatenating.append((call, y, input_ids))
                 producers.setdefault(id(y), []).append(_Made(name, index, events[0]))
             calls.append(call)
         return hook
@@ -263,8 +324,13 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
             handle.remove()
         model.train(training)
     # labelled once the pass is over, when every module's call count is known
-    for call, base, input_ids in concatenating:
-        runs = _merge(_describe(base, call, input_ids, mode, producers, counts))
+    for call, y, input_ids in concatenating:
+        base, read, changes = _channel_base(y, mode, input_ids, call.end)
+        runs = _describe(base, call, input_ids, mode, producers, counts, read)
+        if base is not y:  # channel-wise ops after the concatenation: relu, batch_norm, clone
+            runs = _mark(runs, range(int(y.shape[1])) if changes
+                         else mode.changed(y, mode.born[id(y)], call.end))
+        runs = _merge(runs)
         if len(runs) > 1:
             call.sources = runs
     return Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]))
