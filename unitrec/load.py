@@ -8,10 +8,12 @@ the provenance attributes, dropping rows that were never recorded, and the
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
-from typing import Any, Sequence
+import re
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -38,7 +40,43 @@ def _check_file(path: str | os.PathLike) -> str:
         partial = path + ".partial.h5"
         hint = f"; an unfinished recording is at {partial}" if os.path.exists(partial) else ""
         raise RecordingError(f"no recording at {path}{hint}")
+    if os.path.isdir(path):
+        inside = sorted(f for f in os.listdir(path) if f.endswith(".h5"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise RecordingError(f"{path} is a directory{hint}; give the .h5 file of a recording")
     return path
+
+
+@contextlib.contextmanager
+def _open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """Open a recording read-only; what is not a readable recording is a one-line RecordingError."""
+    path = _check_file(path)
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise RecordingError(_unreadable(path, exc)) from None
+    with h5:
+        if not isinstance(h5.get("done"), h5py.Dataset):
+            fmt = h5.attrs.get("format")
+            raise RecordingError(
+                f"{path} is not a unitrec recording: an HDF5 file without unitrec's layout (no 'done' "
+                f"mask, {'no format attribute' if fmt is None else f'format {fmt!r}'})"
+            )
+        yield h5
+
+
+def _unreadable(path: str, exc: OSError) -> str:
+    if isinstance(exc, BlockingIOError) or "unable to lock" in str(exc):
+        return (f"{path} is locked: a recording is in progress on it (another process holds it open "
+                "for writing). Wait for it to finish, or look at the rows written so far with "
+                f"`HDF5_USE_FILE_LOCKING=FALSE unitrec info {path}` (in Python: set it before starting)")
+    if os.path.getsize(path) == 0:
+        return f"{path} is not a unitrec recording: the file is empty"
+    if not h5py.is_hdf5(path):
+        return f"{path} is not a unitrec recording: not an HDF5 file"
+    detail = re.search(r"\((.*)\)", str(exc).splitlines()[0])
+    return (f"{path} is truncated or damaged ({detail.group(1) if detail else exc}); "
+            "copy it again or record it again")
 
 
 def open_recording(path: str | os.PathLike, *, chunks: Any = None) -> xr.DataTree:
@@ -58,12 +96,14 @@ def open_recording(path: str | os.PathLike, *, chunks: Any = None) -> xr.DataTre
     >>> tree["layer1"]["activation"]  # doctest: +SKIP
     """
     _plugins()
-    return xr.open_datatree(_check_file(path), engine="h5netcdf", chunks=chunks)
+    with _open_h5(path):  # a clear error for anything that is not a readable recording
+        pass
+    return xr.open_datatree(os.fspath(path), engine="h5netcdf", chunks=chunks)
 
 
 def sites_in(path: str | os.PathLike) -> list[str]:
     """Names of the sites stored in a recording, in recording order."""
-    with h5py.File(_check_file(path), "r") as h5:
+    with _open_h5(path) as h5:
         return [k for k, v in h5.items() if isinstance(v, h5py.Group) and "activation" in v]
 
 
@@ -106,18 +146,15 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
         Dims ``(stimulus, channel, y, x)`` for whole conv maps, ``(stimulus, channel)``
         for 2-D or pooled sites, ``(stimulus, unit)`` for selected units; stimulus
         coordinates (``label``, metadata columns, ``done``), unit coordinates
-        (``source``, ``rf_center_y``, ``rf_center_x``), and the site's and the
+        (``source``, ``source_index``, ``rf_center_y``, ``rf_center_x``), and the site's and the
         recording's provenance in ``attrs``.
     """
     path = _check_file(path)
     _plugins()
-    with h5py.File(path, "r") as h5:
+    with _open_h5(path) as h5:
         sites = [k for k, v in h5.items() if isinstance(v, h5py.Group) and "activation" in v]
         if layer not in sites:
-            close = difflib.get_close_matches(layer, sites, n=5, cutoff=0.5)
-            raise LayerNotFoundError(
-                f"no site {layer!r} in {path}; recorded sites: {', '.join(close or sites)}"
-            )
+            raise LayerNotFoundError(_no_site(layer, sites, path))
         coords = _stimulus_coords(h5)
         attrs = _root_attrs(h5)
     ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=chunks)
@@ -131,12 +168,22 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
     return da
 
 
+def _no_site(layer: str, sites: list[str], path: str) -> str:
+    """Every recorded site when there are few; else the closest names and how to list all."""
+    if len(sites) <= 20:
+        return f"no site {layer!r} in {path}; recorded sites: {', '.join(sites) or 'none'}"
+    close = difflib.get_close_matches(layer, sites, n=5, cutoff=0.5)
+    closest = f"closest: {', '.join(close)}; " if close else ""
+    return f"no site {layer!r} in {path}; {closest}{len(sites)} sites recorded (`unitrec info {path}` lists them)"
+
+
 def load_population(path: str | os.PathLike, layers: Sequence[str] | None = None, *,
                     chunks: Any = None, include_missing: bool = False) -> xr.DataArray:
     """Sites side by side as one population: dims ``(stimulus, unit)``.
 
     Every unit carries ``layer``, ``channel``, ``y`` and ``x`` coordinates (``-1``
-    where a site has no such axis, e.g. pooled or 2-D sites) and, where known, its
+    where a site has no such axis, e.g. pooled or 2-D sites), ``source`` and
+    ``source_index`` (``""`` and ``-1`` outside concatenations) and, where known, its
     receptive-field centre.
 
     Parameters
@@ -159,7 +206,7 @@ def load_population(path: str | os.PathLike, layers: Sequence[str] | None = None
         else:
             flat = da.stack(unit=dims).reset_index("unit")
         n = flat.sizes["unit"]
-        for coord in ("channel", "y", "x"):
+        for coord in ("channel", "y", "x", "source_index"):
             if coord not in flat.coords:
                 flat = flat.assign_coords({coord: ("unit", np.full(n, -1))})
         for coord in ("rf_center_y", "rf_center_x"):
@@ -169,7 +216,7 @@ def load_population(path: str | os.PathLike, layers: Sequence[str] | None = None
             flat = flat.assign_coords(source=("unit", np.full(n, "", dtype=object)))
         flat = flat.assign_coords(layer=("unit", np.full(n, name, dtype=object)))
         extra = [c for c in flat.coords if "unit" in flat[c].dims and c not in
-                 ("channel", "y", "x", "rf_center_y", "rf_center_x", "source", "layer")]
+                 ("channel", "y", "x", "rf_center_y", "rf_center_x", "source", "source_index", "layer")]
         parts.append(flat.drop_vars(extra).transpose("stimulus", "unit"))
     if not parts:
         raise RecordingError(f"{path} holds no sites")
@@ -186,7 +233,7 @@ def recording_info(path: str | os.PathLike) -> dict[str, Any]:
     """A summary of a recording for humans (``unitrec info``): provenance and sites."""
     path = _check_file(path)
     _plugins()
-    with h5py.File(path, "r") as h5:
+    with _open_h5(path) as h5:
         done = h5["done"][...]
         info: dict[str, Any] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
         info["file"] = os.path.abspath(path)

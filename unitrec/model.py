@@ -11,6 +11,8 @@ import difflib
 import hashlib
 import importlib
 import os
+import re
+import sys
 from typing import Any
 
 import torch
@@ -66,21 +68,51 @@ def _build(name: str, weights: Any) -> nn.Module:
     return model
 
 
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
 def _build_factory(spec: str, weights: Any) -> nn.Module:
+    """Import ``package.module:function`` and call it with no arguments.
+
+    This runs the user's code, as importing any Python file does. The current folder
+    is on the module path (appended if absent), so ``unitrec`` and ``python -m
+    unitrec`` find the same factories.
+    """
     module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import model factory {spec!r}: {exc}") from exc
+    if not (_DOTTED.fullmatch(module_name) and _DOTTED.fullmatch(attr)):
+        raise ModelError(
+            f"model {spec!r} is neither a torchvision name nor 'package.module:function' "
+            "(an importable module, a colon, a function returning a torch.nn.Module)"
+        )
     if weights is not None:
         raise ModelError(
             f"weights={weights!r} only applies to torchvision models; give your own "
             "model's weights as checkpoint=PATH"
         )
-    model = factory()
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        factory = importlib.import_module(module_name)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"cannot import model factory {spec!r}: {exc}") from exc
+    if not callable(factory):
+        raise ModelError(f"model factory {spec!r} is a {type(factory).__name__}, not a function")
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code: say which factory failed, in one line
+        raise ModelError(f"model factory {spec!r} called with no arguments failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise ModelError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(f"model factory {spec!r} returned {type(model).__name__} "
+                         f"{_short(model)}, not a torch.nn.Module")
     return model
+
+
+def _short(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_model(
@@ -136,7 +168,10 @@ def _load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise ModelError(
+            f"cannot read checkpoint {path}: {_checkpoint_problem(exc)}; give a file written "
+            "by torch.save(model.state_dict(), PATH)"
+        ) from exc
     if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -154,6 +189,21 @@ def _load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> None:
         raise ModelError(
             f"checkpoint {path} does not fit the model: {' '.join(first[:3])[:500]}"
         ) from exc
+
+
+def _checkpoint_problem(exc: Exception) -> str:
+    """One line for why torch.load failed (torch's own text suggests unpickling arbitrary code)."""
+    text = str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or text
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds a Python object ({found.group(1)}) besides tensors, which unitrec does not load"
+    if "WeightsUnpickler error" in text or "invalid load key" in text:
+        return "not a PyTorch checkpoint (it does not unpickle as tensors)"
+    if "zip archive" in text:
+        return "truncated or corrupted (an incomplete zip archive)"
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
 
 
 def model_description(

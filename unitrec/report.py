@@ -74,9 +74,9 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     summary_rows = []
     for name, da in layers.items():
         pr = A.participation_ratio(da)
-        sparse = A.lifetime_sparseness(da)
-        summary_rows.append((name, "×".join(map(str, da.shape)), f"{pr:.1f}",
-                             f"{float(np.nanmedian(np.asarray(sparse.values))):.2f}"))
+        sparse = np.asarray(A.lifetime_sparseness(da).values, dtype=float)
+        median = f"{np.nanmedian(sparse):.2f}" if np.isfinite(sparse).any() else "-"  # NaN: no unit defined
+        summary_rows.append((name, "×".join(map(str, da.shape)), f"{pr:.1f}", median))
     safe = {name: name.replace("/", "_").replace(":", "-").replace("@", "_at_") for name in layers}
 
     if by is not None:

@@ -33,8 +33,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+#: Names the file's root already uses (stimulus coordinates); a site stored under one would clash.
+_ROOT_NAMES = ("stimulus", "done", "label", "path")
+
+
+def _unstorable(key: str) -> Optional[str]:
+    """Why `key` cannot name a site's group in the file, or None if it can."""
+    if key in ("", ".", ".."):
+        return f"{key!r} is not a name"
+    if "/" in key:
+        return "'/' would nest it in an HDF5 group"
+    if key in _ROOT_NAMES:
+        return f"the file's root already holds {key!r} ({', '.join(_ROOT_NAMES)} are taken)"
+    return None
+
+
 class LayerSpec(_Strict):
-    """One recording site and which of its units to keep (see DESIGN.md, "Layer entries")."""
+    """One recording site and which of its units to keep (see docs/design.md, "Layer entries")."""
 
     name: str
     capture: Literal["output", "input"] = "output"
@@ -51,6 +66,14 @@ class LayerSpec(_Strict):
     def _spelling(cls, v: Optional[str]) -> Optional[str]:
         return {"centre": "center", "all": None}.get(v, v) if v else v
 
+    @field_validator("store_as")
+    @classmethod
+    def _storable(cls, v: Optional[str]) -> Optional[str]:
+        why = None if v is None else _unstorable(v)
+        if why:
+            raise ValueError(f"{v!r} cannot name a site: {why}; choose another name (':', '@', '.' are fine)")
+        return v
+
     @model_validator(mode="after")
     def _exclusive(self) -> "LayerSpec":
         modes = [k for k in ("units", "pool", "sample") if getattr(self, k) is not None]
@@ -60,6 +83,14 @@ class LayerSpec(_Strict):
             raise ValueError(f"choose one of units / positions / pool / sample, not {' and '.join(modes)}")
         if self.sample is not None and self.channels is not None:
             raise ValueError("sample draws from every unit; it cannot be combined with channels")
+        return self
+
+    @model_validator(mode="after")
+    def _storable_name(self) -> "LayerSpec":
+        why = None if self.store_as else _unstorable(self.key)
+        if why:
+            raise ValueError(f"site {self.key!r} cannot be stored under its own name: {why}; "
+                             "give it another with 'as:'")
         return self
 
     @property
@@ -138,10 +169,18 @@ class Config(_Strict):
     model: ModelSpec
     stimuli: StimuliSpec
     preprocess: Optional[PreprocessSpec] = None
-    layers: list[Union[str, LayerSpec]]
+    layers: list[LayerSpec]
     record: RecordSpec = RecordSpec()
     output: Union[str, OutputSpec]
     report: Optional[ReportSpec] = None
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _entries(cls, v: Any) -> Any:
+        # a bare name is the entry {name: ...}, so errors point into one model, not a union
+        if isinstance(v, (str, dict)):
+            v = [v]
+        return [{"name": e} if isinstance(e, str) else e for e in v] if isinstance(v, list) else v
 
     @field_validator("layers")
     @classmethod
@@ -151,10 +190,18 @@ class Config(_Strict):
         return v
 
 
+def _where(loc: tuple) -> str:
+    """``layers.0.units`` as ``layers[0].units``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
 def _message(exc: ValidationError, what: str, model: Type[BaseModel]) -> str:
     lines = []
     for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"])
+        where = _where(err["loc"])
         if err["type"] == "extra_forbidden":
             parent = model
             for part in err["loc"][:-1]:
@@ -163,9 +210,14 @@ def _message(exc: ValidationError, what: str, model: Type[BaseModel]) -> str:
                 parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
                                and issubclass(a, BaseModel)), parent)
             valid = ", ".join(f.alias or n for n, f in parent.model_fields.items())
-            lines.append(f"unknown key '{where}' (valid keys: {valid})")
+            # inside a list entry, name the entry and the key within it: layers[0]: unknown key 'unit'
+            cut = max((i + 1 for i, p in enumerate(err["loc"]) if isinstance(p, int)), default=0)
+            entry = f"{_where(err['loc'][:cut])}: " if cut else ""
+            key = ".".join(str(p) for p in err["loc"][cut:])
+            lines.append(f"{entry}unknown key '{key}' (valid keys: {valid})")
         else:
-            lines.append(f"{where or what}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg}" if where else msg)
     more = f" (+{len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
     return f"invalid {what}: " + "; ".join(lines) + more
 
@@ -187,7 +239,7 @@ def parse_layers(layers: Any) -> list[LayerSpec]:
         if isinstance(entry, LayerSpec):
             specs.append(entry)
         elif isinstance(entry, str):
-            specs.append(LayerSpec(name=entry))
+            specs.append(parse(LayerSpec, {"name": entry}, "layer entry"))
         else:
             specs.append(parse(LayerSpec, entry, "layer entry"))
     keys = [s.key for s in specs]

@@ -45,6 +45,9 @@ def plot_tuning_curves(
 ) -> Figure:
     """Small multiples of tuning curves, mean ± SEM, one panel per unit.
 
+    A numeric parameter (orientation) is drawn as a curve; a categorical one (a
+    class ``label``) as one bar per category.
+
     Parameters
     ----------
     tuning_ds : xarray.Dataset
@@ -60,7 +63,7 @@ def plot_tuning_curves(
     Returns
     -------
     matplotlib.figure.Figure
-        One axes per unit; the dashed line marks the preferred value.
+        One axes per unit; the dashed line (or the orange bar) marks the preferred value.
 
     Raises
     ------
@@ -82,14 +85,20 @@ def plot_tuning_curves(
     nrows = max(1, math.ceil(len(chosen) / ncols))
     fig = _new_figure(figsize=(2.6 * ncols, 2.2 * nrows), layout="constrained")
     x = np.asarray(mean[by].values)
+    categorical = not np.issubdtype(x.dtype, np.number)
     for i, u in enumerate(chosen):
         where = dict(zip(unit_dims, np.unravel_index(int(u), shape))) if shape else {}
         ax = fig.add_subplot(nrows, ncols, i + 1)
         m = np.asarray(mean.isel(where).values, dtype=float)
         s = np.asarray(sem.isel(where).values, dtype=float)
-        ax.errorbar(x, m, yerr=np.nan_to_num(s), marker="o", ms=3, capsize=2)
-        preferred = tuning_ds["preferred"].isel(where).values
-        ax.axvline(float(preferred), ls="--", lw=0.8, color="grey")
+        preferred = tuning_ds["preferred"].isel(where).values.item()
+        if categorical:
+            colors = ["C1" if v == preferred else "C0" for v in x]
+            ax.bar(np.arange(x.size), m, yerr=np.nan_to_num(s), color=colors, capsize=2)
+            ax.set_xticks(np.arange(x.size), x.astype(str), rotation=90 if x.size > 4 else 0)
+        else:
+            ax.errorbar(x, m, yerr=np.nan_to_num(s), marker="o", ms=3, capsize=2)
+            ax.axvline(float(preferred), ls="--", lw=0.8, color="grey")
         sel = float(tuning_ds["selectivity"].isel(where).values)
         ax.set_title(f"{_unit_name(mean.isel(where), where)}  SI={sel:.2f}", fontsize=8)
         ax.set_xlabel(by, fontsize=8)
