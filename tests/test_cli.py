@@ -119,6 +119,7 @@ def test_python_api_raises_the_same_errors(zoo, images, tmp_path):
         ur.record(zoo("resnet18"), tmp_path / "nope", ["layer1"], tmp_path / "a.h5")
 
 
+@pytest.mark.slow
 def test_module_entry_point_and_console_script_help():
     for cmd in ([sys.executable, "-m", "unitrec", "--help"], [sys.executable, "-m", "unitrec", "run", "--help"]):
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -131,7 +132,7 @@ def test_public_names_are_pinned():
     assert ur.__all__ == sorted(ur.__all__)
     assert set(ur.__all__) == {
         "ConfigError", "LayerNotFoundError", "ModelError", "Recorder", "RecordingError", "SelectionError",
-        "StimulusError", "UnitrecError", "__version__", "analysis", "list_layers", "load_layer",
+        "StimulusError", "UnitrecError", "UnitrecWarning", "__version__", "analysis", "list_layers", "load_layer",
         "load_model", "load_population", "open_recording", "record", "run_config", "stimuli",
     }
     assert issubclass(ur.LayerNotFoundError, KeyError) and issubclass(ur.ConfigError, ValueError)

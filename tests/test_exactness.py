@@ -105,17 +105,24 @@ def test_blocks_match_create_feature_extractor(zoo, images, transform64, tmp_pat
     assert ur.load_layer(path, "layer4").dims == ("stimulus", "channel", "y", "x")
 
 
-def test_batch_size_never_changes_a_value(zoo, images, transform64, tmp_path):
+def test_rows_are_computed_in_fixed_full_blocks_whatever_the_batch_size(zoo, images, transform64, tmp_path):
+    """Every row equals the model run on its block of `batch_size` rows (short blocks padded)."""
     m = zoo("resnet18")
     sites = ["conv1", "layer2.0.bn2", "fc"]
-    arrays = {}
+    labels, batch = image_batch(images, transform64)
+    fx = create_feature_extractor(m, {"conv1": "conv1", "fc": "fc"})
     for bs in (1, 3, 4, 10):
         path = ur.record(m, images, sites, tmp_path / f"b{bs}.h5", transform=transform64,
                          batch_size=bs, progress=False)
-        arrays[bs] = {s: ur.load_layer(path, s).values for s in sites}
-    for bs in (1, 3, 4):
-        for s in sites:
-            np.testing.assert_array_equal(arrays[bs][s], arrays[10][s], err_msg=f"batch {bs}, {s}")
+        got = {s: ur.load_layer(path, s).values for s in sites}
+        for start in range(0, len(labels), bs):
+            block = batch[start : start + bs]
+            padded = torch.cat([block, block[:1].expand(bs - len(block), *block.shape[1:])])
+            with torch.no_grad():
+                want = fx(padded)
+            for s in ("conv1", "fc"):
+                np.testing.assert_array_equal(got[s][start : start + bs], want[s][: len(block)].numpy(),
+                                              err_msg=f"batch {bs}, rows {start}+, {s}")
 
 
 def test_stimulus_order_is_sorted_relative_path(zoo, images, transform64, tmp_path):

@@ -7,10 +7,12 @@ exit with status 1; an interrupted run says how to resume.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -18,11 +20,9 @@ __all__ = ["main"]
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
+    from .writer import human_size
+
+    return human_size(n)
 
 
 def _rows_by_cols(values) -> str:
@@ -36,16 +36,23 @@ def _rows_by_cols(values) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     import unitrec as ur
 
+    started = datetime.datetime.now(datetime.timezone.utc)
     start = time.perf_counter()
     path = ur.run_config(args.config, overwrite=args.overwrite, progress=False if args.no_progress else None)
-    _print_summary(path, time.perf_counter() - start)
+    _print_summary(path, time.perf_counter() - start, started)
     return 0
 
 
-def _print_summary(path: Path, seconds: float) -> None:
+def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> None:
     from .load import recording_info
 
     info = recording_info(path)
+    finished = info.get("finished")
+    if finished and datetime.datetime.fromisoformat(finished) < started:
+        print(f"nothing to record: {path} already holds this job's finished recording "
+              f"({info['n_recorded']} of {info['n_stimuli']} stimuli, finished {finished[:19]}); "
+              "--overwrite records it again")
+        return
     print(f"\nrecorded {info['n_recorded']} of {info['n_stimuli']} stimuli"
           + (f" ({info['n_skipped']} skipped, listed in the file)" if info["n_skipped"] else "")
           + f" → {path} ({_size(info['file_size'])})")
@@ -57,8 +64,6 @@ def _print_summary(path: Path, seconds: float) -> None:
     if rate:
         print(f"{rate:.1f} images/s (this run: {info.get('last_run_seconds', 0):.1f} s; wall time "
               f"including model set-up {seconds:.1f} s)")
-    else:
-        print("nothing to record: the file was already complete")
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
@@ -104,7 +109,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"status:        {info.get('status')}  ({info['n_recorded']} of {info['n_stimuli']} stimuli recorded"
           f"{', %d skipped' % info['n_skipped'] if info['n_skipped'] else ''})")
     print(f"model:         {info.get('model')} — {info.get('model_description')}")
-    print(f"weights:       {info.get('weights')} (sha256 {str(info.get('weights_sha256'))[:16]}…)")
+    weights = f"checkpoint {info['checkpoint']}" if info.get("checkpoint") else info.get("weights")
+    print(f"weights:       {weights} (state_dict sha256 {info.get('weights_sha256')})")
     print(f"preprocessing: {info.get('preprocessing')}")
     print(f"stimuli:       {info.get('stimuli')} (sha256 {str(info.get('stimulus_set_sha256'))[:16]}…)")
     versions = json.loads(info.get("library_versions", "{}"))
@@ -209,13 +215,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings(show):
+    """unitrec's own warnings as ``unitrec: warning: ...`` lines; others as Python prints them."""
+    from .errors import UnitrecWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UnitrecWarning):
+            print(f"unitrec: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``unitrec`` and ``python -m unitrec``."""
     from .errors import UnitrecError
 
     args = _parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return args.func(args)
     except UnitrecError as exc:
         print(f"unitrec: error: {exc}", file=sys.stderr)
         return 1

@@ -1,8 +1,11 @@
 """How a recording was made: the attributes every file carries and the run key.
 
 The run key is the part of the provenance that decides whether an unfinished file
-may be resumed: same weights, preprocessing, sites, stimuli, dtype and device
-kind. Everything else (batch size, workers, progress bars) cannot change a value.
+may be resumed, and whether a finished one is the same job: same model, weights,
+preprocessing (and background colour for image files), sites, stimulus list, dtype
+and device kind. Batch size is not in it: a file keeps the batch size it was started
+with (see ``record``). Workers and progress bars cannot change a value. Each image
+file's identity (size, time, content hash) is checked per stimulus by the writer.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ def library_versions() -> dict[str, str]:
 
 
 def run_key(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, sites: list[dict],
-            stimuli_sha256: str, n_stimuli: int, dtype: str, device: str) -> dict[str, Any]:
-    """The facts that must match for a partial recording to be resumed."""
-    return {
+            stimuli_sha256: str, n_stimuli: int, dtype: str, device: str,
+            background: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """The facts that must match for a partial recording to be resumed (or a finished one reused)."""
+    key = {
         "model": model.get("name"),
         "weights": weights_sha256,
         "preprocessing": preprocessing,
@@ -48,6 +52,9 @@ def run_key(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, s
         "dtype": dtype,
         "device": device.split(":")[0],
     }
+    if background is not None:  # transparent pixels are composited on it
+        key["background"] = "rgb(" + ", ".join(str(int(c)) for c in background) + ")"
+    return key
 
 
 def file_attrs(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, config: dict[str, Any],
@@ -55,11 +62,12 @@ def file_attrs(*, model: dict[str, Any], weights_sha256: str, preprocessing: str
                stimulus_root: str = "") -> dict[str, Any]:
     """Root attributes of a recording file (strings, so MATLAB and xarray read them)."""
     from . import __version__
+    from .writer import FORMAT_VERSION
 
     key_text = json.dumps(key, sort_keys=True)
     return {
         "format": "unitrec",
-        "format_version": "1",
+        "format_version": FORMAT_VERSION,
         "unitrec_version": __version__,
         "model": model.get("name", ""),
         "model_description": model.get("description", ""),

@@ -4,14 +4,24 @@ The loop: a DataLoader decodes and preprocesses batches (in worker processes if
 asked); each batch runs through the model with the recorder's hooks, stopping after
 the deepest site; the selected values are copied once into a ring of host buffers
 (pinned on CUDA); a background thread writes them, flushes, and marks the rows done.
+
+Batches are fixed blocks of the stimulus list (rows ``[k·B, (k+1)·B)`` for the file's
+batch size B), always computed whole: an undecodable image's slot and the end of the
+last block are filled with copies of a good image. So a row is computed in the same
+batch, at the same position, however the work is interrupted and resumed, and its
+stored value never depends on how the run was split (see docs/design.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
+import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -19,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import RecordingError, StimulusError
+from .errors import ConfigError, RecordingError, StimulusError, UnitrecWarning
 from .model import state_dict_sha256
 from .preprocess import build_transform, describe_transform
 from .provenance import file_attrs, run_key
@@ -27,11 +37,53 @@ from .recorder import Recorder
 from .schema import parse_layers
 from .sites import Site, resolve_sites
 from .stimuli.dataset import StimulusSet, as_stimulus_set, collate
-from .writer import AsyncWriter, RecordingFile, partial_path
+from .writer import (AsyncWriter, RecordingFile, check_finished, creating_path, human_size,
+                     partial_path, reserved_names)
 
-__all__ = ["record"]
+__all__ = ["Job", "record"]
 
 _QUEUE = 2  # batches waiting for the disk; the ring holds _QUEUE + 2 buffers
+_FLOAT16_LIMIT = 65520.0  # |v| ≥ this rounds to ±inf in float16 (65504 is the largest finite)
+_WARN_SKIPPED = 10  # undecodable images named one by one; the rest are counted
+
+
+@dataclass(frozen=True)
+class Job:
+    """How a recording is made: the settings that travel together through ``record``.
+
+    Built once from ``record()``'s arguments (or a config's ``record`` section) and
+    checked here, so every later function receives one validated object.
+    """
+
+    batch_size: int = 32
+    device: torch.device = torch.device("cpu")
+    num_workers: int = 0
+    progress: bool = True
+    dtype: str = "float32"
+    compression: str | None = None
+    stop_early: bool = True
+    on_error: str = "skip"
+    background: tuple[int, int, int] = (255, 255, 255)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
+             and self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size!r}"),
+            (isinstance(self.num_workers, int) and not isinstance(self.num_workers, bool)
+             and self.num_workers >= 0, f"num_workers must be an integer ≥ 0, got {self.num_workers!r}"),
+            (self.dtype in ("float32", "float16"), f"dtype must be 'float32' or 'float16', got {self.dtype!r}"),
+            (self.compression in (None, "zstd"), f"compression must be None or 'zstd', got {self.compression!r}"),
+            (self.on_error in ("skip", "raise"), f"on_error must be 'skip' or 'raise', got {self.on_error!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        try:
+            object.__setattr__(self, "device", torch.device(self.device))
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:1', ...; got {self.device!r} ({exc})") from None
+        object.__setattr__(self, "background", tuple(self.background))
 
 
 def record(
@@ -65,7 +117,7 @@ def record(
     layers
         Site names (``"layer3.5"``, ``"layer1.0.relu:2"``, ``"fc@input"``) or layer
         entries (dicts with ``name`` and ``units``/``channels``/``positions``/``pool``/
-        ``sample``), see DESIGN.md.
+        ``sample``), see docs/design.md.
     out
         Path of the finished file. Until it is finished the data lives in
         ``<out>.partial.h5``; rerunning the same job resumes it.
@@ -73,11 +125,14 @@ def record(
         PIL RGB image → CHW float tensor. Default: the weights' own preprocessing,
         else resize 256, centre crop 224, ImageNet normalisation.
     batch_size, device, num_workers
-        Loading and compute. Batch size never changes a value.
+        Loading and compute. Rows are computed in fixed blocks of `batch_size`; a
+        resumed recording keeps the batch size it was started with, so a row's
+        value never depends on interruptions.
     progress
         Show a tqdm progress bar.
     dtype
-        ``"float32"`` (default) or ``"float16"`` storage.
+        ``"float32"`` (default) or ``"float16"`` storage (values beyond ±65504 become
+        ±inf; they are counted, warned about and stored in the site's attributes).
     compression
         None (default) or ``"zstd"`` (level 1, needs ``hdf5plugin``).
     stop_early
@@ -95,7 +150,8 @@ def record(
     Returns
     -------
     pathlib.Path
-        The finished file.
+        The finished file. If `out` already holds a finished recording of the same
+        job, nothing is recorded and its path is returned.
 
     Examples
     --------
@@ -103,108 +159,136 @@ def record(
     >>> model = ur.load_model("resnet18")
     >>> path = ur.record(model, "stimuli/", ["layer1", "layer4.1"], "acts.h5")  # doctest: +SKIP
     """
-    if on_error not in ("skip", "raise"):
-        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-    out = Path(out).expanduser().resolve()
-    _check_output_folder(out)
+    job = Job(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress, dtype=dtype,
+              compression=compression, stop_early=stop_early, on_error=on_error,
+              background=tuple(background), overwrite=overwrite)
+    out = _check_output(out)
     specs = parse_layers(layers)
     stim = as_stimulus_set(stimuli)
-    device = torch.device(device)
     if transform is None and stim.root is not None:
         transform = getattr(model, "unitrec_transform", None) or build_transform()
     preprocessing = describe_transform(transform) if transform is not None else "none (tensor stimuli)"
 
     with _lock(out):
-        if out.exists() and not overwrite:
-            _check_finished(out, stim)
-            return out
         training = model.training
         try:
-            model.to(device).eval()
-            return _record(model, stim, specs, out, transform, preprocessing, batch_size, device,
-                           num_workers, progress, dtype, compression, stop_early, on_error,
-                           tuple(background), overwrite, config)
+            model.to(job.device).eval()
+            return _record(model, stim, specs, out, transform, preprocessing, job, config)
         finally:
             model.train(training)
 
 
-def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing, batch_size, device,
-            num_workers, progress, dtype, compression, stop_early, on_error, background, overwrite, config):
-    loading = stim.dataset(transform, background)
-    example = _first_good(loading, on_error)
-    sites, trace = resolve_sites(model, specs, example.unsqueeze(0).to(device))
+def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing: str, job: Job,
+            config) -> Path:
+    example = _first_good(stim.dataset(transform, job.background), job.on_error)
+    sites, trace = resolve_sites(model, specs, example.unsqueeze(0).to(job.device))
+    _check_names(sites, stim)
     desc = dict(getattr(model, "unitrec_description", {"name": type(model).__name__}))
     weights_sha = state_dict_sha256(model)
     key = run_key(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
                   sites=[s.spec.model_dump(by_alias=True, exclude_defaults=True) for s in sites],
-                  stimuli_sha256=stim.sha256(), n_stimuli=len(stim), dtype=dtype, device=str(device))
-    config = config or _implicit_config(desc, stim, preprocessing, specs, batch_size, device, dtype, out)
+                  stimuli_sha256=stim.sha256(), n_stimuli=len(stim), dtype=job.dtype, device=str(job.device),
+                  background=job.background if stim.root is not None else None)
     partial = partial_path(out)
-    if overwrite:
+    if job.overwrite:
         for p in (partial, out):
             p.unlink(missing_ok=True)
-    if partial.exists():
-        rec_file = RecordingFile.reopen(out, sites, key)
+    if out.exists():
+        stored_batch = check_finished(out, key, stim)
+        _adopted(stored_batch, job.batch_size, out, "was recorded")
+        return out
+    creating_path(out).unlink(missing_ok=True)  # left by a run killed while creating the file
+    resumed = partial.exists()
+    if resumed:
+        rec_file = RecordingFile.reopen(out, sites, key, stim)
+        batch_size = _adopted(rec_file.batch_size, job.batch_size, partial, "was started")
     else:
+        config = config or _implicit_config(desc, stim, preprocessing, specs, job, out)
         attrs = file_attrs(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
                            config=config, stimuli_sha256=stim.sha256(), key=key,
                            stimuli_description=stim.description,
                            stimulus_root=str(stim.root) if stim.root is not None else "")
-        rec_file = RecordingFile.create(out, stim.labels, stim.coords, sites, attrs,
-                                        batch_size=batch_size, dtype=dtype, compression=compression)
+        _check_space(out.parent, sites, len(stim), job)
+        rec_file = RecordingFile.create(out, stim.labels, stim.coords, stim.file_stats(), sites, attrs,
+                                        batch_size=job.batch_size, dtype=job.dtype,
+                                        compression=job.compression)
+        batch_size = job.batch_size
+    failed = True
     try:
         todo = rec_file.todo()
-        elapsed = _stream(model, sites, trace, stim, rec_file, todo, transform, background, batch_size,
-                          device, num_workers, progress, dtype, stop_early, on_error)
+        if resumed:
+            _check_space(out.parent, sites, len(todo), job)
+        elapsed = _stream(model, sites, trace, stim, rec_file, todo, transform, job, batch_size)
         if len(todo):
             rec_file.h5.attrs["last_run_seconds"] = round(elapsed, 3)
             rec_file.h5.attrs["last_run_images_per_second"] = round(len(todo) / max(elapsed, 1e-9), 2)
-        return rec_file.finish()
+        overflow = rec_file.float16_overflow()
+        path = rec_file.finish()
+        failed = False
     finally:
-        rec_file.close()
+        rec_file.close(quiet=failed)  # after a disk error, closing may fail too: keep the first error
+    for site, count in overflow.items():
+        warnings.warn(f"{site}: {count} values exceeded float16's range (±65504) and are stored as ±inf "
+                      "(counted in the site's 'float16_overflow' attribute); record it as float32",
+                      UnitrecWarning, stacklevel=3)
+    return path
 
 
-def _stream(model, sites: list[Site], trace, stim, rec_file: RecordingFile, todo, transform, background,
-            batch_size, device, num_workers, progress, dtype, stop_early, on_error) -> float:
+def _stream(model, sites: list[Site], trace, stim: StimulusSet, rec_file: RecordingFile, todo: np.ndarray,
+            transform, job: Job, batch_size: int) -> float:
     if len(todo) == 0:
         return 0.0
-    cuda = device.type == "cuda"
+    device, cuda = job.device, job.device.type == "cuda"
+    blocks = _blocks(todo, len(stim), batch_size)
+    is_todo = np.zeros(len(stim), dtype=bool)
+    is_todo[todo] = True
     loader = torch.utils.data.DataLoader(
-        stim.dataset(transform, background, rows=todo.tolist()), batch_size=batch_size,
-        num_workers=num_workers, collate_fn=collate, pin_memory=cuda,
-        persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        stim.dataset(transform, job.background), batch_sampler=blocks, num_workers=job.num_workers,
+        collate_fn=collate, pin_memory=cuda, persistent_workers=False,
+        prefetch_factor=4 if job.num_workers else None,
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if job.num_workers else None,
     )
-    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    torch_dtype = torch.float16 if job.dtype == "float16" else torch.float32
     ring = [{s.key: torch.empty((batch_size, *s.shape), dtype=torch_dtype, pin_memory=cuda) for s in sites}
             for _ in range(_QUEUE + 2)]
     writer = AsyncWriter(maxsize=_QUEUE)
-    bar = _progress(progress, len(stim), len(stim) - len(todo))
+    bar = _progress(job.progress, len(stim), len(stim) - len(todo))
     recorder = Recorder.from_sites(model, sites, trace)
+    n_skipped = 0
     start = time.perf_counter()
+    batches = iter(loader)
     try:
         with recorder:
-            for step, (rows, x, failed) in enumerate(loader):
+            for step, (block, (rows, x, failed, digests)) in enumerate(zip(blocks, batches)):
+                failed = [it for it in failed if is_todo[it.index]]
                 if failed:
-                    _skip(writer, rec_file, failed, on_error)
+                    _skip(writer, rec_file, failed, job.on_error, n_skipped)
+                    n_skipped += len(failed)
+                n_new = int(is_todo[block].sum())
                 if x is None:
-                    bar.update(len(failed))
+                    bar.update(n_new)
                     continue
+                slots = [r - block[0] for r in rows]  # each good image keeps its place in the block
                 buffers = {k: v[: len(rows)] for k, v in ring[step % len(ring)].items()}
+                pick = None if slots == list(range(len(rows))) else torch.tensor(slots, device=device)
+                overflow = {s.key: torch.zeros((), dtype=torch.int64, device=device) for s in sites
+                            } if torch_dtype == torch.float16 else None
 
-                def sink(site: Site, value: torch.Tensor, buffers=buffers, n=len(rows)) -> None:
-                    buffers[site.key].copy_(value[:n], non_blocking=cuda)
+                def sink(site: Site, value: torch.Tensor, buffers=buffers, n=len(rows), pick=pick,
+                         overflow=overflow) -> None:
+                    value = value[:n] if pick is None else value.index_select(0, pick)
+                    if overflow is not None:
+                        overflow[site.key] += torch.count_nonzero(value.abs() >= _FLOAT16_LIMIT)
+                    buffers[site.key].copy_(value, non_blocking=cuda)
 
-                if len(rows) == 1:
-                    # PyTorch picks other CPU kernels for a single image (last-bit
-                    # differences); a batch of two keeps values independent of batching
-                    x = torch.cat([x, x])
-                recorder.run(x.to(device, non_blocking=cuda), stop_early=stop_early, sink=sink)
+                recorder.run(_whole_block(x, slots, batch_size).to(device, non_blocking=cuda),
+                             stop_early=job.stop_early, sink=sink)
                 if cuda:
                     torch.cuda.current_stream(device).synchronize()
-                writer.submit(rec_file.write, np.asarray(rows), {k: v.numpy() for k, v in buffers.items()})
-                bar.update(len(rows) + len(failed))
+                counts = {k: int(v) for k, v in overflow.items() if int(v)} if overflow is not None else {}
+                writer.submit(rec_file.write, np.asarray(rows), {k: v.numpy() for k, v in buffers.items()},
+                              digests, counts)
+                bar.update(n_new)
         writer.close()
     except BaseException:
         with contextlib.suppress(BaseException):
@@ -212,26 +296,83 @@ def _stream(model, sites: list[Site], trace, stim, rec_file: RecordingFile, todo
         raise
     finally:
         bar.close()
+        # after an error, torch would keep the workers until garbage collection and
+        # then wait 5 s for each; stop them now
+        getattr(batches, "_shutdown_workers", lambda: None)()
+    if n_skipped > _WARN_SKIPPED:
+        warnings.warn(f"{n_skipped} undecodable images skipped in all; `unitrec info {rec_file.final.name}` "
+                      "lists them (they are in the file's 'skipped' attribute)", UnitrecWarning, stacklevel=3)
     return time.perf_counter() - start
 
 
-def _skip(writer: AsyncWriter, rec_file: RecordingFile, failed, on_error: str) -> None:
+def _blocks(todo: np.ndarray, n: int, batch_size: int) -> list[list[int]]:
+    """The fixed blocks of rows that hold at least one row still to do."""
+    starts = np.unique(np.asarray(todo) // batch_size) * batch_size
+    return [list(range(int(s), min(int(s) + batch_size, n))) for s in starts]
+
+
+def _whole_block(x: torch.Tensor, slots: list[int], batch_size: int) -> torch.Tensor:
+    """The batch as the model always sees this block: `batch_size` images, each row in its slot.
+
+    Slots of undecodable images and past the end of the stimulus list hold copies of
+    the block's first good image (PyTorch picks its kernels by batch size, so the
+    batch is always full size).
+    """
+    if len(slots) == batch_size:
+        return x
+    index = torch.zeros(batch_size, dtype=torch.long)
+    index[slots] = torch.arange(len(slots))
+    return x.index_select(0, index)
+
+
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """DataLoader worker set-up: die with the recording process (Linux).
+
+    A worker orphaned by SIGKILL would otherwise keep the inherited lock and HDF5
+    file handles for seconds, refusing an immediate rerun as "another process".
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above ran
+        os._exit(0)
+
+
+def _skip(writer: AsyncWriter, rec_file: RecordingFile, failed, on_error: str, already: int) -> None:
     if on_error == "raise":
         raise StimulusError(failed[0].error)
-    for item in failed:
-        warnings.warn(f"skipped: {item.error}", stacklevel=3)
+    for item in failed[: max(0, _WARN_SKIPPED - already)]:
+        warnings.warn(f"skipped: {item.error}", UnitrecWarning, stacklevel=4)
     # through the writer, so the mark lands in order with the batch's rows
     writer.submit(rec_file.mark_skipped, [it.index for it in failed], [it.error for it in failed])
 
 
+def _adopted(stored: int | None, asked: int, path: Path, what: str) -> int:
+    """The batch size a file was made with wins over the one asked for, with a notice."""
+    if stored is None or stored == asked:
+        return asked
+    warnings.warn(f"{path.name} {what} with batch_size {stored}; keeping it (asked: {asked}), because "
+                  "PyTorch may compute other batch sizes with other kernels (last-bit differences)",
+                  UnitrecWarning, stacklevel=4)
+    return stored
+
+
 def _first_good(loading, on_error: str) -> torch.Tensor:
+    errors = []
     for i in range(len(loading)):
         item = loading[i]
         if item.tensor is not None:
             return item.tensor
         if on_error == "raise":
             raise StimulusError(item.error)
-    raise StimulusError("no stimulus could be decoded; see the warnings above")
+        errors.append(item.error)
+    if not errors:
+        raise StimulusError("the stimulus set is empty")
+    raise StimulusError(f"none of the {len(errors)} stimuli could be decoded; the first: {errors[0]}")
 
 
 def _progress(enabled: bool, total: int, initial: int):
@@ -241,7 +382,13 @@ def _progress(enabled: bool, total: int, initial: int):
                 dynamic_ncols=True)
 
 
-def _check_output_folder(out: Path) -> None:
+def _check_output(out: str | os.PathLike) -> Path:
+    """The output path, resolved; its folder created and writable; not a folder itself."""
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+        raise ConfigError(f"output must be a file path such as 'runs/acts.h5', got {out!r}")
+    out = Path(out).expanduser().resolve()
+    if out.is_dir():
+        raise ConfigError(f"output {out} is a folder; give a file path inside it, e.g. {out / 'activations.h5'}")
     folder = out.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -249,21 +396,30 @@ def _check_output_folder(out: Path) -> None:
         raise RecordingError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK):
         raise RecordingError(f"output folder {folder} is not writable; choose another output path")
+    return out
 
 
-def _check_finished(out: Path, stim: StimulusSet) -> None:
-    """A finished file is never rewritten unless asked; same job → nothing to do."""
-    import h5py
+def _check_names(sites: list[Site], stim: StimulusSet) -> None:
+    """A site stored under a name the file already uses at its root would clash."""
+    taken = set(reserved_names()) | set(stim.coords)
+    for site in sites:
+        if site.key in taken:
+            what = "a stimulus coordinate (a metadata.csv column or the class label)" if site.key in stim.coords \
+                else "a name the file itself uses"
+            raise ConfigError(f"site {site.key!r} would be stored under {what}; store it under another "
+                              f"name with as: (e.g. {{name: {site.spec.name}, as: {site.key}_site}})")
 
-    try:
-        with h5py.File(out, "r") as h5:
-            same = h5.attrs.get("stimulus_set_sha256") == stim.sha256()
-    except OSError as exc:
-        raise RecordingError(f"{out} exists and is not a readable HDF5 file ({exc}); "
-                             "use --overwrite to replace it") from None
-    if not same:
-        raise RecordingError(f"{out} already holds a finished recording of other stimuli; "
-                             "use --overwrite (overwrite=True) to replace it, or another output path")
+
+def _check_space(folder: Path, sites: list[Site], n_rows: int, job: Job) -> None:
+    """Refuse to start what cannot fit: the uncompressed size of the rows still to record."""
+    if job.compression is not None:
+        return  # no honest estimate; a full disk is still reported when it happens
+    itemsize = 2 if job.dtype == "float16" else 4
+    need = n_rows * sum(int(np.prod(s.shape, dtype=np.int64)) for s in sites) * itemsize
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise RecordingError(f"this recording needs about {human_size(need)} more and {folder} has "
+                             f"{human_size(free)} free; free some space or choose another output")
 
 
 @contextlib.contextmanager
@@ -306,13 +462,13 @@ def _lock(out: Path) -> Iterator[None]:
         fh.close()
 
 
-def _implicit_config(desc, stim: StimulusSet, preprocessing, specs, batch_size, device, dtype, out) -> dict:
+def _implicit_config(desc, stim: StimulusSet, preprocessing, specs, job: Job, out) -> dict:
     """The config a Python call is equivalent to, stored like a YAML run's."""
     return {
         "model": {k: desc.get(k) for k in ("name", "weights", "checkpoint", "seed") if k in desc},
         "stimuli": {"path": str(stim.root) if stim.root is not None else stim.description},
         "preprocess": preprocessing,
         "layers": [s.model_dump(by_alias=True, exclude_defaults=True) for s in specs],
-        "record": {"batch_size": batch_size, "device": str(device), "dtype": dtype},
+        "record": {"batch_size": job.batch_size, "device": str(job.device), "dtype": job.dtype},
         "output": str(out),
     }

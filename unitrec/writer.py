@@ -1,21 +1,30 @@
 """The HDF5 file of a recording: layout, crash-safe writes, resume.
 
-Layout (see DESIGN.md, "The file"): a root dimension scale ``stimulus`` (relative
-paths), a ``done`` mask and stimulus coordinates; one group per site holding
+Layout (see docs/design.md, "The file"): a root dimension scale ``stimulus``
+(relative paths), a ``done`` mask, stimulus coordinates and, for image files, each
+file's size, modification time and content hash; one group per site holding
 ``activation`` and its own scales and coordinates. Datasets are preallocated with
 NaN, so an unwritten row can never pass for a ReLU zero.
 
-Protocol: write into ``<out>.partial.h5``; per batch write every site, flush, then
+Protocol: the layout is made whole in ``<out>.creating.h5`` and only then renamed
+``<out>.partial.h5``; per batch write every site and the files' hashes, flush, then
 mark the rows done and flush again; at the end set ``status=complete``, fsync and
-rename to ``<out>``. A killed run leaves a partial file whose ``done`` rows are
-trustworthy, and rerunning the same job redoes only the others.
+rename to ``<out>``. A killed run leaves either no partial file or one whose ``done``
+rows are trustworthy, and rerunning the same job redoes only the others, after
+checking that it is the same job (run key) and that no recorded image has changed.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
+import hashlib
 import json
 import os
 import queue
+import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -25,18 +34,56 @@ import numpy as np
 
 from .errors import RecordingError
 from .sites import Site
+from .stimuli.dataset import file_sha256
 
-__all__ = ["FORMAT_VERSION", "AsyncWriter", "RecordingFile", "chunk_shape", "partial_path"]
+__all__ = ["FORMAT_VERSION", "AsyncWriter", "RecordingFile", "check_finished", "chunk_shape", "creating_path",
+           "human_size", "partial_path", "reserved_names"]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 TODO, DONE, SKIPPED = 0, 1, 2  # values of the done mask
 _CHUNK_BYTES = 4 << 20
 _SYNC_BYTES = 64 << 20
+_MARGIN = 1 << 20  # room reserved beyond a batch's data for HDF5's own metadata
+
+
+_FILE_COLUMNS = ("file_size", "file_mtime_ns", "file_sha256")  # per-stimulus identity of image files
 
 
 def partial_path(out: Path) -> Path:
     """Where a recording lives until it is complete: ``<out>.partial.h5``."""
     return out.with_name(out.name + ".partial.h5")
+
+
+def creating_path(out: Path) -> Path:
+    """Where the layout of a new recording is made before it becomes the partial file."""
+    return out.with_name(out.name + ".creating.h5")
+
+
+def reserved_names() -> tuple[str, ...]:
+    """Names at the root of every recording that a site cannot be stored under."""
+    return ("stimulus", "done", *_FILE_COLUMNS)
+
+
+def human_size(n: float) -> str:
+    """``35.4 MB``: bytes in decimal units, as ``ls -h --si`` and disk vendors count."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _no_space(exc: BaseException) -> bool:
+    """ENOSPC from Python (OSError) or from HDF5 (a RuntimeError whose text carries errno 28)."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "errno = 28" in str(exc) \
+        or "No space left on device" in str(exc)
+
+
+def _disk_error(exc: BaseException, path: Path) -> RecordingError:
+    if _no_space(exc):
+        return RecordingError(f"no space left on device writing {path}; free some space and rerun the "
+                              "same command to resume")
+    return RecordingError(f"writing {path} failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
 
 
 def chunk_shape(shape: tuple[int, ...], batch_size: int, itemsize: int) -> tuple[int, ...]:
@@ -73,17 +120,28 @@ class RecordingFile:
         self.h5, self.path, self.final, self.sites = h5, path, final, sites
         self._datasets = {s.key: h5[s.key]["activation"] for s in sites}
         self._done = h5["done"]
+        self._digests = h5["file_sha256"] if "file_sha256" in h5 else None
         self._unsynced = 0  # bytes written since the last fdatasync
 
     def __repr__(self) -> str:
         return f"<RecordingFile {self.path.name} ({'open' if self.h5 else 'closed'})>"
 
+    @property
+    def batch_size(self) -> int | None:
+        """The batch size the file was started with (rows are computed in its blocks)."""
+        value = self.h5.attrs.get("batch_size")
+        return int(value) if value is not None else None
+
     # ---------------------------------------------------------------- create
     @classmethod
-    def create(cls, final: Path, labels: list[str], coords: dict[str, np.ndarray], sites: list[Site],
-               attrs: dict[str, Any], *, batch_size: int, dtype: str = "float32",
-               compression: str | None = None) -> RecordingFile:
-        path = partial_path(final)
+    def create(cls, final: Path, labels: list[str], coords: dict[str, np.ndarray],
+               files: tuple[np.ndarray, np.ndarray] | None, sites: list[Site], attrs: dict[str, Any], *,
+               batch_size: int, dtype: str = "float32", compression: str | None = None) -> RecordingFile:
+        """Make the whole layout under a temporary name, then give it the partial file's name.
+
+        `files` is each stimulus file's (size, mtime_ns), or None when the stimuli
+        are not files. A crash or a full disk while creating leaves no partial file.
+        """
         filters: dict[str, Any] = {}
         if compression == "zstd":
             try:
@@ -91,30 +149,51 @@ class RecordingFile:
             except ImportError:
                 raise RecordingError("compression 'zstd' needs hdf5plugin: pip install 'unitrec[zstd]'") from None
             filters = dict(hdf5plugin.Zstd(clevel=1))
-        h5 = h5py.File(path, "w", track_order=True)
+        tmp, path = creating_path(final), partial_path(final)
         try:
-            n = len(labels)
-            stim = h5.create_dataset("stimulus", data=_strings(labels))
-            stim.make_scale("stimulus")
-            done = h5.create_dataset("done", shape=(n,), dtype="u1", fillvalue=TODO)
-            done.attrs["flag_values"] = np.array([TODO, DONE, SKIPPED], dtype="u1")
-            done.attrs["flag_meanings"] = "todo recorded skipped_undecodable"
-            done.dims[0].attach_scale(stim)
-            for name, values in coords.items():
-                ds = h5.create_dataset(name, data=_column(values))
-                ds.dims[0].attach_scale(stim)
-            if coords:
-                done.attrs["coordinates"] = " ".join(coords)
-            for key, value in attrs.items():
-                h5.attrs[key] = value
-            h5.attrs["status"] = "incomplete"
-            for site in sites:
-                cls._create_site(h5, site, n, batch_size, np.dtype(dtype), filters)
-            h5.flush()
-        except BaseException:
-            h5.close()
+            with h5py.File(tmp, "w", track_order=True) as h5:
+                cls._create_root(h5, labels, coords, files, attrs, batch_size)
+                for site in sites:
+                    cls._create_site(h5, site, len(labels), batch_size, np.dtype(dtype), filters)
+                h5.flush()
+                os.fsync(h5.id.get_vfd_handle())
+            os.replace(tmp, path)
+            _fsync_folder(path.parent)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, RecordingError):
+                raise _disk_error(exc, tmp) from None
             raise
-        return cls(h5, path, final, sites)
+        return cls(h5py.File(path, "r+"), path, final, sites)
+
+    @staticmethod
+    def _create_root(h5: h5py.File, labels: list[str], coords: dict[str, np.ndarray],
+                     files: tuple[np.ndarray, np.ndarray] | None, attrs: dict[str, Any], batch_size: int) -> None:
+        n = len(labels)
+        stim = h5.create_dataset("stimulus", data=_strings(labels))
+        stim.make_scale("stimulus")
+        done = h5.create_dataset("done", shape=(n,), dtype="u1", fillvalue=TODO)
+        done.attrs["flag_values"] = np.array([TODO, DONE, SKIPPED], dtype="u1")
+        done.attrs["flag_meanings"] = "todo recorded skipped_undecodable"
+        done.dims[0].attach_scale(stim)
+        for name, values in coords.items():
+            ds = h5.create_dataset(name, data=_column(values))
+            ds.dims[0].attach_scale(stim)
+        if coords:
+            done.attrs["coordinates"] = " ".join(coords)
+        if files is not None:
+            size, mtime = files
+            columns = {"file_size": (np.asarray(size, dtype=np.int64), "bytes"),
+                       "file_mtime_ns": (np.asarray(mtime, dtype=np.int64), "nanoseconds since 1970-01-01"),
+                       "file_sha256": (np.zeros(n, dtype="S64"), "hex SHA-256 of the bytes recorded")}
+            for name, (values, units) in columns.items():
+                ds = h5.create_dataset(name, data=values)
+                ds.attrs["units"] = units
+                ds.dims[0].attach_scale(stim)
+        for key, value in attrs.items():
+            h5.attrs[key] = value
+        h5.attrs["batch_size"] = batch_size
+        h5.attrs["status"] = "incomplete"
 
     @staticmethod
     def _create_site(h5: h5py.File, site: Site, n: int, batch_size: int, dtype: np.dtype,
@@ -143,19 +222,24 @@ class RecordingFile:
 
     # ---------------------------------------------------------------- resume
     @classmethod
-    def reopen(cls, final: Path, sites: list[Site], run_key: dict[str, Any]) -> RecordingFile:
-        """Reopen a partial file to resume, after checking it records the same run."""
+    def reopen(cls, final: Path, sites: list[Site], run_key: dict[str, Any], stimuli: Any) -> RecordingFile:
+        """Reopen a partial file to resume, after checking it records the same run.
+
+        `stimuli` is the :class:`~unitrec.stimuli.dataset.StimulusSet` of this run:
+        its image files must be those whose responses the file already holds.
+        """
         path = partial_path(final)
+        h5 = open_existing(path, "r+", unfinished=True)
         try:
-            h5 = h5py.File(path, "r+")
-        except OSError as exc:
-            raise RecordingError(
-                f"cannot reopen the unfinished recording {path} ({exc}). If another program has it "
-                "open (a notebook?), close it and rerun to resume; if the file is damaged, start "
-                "over with --overwrite"
-            ) from exc
-        try:
-            check_run_key(h5, run_key, path)
+            missing = [s.key for s in sites if s.key not in h5 or "activation" not in h5[s.key]]
+            if "done" not in h5 or missing:
+                raise RecordingError(f"the unfinished recording {path} is damaged (no "
+                                     f"{'done mask' if 'done' not in h5 else repr(missing[0])}); start over with "
+                                     "--overwrite (overwrite=True)")
+            check_run_key(h5, run_key, path, stimuli.labels, "the unfinished recording {path} was started by "
+                          "another job; it differs in {what}. Rerun with --overwrite (overwrite=True) to start "
+                          "over, or choose another output")
+            check_stimulus_files(h5, stimuli, path, update=True)
         except BaseException:
             h5.close()
             raise
@@ -166,48 +250,135 @@ class RecordingFile:
         """Rows not yet recorded (skipped rows count as done)."""
         return np.flatnonzero(self._done[...] == TODO)
 
-    def write(self, rows: np.ndarray, values: dict[str, np.ndarray]) -> None:
-        """Write one batch: every site, flush, then the done mask, flush."""
-        for start, stop, offset in _runs(rows):
-            for key, data in values.items():
-                self._datasets[key][start:stop] = data[offset : offset + stop - start]
-        self.h5.flush()
-        for start, stop, _ in _runs(rows):
-            self._done[start:stop] = DONE
-        self.h5.flush()
-        # Push data to the disk while the model computes (this runs in the writer
-        # thread), so the final fsync has little left and the page cache stays small.
-        self._unsynced += sum(v.nbytes for v in values.values())
-        if self._unsynced >= _SYNC_BYTES:
-            os.fdatasync(self.h5.id.get_vfd_handle())
-            self._unsynced = 0
+    def write(self, rows: np.ndarray, values: dict[str, np.ndarray], digests: list[str | None] | None = None,
+              overflow: dict[str, int] | None = None) -> None:
+        """Write one batch: every site and file hash, flush, then the done mask, flush.
+
+        `digests` are the rows' files' SHA-256 (None for stimuli that are not files);
+        `overflow` counts per site the values that float16 could not hold.
+        """
+        nbytes = sum(v.nbytes for v in values.values())
+        try:
+            self._reserve(nbytes)
+            for start, stop, offset in _runs(rows):
+                for key, data in values.items():
+                    self._datasets[key][start:stop] = data[offset : offset + stop - start]
+                if self._digests is not None and digests is not None:
+                    self._digests[start:stop] = np.array(digests[offset : offset + stop - start], dtype="S64")
+            for key, count in (overflow or {}).items():
+                attrs = self._datasets[key].attrs
+                attrs["float16_overflow"] = int(attrs.get("float16_overflow", 0)) + count
+            self.h5.flush()
+            for start, stop, _ in _runs(rows):
+                self._done[start:stop] = DONE
+            self.h5.flush()
+            # Push data to the disk while the model computes (this runs in the writer
+            # thread), so the final fsync has little left and the page cache stays small.
+            self._unsynced += nbytes
+            if self._unsynced >= _SYNC_BYTES:
+                os.fdatasync(self.h5.id.get_vfd_handle())
+                self._unsynced = 0
+        except (OSError, RuntimeError) as exc:
+            raise _disk_error(exc, self.path) from None
+
+    def _reserve(self, nbytes: int) -> None:
+        """Make sure the disk has room for the next write before HDF5 starts it.
+
+        HDF5 cannot recover from a write that fails for lack of space (its file can
+        then neither be flushed nor closed, and the process crashes at exit), so the
+        blocks past the end of the file are reserved first (``fallocate`` with
+        ``FALLOC_FL_KEEP_SIZE``) and a full disk is reported while the file is still
+        whole. Where the file system cannot reserve, the free space is checked.
+        """
+        need = nbytes + nbytes // 16 + _MARGIN
+        end = self.h5.id.get_filesize()
+        if not _fallocate(self.h5.id.get_vfd_handle(), end, need):
+            if shutil.disk_usage(self.path.parent).free < need:
+                raise OSError(errno.ENOSPC, "No space left on device")
 
     def mark_skipped(self, rows: list[int], reasons: list[str]) -> None:
-        for row in rows:
-            self._done[row] = SKIPPED
-        previous = json.loads(self.h5.attrs.get("skipped", "[]"))
-        previous.extend(reasons)
-        self.h5.attrs["skipped"] = json.dumps(previous, ensure_ascii=False)
-        self.h5.flush()
+        try:
+            for row in rows:
+                self._done[row] = SKIPPED
+            previous = json.loads(self.h5.attrs.get("skipped", "[]"))
+            previous.extend(reasons)
+            self.h5.attrs["skipped"] = json.dumps(previous, ensure_ascii=False)
+            self.h5.flush()
+        except (OSError, RuntimeError) as exc:
+            raise _disk_error(exc, self.path) from None
+
+    def float16_overflow(self) -> dict[str, int]:
+        """Per site, how many stored values overflowed float16 (sites with none are left out)."""
+        return {k: int(ds.attrs["float16_overflow"]) for k, ds in self._datasets.items()
+                if int(ds.attrs.get("float16_overflow", 0))}
 
     def finish(self) -> Path:
         """Mark complete, fsync, and move the file to its final name."""
-        self.h5.attrs["status"] = "complete"
-        self.h5.flush()
-        fd = self.h5.id.get_vfd_handle()
-        os.fsync(fd)
-        self.close()
-        os.replace(self.path, self.final)
-        dir_fd = os.open(self.final.parent, os.O_RDONLY)
+        import datetime as _dt
+
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            self.h5.attrs["status"] = "complete"
+            self.h5.attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+            if self._digests is not None:  # the stimulus set's content, for provenance
+                self.h5.attrs["stimulus_content_sha256"] = hashlib.sha256(self._digests[...].tobytes()).hexdigest()
+            self.h5.flush()
+            os.fsync(self.h5.id.get_vfd_handle())
+            size = self.h5.id.get_filesize()
+            self.close()
+            os.truncate(self.path, size + 1)  # frees blocks reserved past the end (see _reserve)
+            os.truncate(self.path, size)
+            os.replace(self.path, self.final)
+            _fsync_folder(self.final.parent)
+        except (OSError, RuntimeError) as exc:
+            raise _disk_error(exc, self.path) from None
         return self.final
 
-    def close(self) -> None:
-        if self.h5:
+    def close(self, quiet: bool = False) -> None:
+        """Close the file (safe twice). `quiet`: after a disk error, closing may fail too; ignore it."""
+        if not self.h5:
+            return
+        try:
             self.h5.close()
+        except (OSError, RuntimeError):
+            if not quiet:
+                raise
+
+
+def _fallocate(fd: int, offset: int, length: int) -> bool:
+    """Reserve disk blocks without changing the file's size; False where unsupported.
+
+    Raises ``OSError(ENOSPC)`` when the disk cannot hold `length` more bytes.
+    """
+    fallocate = _libc_fallocate()
+    if fallocate is None:
+        return False
+    if fallocate(fd, 1, offset, length) == 0:  # 1 = FALLOC_FL_KEEP_SIZE
+        return True
+    err = ctypes.get_errno()
+    if err == errno.ENOSPC:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return False  # EOPNOTSUPP (NFS, some cluster file systems), EINTR ...
+
+
+@functools.lru_cache(maxsize=1)
+def _libc_fallocate():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _fsync_folder(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _runs(rows: np.ndarray):
@@ -220,15 +391,127 @@ def _runs(rows: np.ndarray):
         yield int(part[0]), int(part[-1]) + 1, int(offset_start)
 
 
-def check_run_key(h5: h5py.File, run_key: dict[str, Any], path: Path) -> None:
-    """Refuse to continue a file made by a different run, saying what differs."""
+def open_existing(path: Path, mode: str = "r", *, unfinished: bool = False) -> h5py.File:
+    """Open a recording that should exist, turning HDF5's errors into one clear line."""
+    what = "unfinished recording" if unfinished else "recording"
+    try:
+        return h5py.File(path, mode)
+    except BlockingIOError:
+        raise RecordingError(f"the {what} {path} is open in another program (a notebook, a viewer?) or "
+                             "another run is writing it; close it and rerun") from None
+    except (OSError, RuntimeError) as exc:
+        raise RecordingError(f"the {what} {path} cannot be opened, it is damaged ({' '.join(str(exc).split())}); "
+                             "start over with --overwrite (overwrite=True)") from None
+
+
+def check_run_key(h5: h5py.File, run_key: dict[str, Any], path: Path, labels: list[str] | None = None,
+                  message: str = "{path} was recorded by another job; it differs in {what}") -> None:
+    """Refuse to continue (or to accept) a file made by a different job, saying what differs."""
+    if h5.attrs.get("format_version") != FORMAT_VERSION:
+        raise RecordingError(f"{path} was written by another version of unitrec (file format "
+                             f"{h5.attrs.get('format_version', '?')}, this one writes {FORMAT_VERSION}); "
+                             "rerun with --overwrite (overwrite=True) to record it again")
     stored = json.loads(h5.attrs.get("run_key", "{}"))
     differ = [k for k in sorted(set(stored) | set(run_key)) if stored.get(k) != run_key.get(k)]
-    if differ:
+    if not differ:
+        return
+    parts = []
+    for k in differ:
+        if k == "stimuli" and labels is not None and "stimulus" in h5:
+            parts.append("stimuli (" + _stimulus_diff([_text(v) for v in h5["stimulus"][...]], labels) + ")")
+        elif k == "sites":
+            parts.append(f"sites (file: {_site_names(stored.get(k))}; now: {_site_names(run_key.get(k))})")
+        else:
+            was, now = _where_they_differ(_text(stored.get(k, "none")), _text(run_key.get(k, "none")))
+            parts.append(f"{k} (file: {was}; now: {now})")
+    raise RecordingError(message.format(path=path, what="; ".join(parts)))
+
+
+def check_finished(final: Path, run_key: dict[str, Any], stimuli: Any) -> int | None:
+    """Check a finished file against this job: the same job passes (nothing to do), another is refused.
+
+    Returns the batch size the file was recorded with.
+    """
+    with open_existing(final) as h5:
+        if h5.attrs.get("status") != "complete" or "done" not in h5:
+            raise RecordingError(f"{final} exists but is not a finished unitrec recording; use --overwrite "
+                                 "(overwrite=True) to replace it, or another output path")
+        check_run_key(h5, run_key, final, stimuli.labels,
+                      "{path} already holds a finished recording of another job; it differs in {what}. Use "
+                      "--overwrite (overwrite=True) to replace it, or another output path")
+        check_stimulus_files(h5, stimuli, final, update=False)
+        value = h5.attrs.get("batch_size")
+        return int(value) if value is not None else None
+
+
+def check_stimulus_files(h5: h5py.File, stimuli: Any, path: Path, *, update: bool) -> None:
+    """Refuse if an image file whose responses the file holds has changed since.
+
+    A file whose size and modification time are unchanged is taken as unchanged;
+    otherwise its content hash is compared with the one recorded with it (a copy
+    with new timestamps passes). With `update`, the new size and time are stored.
+    """
+    stats = stimuli.file_stats()
+    if stats is None or "file_size" not in h5:
+        return
+    size, mtime = stats
+    old_size, old_mtime = h5["file_size"][...], h5["file_mtime_ns"][...]
+    moved = np.flatnonzero((size != old_size) | (mtime != old_mtime))
+    if not moved.size:
+        return
+    done = h5["done"][...]
+    changed = []
+    for row in moved[done[moved] == DONE]:
+        recorded = _text(h5["file_sha256"][row])
+        if size[row] != old_size[row] or file_sha256(stimuli.root / stimuli.labels[row]) != recorded:
+            changed.append(stimuli.labels[row])
+    if changed:
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise RecordingError(
-            f"{path} was recorded with a different {', '.join(differ)}; rerun with --overwrite "
-            "(overwrite=True) to start over, or choose another output"
-        )
+            f"{len(changed)} stimulus file(s) changed after their responses were recorded in {path}: "
+            f"{', '.join(changed[:5])}{more}. Restore them, or rerun with --overwrite (overwrite=True) to "
+            "record everything again")
+    if update:
+        h5["file_size"][moved] = size[moved]
+        h5["file_mtime_ns"][moved] = mtime[moved]
+        h5.flush()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = _text(value) if value is not None else "none"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _where_they_differ(a: str, b: str, width: int = 48) -> tuple[str, str]:
+    """Both strings around their first difference, short enough for a one-line message."""
+    if len(a) <= width and len(b) <= width:
+        return a, b
+    i = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    start = max(0, i - 12)
+    cut = lambda s: ("…" if start else "") + s[start : start + width] + ("…" if len(s) > start + width else "")
+    return cut(a), cut(b)
+
+
+def _site_names(sites_json: str | None) -> str:
+    try:
+        entries = json.loads(sites_json or "[]")
+    except ValueError:
+        return _short(sites_json)
+    return _short(", ".join(e.get("as") or e.get("name", "?") if isinstance(e, dict) else str(e) for e in entries))
+
+
+def _stimulus_diff(stored: list[str], now: list[str]) -> str:
+    gone, new = sorted(set(stored) - set(now)), sorted(set(now) - set(stored))
+    parts = []
+    if new:
+        parts.append(f"{len(new)} new, e.g. {new[0]}")
+    if gone:
+        parts.append(f"{len(gone)} gone, e.g. {gone[0]}")
+    return ", ".join(parts) or f"{len(stored)} in the file, {len(now)} now, in another order or content"
 
 
 class AsyncWriter:
@@ -262,6 +545,11 @@ class AsyncWriter:
     def _raise(self) -> None:
         if self._error is not None:
             err, self._error = self._error, None
+            if isinstance(err, RecordingError):
+                raise err
+            if _no_space(err):
+                raise RecordingError("no space left on device writing the recording; free some space and "
+                                     "rerun the same command to resume") from None
             raise RecordingError(f"writing the recording failed: {type(err).__name__}: {err}") from err
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
