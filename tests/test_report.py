@@ -30,6 +30,7 @@ def grating_run(tmp_path_factory) -> Path:
     return tmp / "run" / "acts.h5"
 
 
+@pytest.mark.slow
 def test_generated_stimuli_carry_their_parameters(grating_run):
     da = ur.load_layer(grating_run, "layer4")
     assert da.sizes["stimulus"] == 16
@@ -40,6 +41,7 @@ def test_generated_stimuli_carry_their_parameters(grating_run):
         assert "random init" in h5.attrs["model_description"]
 
 
+@pytest.mark.slow
 def test_report_written_by_the_run_and_by_the_cli(grating_run, tmp_path, capsys):
     index = grating_run.parent / "report" / "index.html"
     text = index.read_text()
@@ -50,6 +52,7 @@ def test_report_written_by_the_run_and_by_the_cli(grating_run, tmp_path, capsys)
     assert (tmp_path / "r" / "index.html").exists()
 
 
+@pytest.mark.slow
 def test_notebook_runs(grating_run):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
