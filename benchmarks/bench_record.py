@@ -307,7 +307,7 @@ def run_write_recordingfile(args):
     batch = np.random.default_rng(0).standard_normal((args.batch_size, *shape), dtype=np.float32)
     labels = [f"{i:06d}" for i in range(rows)]
     start = time.perf_counter()
-    rec = RecordingFile.create(Path(args.out), labels, {}, sites, {}, batch_size=args.batch_size)
+    rec = RecordingFile.create(Path(args.out), labels, {}, None, sites, {}, batch_size=args.batch_size)
     try:
         for r in range(0, rows, args.batch_size):
             rec.write(np.arange(r, r + args.batch_size), {sites[0].key: batch})

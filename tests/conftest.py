@@ -25,6 +25,22 @@ def make_images(root: Path, n: int = 10, size: int = 48, classes=("cats", "dogs"
     return root
 
 
+class Interrupting(torch.utils.data.Dataset):
+    """Preprocessed stimuli that raise KeyboardInterrupt at one index (a Ctrl-C)."""
+
+    def __init__(self, n: int = 24, stop_at: int | None = None) -> None:
+        self.x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+        self.stop_at = stop_at
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == self.stop_at:
+            raise KeyboardInterrupt
+        return self.x[i]
+
+
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
     return make_images(tmp_path / "stimuli")

@@ -20,25 +20,9 @@ import yaml
 import unitrec as ur
 from unitrec.writer import RecordingFile, partial_path
 
-from .conftest import make_images
+from .conftest import Interrupting, make_images
 
 SITES = ["conv1", "layer1.0.bn2", {"name": "layer2", "units": "center"}]
-
-
-class Interrupting(torch.utils.data.Dataset):
-    """Preprocessed stimuli that raise KeyboardInterrupt at one index (a Ctrl-C)."""
-
-    def __init__(self, n: int = 24, stop_at: int | None = None) -> None:
-        self.x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-        self.stop_at = stop_at
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if i == self.stop_at:
-            raise KeyboardInterrupt
-        return self.x[i]
 
 
 def _values(path: Path) -> dict[str, np.ndarray]:

@@ -29,26 +29,10 @@ from unitrec.cli import main
 from unitrec.preprocess import build_transform
 from unitrec.writer import RecordingFile, creating_path, partial_path
 
-from .conftest import make_images
+from .conftest import Interrupting, make_images
 
 REPO = Path(__file__).resolve().parents[1]
 SITES = ["conv1", "layer1.0.bn2", "fc"]
-
-
-class Interrupting(torch.utils.data.Dataset):
-    """Preprocessed stimuli that raise KeyboardInterrupt (a Ctrl-C) when row `stop_at` is loaded."""
-
-    def __init__(self, n: int = 21, stop_at: int | None = None) -> None:
-        self.x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-        self.stop_at = stop_at
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if i == self.stop_at:
-            raise KeyboardInterrupt
-        return self.x[i]
 
 
 def _values(path: Path, sites=("conv1", "layer1.0.bn2", "fc")) -> dict[str, np.ndarray]:
@@ -473,3 +457,46 @@ def test_sigkill_while_the_file_is_created_then_rerun(tmp_path):
     assert caught, "never killed while the layout was being made"
     path = ur.run_config(tmp_path / "exp.yaml", progress=False)
     assert ur.load_layer(path, "fc").sizes["stimulus"] == 8 and not creating_path(out).exists()
+
+
+# ------------------------------------------------------------------ names and messages
+def test_a_site_named_like_a_metadata_column_is_refused_before_any_file(zoo, images, transform64, tmp_path):
+    labels = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    (images / "metadata.csv").write_text("path,layer1\n" + "".join(f"{lab},{i}\n" for i, lab in enumerate(labels)))
+    out = tmp_path / "a.h5"
+    with pytest.raises(ur.ConfigError, match="'layer1' would be stored under a stimulus coordinate.*as:"):
+        ur.record(zoo("resnet18"), images, ["layer1"], out, transform=transform64, progress=False)
+    assert not partial_path(out).exists()
+    path = ur.record(zoo("resnet18"), images, [{"name": "layer1", "as": "layer1_out"}], out,
+                     transform=transform64, progress=False)
+    assert list(ur.load_layer(path, "layer1_out").layer1.values) == list(range(10))
+
+
+def test_an_output_path_that_is_a_folder_is_one_line(tmp_path, images, capsys):
+    (tmp_path / "out.h5").mkdir()
+    cfg = {"model": {"name": "resnet18"}, "stimuli": {"path": str(images)}, "layers": ["conv1"],
+           "preprocess": {"resize": 32, "crop": 32}, "output": str(tmp_path / "out.h5")}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "exp.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder; give a file path inside it" in err and len(err.strip().splitlines()) == 1
+
+
+def test_skipped_images_are_one_line_each_on_the_command_line(tmp_path, images, capsys):
+    (images / "cats" / "broken.png").write_bytes(b"not an image")
+    cfg = {"model": {"name": "resnet18"}, "stimuli": {"path": str(images)}, "layers": ["conv1"],
+           "preprocess": {"resize": 32, "crop": 32}, "output": str(tmp_path / "a.h5"),
+           "record": {"progress": False}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "exp.yaml")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"unitrec: warning: skipped: cannot decode stimulus {images / 'cats' / 'broken.png'}: "
+                   "not a recognised image format"]
+
+
+def test_a_set_where_nothing_decodes_says_so_with_the_first_reason(tmp_path):
+    (tmp_path / "stim").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "stim" / name).write_bytes(b"")
+    with pytest.raises(ur.StimulusError, match=r"none of the 2 stimuli could be decoded; the first: .*a.png: file is empty"):
+        ur.record(ur.load_model("resnet18"), tmp_path / "stim", ["conv1"], tmp_path / "a.h5", progress=False)
