@@ -1,0 +1,541 @@
+"""Shards: one recording split into contiguous blocks of whole batches, stitched into one file.
+
+Shard ``i`` of ``n`` records rows ``[start, stop)`` of the sorted stimulus list into
+``<out>.shards/<iiiii>-of-<nnnnn>.h5``, an ordinary recording whose run key also
+names the shard. Boundaries fall on multiples of the batch size (the batches are
+split as ``np.array_split`` splits them), so every row is computed in the same
+batch as in a one-process run and the stitched file equals it value for value.
+
+Stitching writes ``<out>``: per site ``activation`` is an HDF5 virtual dataset over
+the shards' datasets, named by paths relative to ``<out>``'s folder (HDF5 looks
+there first, so the folder can be moved), or with ``copy`` a real dataset;
+everything else (stimulus coordinates, ``done``, file identity, provenance, site
+coordinates) is real data. See docs/design.md, "Shards".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import ConfigError, RecordingError, UnitrecWarning
+from .lock import output_lock
+
+__all__ = ["Part", "check_counts", "check_shard", "launched_shard", "merge", "missing_sources", "parse_shard",
+           "plan", "shard_folder", "shard_part", "shard_path", "stitch_if_complete"]
+
+_NAME = re.compile(r"^(\d{5})-of-(\d{5})\.h5(\.partial\.h5)?$")
+_DIMENSION_ATTRS = ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST")  # remade, never copied
+_RUN_ONLY = ("shard", "last_run_seconds", "last_run_images_per_second")  # describe one shard's run
+_COPY_BYTES = 64 << 20
+
+
+# ------------------------------------------------------------------ naming and planning
+def shard_folder(out: Path) -> Path:
+    """The folder beside `out` that holds its shards: ``<out>.shards``."""
+    return out.with_name(out.name + ".shards")
+
+
+def shard_path(out: Path, index: int, count: int) -> Path:
+    """Where shard `index` of `count` is recorded: ``<out>.shards/00003-of-00064.h5``."""
+    return shard_folder(out) / f"{index:05d}-of-{count:05d}.h5"
+
+
+def check_shard(shard: Any) -> tuple[int, int]:
+    """``(index, count)`` checked: integers, ``0 ≤ index < count``."""
+    ok = isinstance(shard, (tuple, list)) and len(shard) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
+    if not ok:
+        raise ConfigError(f"shard must be (index, count), e.g. (3, 64) for shard 3 of 64; got {shard!r}")
+    index, count = int(shard[0]), int(shard[1])
+    if count < 1:
+        raise ConfigError(f"shard count must be at least 1, got {count}")
+    if not 0 <= index < count:
+        raise ConfigError(f"shard index {index} is out of range for {count} shards: use 0 to {count - 1} "
+                          "(shards count from 0)")
+    return index, count
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"3/64"`` → ``(3, 64)``, the command line's ``--shard INDEX/COUNT``."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise ConfigError(f"--shard must be INDEX/COUNT, e.g. 3/64 for shard 3 of 64 (counting from 0); "
+                          f"got {text!r}")
+    return check_shard((int(match.group(1)), int(match.group(2))))
+
+
+def plan(n_stimuli: int, batch_size: int, count: int) -> list[tuple[int, int]]:
+    """The rows ``(start, stop)`` of each of `count` shards: whole batches, split as evenly as can be.
+
+    The first shards get one batch more when the batches do not divide evenly
+    (``np.array_split``'s rule); the last batch may be short, as in any run.
+    """
+    blocks = -(-n_stimuli // batch_size)
+    if count > n_stimuli:
+        raise ConfigError(f"{count} shards of {n_stimuli} stimuli: the shard count cannot be larger than the "
+                          f"number of stimuli; use at most {blocks} shards (each records whole batches)")
+    if count > blocks:
+        raise ConfigError(f"{count} shards of {n_stimuli} stimuli in batches of {batch_size} ({blocks} "
+                          f"batches): each shard records whole batches, so that its values equal a one-process "
+                          f"run; use at most {blocks} shards or a smaller batch_size")
+    q, r = divmod(blocks, count)
+    edges = np.cumsum([0] + [q + (k < r) for k in range(count)]) * batch_size
+    return [(int(a), int(min(b, n_stimuli))) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One shard of a job: which rows of how many, in batches of which size."""
+
+    index: int
+    count: int
+    start: int
+    stop: int
+    total: int
+    batch_size: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:05d}-of-{self.count:05d}.h5"
+
+    def describe(self) -> str:
+        """The shard's entry in the run key (a resume of another shard, or plan, is refused)."""
+        return (f"{self.index}/{self.count}: rows {self.start}-{self.stop} of {self.total} "
+                f"in batches of {self.batch_size}")
+
+    def to_attr(self) -> str:
+        return json.dumps({"index": self.index, "count": self.count, "rows": [self.start, self.stop],
+                           "of": self.total, "batch_size": self.batch_size})
+
+    @classmethod
+    def from_attr(cls, text: str) -> Part:
+        d = json.loads(text)
+        return cls(d["index"], d["count"], d["rows"][0], d["rows"][1], d["of"], d["batch_size"])
+
+
+def shard_part(path: Path, n_stimuli: int, job: Any) -> Part:
+    """This shard's rows. The batch size is the one the shard's own file (finished or
+    unfinished), else a finished sibling, was recorded with, so that every shard of a
+    job cuts the list at the same places; otherwise the one asked for."""
+    index, count = job.shard
+    batch = job.batch_size
+    if not job.overwrite:
+        own = [path, path.with_name(path.name + ".partial.h5")]
+        siblings = sorted(p for p in path.parent.glob(f"*-of-{count:05d}.h5") if p != path)
+        for candidate in own + siblings:
+            stored = _stored_batch_size(candidate)
+            if stored is not None:
+                if stored != batch:
+                    warnings.warn(f"{candidate.name} was recorded with batch_size {stored}; keeping it for every "
+                                  f"shard (asked: {batch}), so that shards cut the stimulus list alike and "
+                                  "values do not depend on kernels chosen by batch size", UnitrecWarning,
+                                  stacklevel=5)
+                batch = stored
+                break
+    start, stop = plan(n_stimuli, batch, count)[index]
+    return Part(index, count, start, stop, n_stimuli, batch)
+
+
+def _stored_batch_size(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as h5:
+            value = h5.attrs.get("batch_size")
+    except (OSError, RuntimeError):  # being written by its own task, or damaged: its run will say
+        return None
+    return int(value) if value is not None else None
+
+
+# ------------------------------------------------------------------ torchrun
+def launched_shard(shard: Any, device: Any, progress: bool) -> tuple[Any, Any, bool]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): this process's shard, device and progress bar.
+
+    Rank ``RANK`` of ``WORLD_SIZE`` records that shard, on ``cuda:LOCAL_RANK`` when the
+    device asked for is ``cuda`` without an index; only rank 0 shows progress.
+    """
+    env = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    if env["WORLD_SIZE"] is None:
+        return shard, device, progress
+    try:
+        world, rank, local = int(env["WORLD_SIZE"]), int(env["RANK"] or 0), int(env["LOCAL_RANK"] or 0)
+    except ValueError:
+        raise ConfigError(f"torchrun's environment is not understood: RANK={env['RANK']!r}, "
+                          f"WORLD_SIZE={env['WORLD_SIZE']!r}, LOCAL_RANK={env['LOCAL_RANK']!r}") from None
+    if world <= 1:
+        return shard, device, progress
+    if shard is not None:
+        raise ConfigError(f"--shard (shard=) cannot be combined with torchrun, which already makes this process "
+                          f"shard {rank}/{world} (RANK/WORLD_SIZE); drop --shard, or run without torchrun")
+    if str(device) == "cuda":
+        device = f"cuda:{local}"
+    return (rank, world), device, bool(progress) and rank == 0
+
+
+# ------------------------------------------------------------------ finding shards
+def _survey(out: Path) -> dict[int, dict[int, dict[str, Path]]]:
+    """count → index → {"done": finished file, "partial": unfinished file} found beside `out`."""
+    found: dict[int, dict[int, dict[str, Path]]] = {}
+    folder = shard_folder(out)
+    if not folder.is_dir():
+        return found
+    for p in folder.iterdir():
+        m = _NAME.match(p.name)
+        if m:
+            index, count = int(m.group(1)), int(m.group(2))
+            found.setdefault(count, {}).setdefault(index, {})["partial" if m.group(3) else "done"] = p
+    return found
+
+
+def _count_clash(out: Path, found: dict, counts: list[int]) -> RecordingError:
+    names = ", ".join(f"{len(found[c])} of {c} ({next(iter(sorted(found[c]))):05d}-of-{c:05d}.h5 …)"
+                      for c in counts)
+    return RecordingError(f"{shard_folder(out)} holds shards of {len(counts)} different shard counts: {names}; "
+                          "one output has one shard count: remove the set you do not want (or choose another "
+                          "output)")
+
+
+def check_counts(out: Path, count: int) -> None:
+    """Refuse to start shard k of `count` beside shards of another count (one output, one count)."""
+    found = _survey(out)
+    other = sorted(c for c in found if c != count)
+    if other:
+        raise _count_clash(out, found, sorted(found | {count: found.get(count, {})}))
+
+
+def _key(h5: h5py.File) -> dict[str, Any]:
+    return {k: v for k, v in json.loads(h5.attrs.get("run_key", "{}")).items() if k != "shard"}
+
+
+def _collect(out: Path, count: int | None, *, waiting: bool) -> tuple[int, list[Path]] | None:
+    """The finished shards of `out`, all checked to belong together.
+
+    With `waiting` (a shard that just finished), missing or unfinished shards mean
+    "not yet" (None); by hand they are refused, named. Shards of another job, or of
+    two shard counts, are always refused.
+    """
+    found = _survey(out)
+    if count is None:
+        if not found:
+            raise RecordingError(f"no shards of {out} in {shard_folder(out)}; record them with "
+                                 "`unitrec run CONFIG --shard I/N` (or under torchrun)")
+        if len(found) > 1:
+            raise _count_clash(out, found, sorted(found))
+        count = next(iter(found))
+    elif set(found) - {count}:
+        raise _count_clash(out, found, sorted(found))
+    have = found.get(count, {})
+    missing = [i for i in range(count) if i not in have]
+    unfinished = [i for i in range(count) if i in have and "done" not in have[i]]
+    if waiting and (missing or unfinished):
+        return None
+    files = [have[i]["done"] for i in range(count) if i in have and "done" in have[i]]
+    keys, parts, broken = {}, {}, []
+    for path in files:
+        try:
+            with h5py.File(path, "r") as h5:
+                if h5.attrs.get("status") != "complete" or "shard" not in h5.attrs:
+                    raise OSError("not a finished shard")
+                keys[path] = _key(h5)
+                parts[path] = Part.from_attr(h5.attrs["shard"])
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            broken.append(f"{path.name} ({' '.join(str(exc).split())[:80]})")
+    problems = []
+    ref = _reference(keys, parts)
+    if missing or unfinished:
+        rows = (lambda i: " (rows {}-{})".format(*plan(ref[1].total, ref[1].batch_size, count)[i])) if ref \
+            else (lambda i: "")
+        if missing:
+            problems.append("missing " + ", ".join(f"{i:05d}-of-{count:05d}.h5{rows(i)}" for i in missing)
+                            + " (run their tasks: --shard I/N)")
+        if unfinished:
+            problems.append("unfinished " + ", ".join(f"{i:05d}-of-{count:05d}.h5{rows(i)}" for i in unfinished)
+                            + " (still recording, or interrupted: rerun their tasks to resume)")
+    if broken:
+        problems.append("unreadable " + ", ".join(broken))
+    if ref is not None:
+        ref_key, ref_part = ref
+        for path in keys:
+            index = int(path.name[:5])
+            want = Part(index, count, *plan(ref_part.total, ref_part.batch_size, count)[index], ref_part.total,
+                        ref_part.batch_size)
+            differ = _differences(keys[path], ref_key)
+            if parts[path] != want:
+                differ.append(f"shard (file: {parts[path].describe()}; expected: {want.describe()})")
+            if differ:
+                problems.append(f"{path.name} is from another job: it differs in {'; '.join(differ)}")
+    if problems:
+        raise RecordingError(f"cannot stitch {out}: " + "; ".join(problems))
+    return count, files
+
+
+def _reference(keys: dict[Path, dict], parts: dict[Path, Part]) -> tuple[dict, Part] | None:
+    """The job most shards belong to (ties: the lowest shard's)."""
+    if not keys:
+        return None
+    counts = Counter(json.dumps(k, sort_keys=True) for k in keys.values())
+    best = max(counts.values())
+    path = next(p for p in keys if counts[json.dumps(keys[p], sort_keys=True)] == best)
+    return keys[path], parts[path]
+
+
+def _differences(key: dict, ref: dict) -> list[str]:
+    from .writer import _where_they_differ
+
+    out = []
+    for k in sorted(set(key) | set(ref)):
+        if key.get(k) != ref.get(k):
+            was, now = _where_they_differ(str(key.get(k, "none")), str(ref.get(k, "none")))
+            out.append(f"{k} (this shard: {was}; the others: {now})")
+    return out
+
+
+# ------------------------------------------------------------------ stitching
+def stitch_if_complete(out: Path, count: int) -> Path | None:
+    """Called by a shard that has just finished: stitch `out` if every shard is done.
+
+    Under the output's lock, so of several shards finishing together exactly one
+    stitches and the others find it done. Returns `out`, or None while shards are
+    still missing or unfinished.
+    """
+    with output_lock(out, wait=True):
+        found = _collect(out, count, waiting=True)
+        if found is None:
+            return None
+        if out.exists() and _is_current(out, found[1]):
+            return out
+        return _stitch(out, found[1], copy=False)
+
+
+def merge(out: str | os.PathLike, copy: bool = False) -> Path:
+    """Stitch the shards of `out` (``<out>.shards/*-of-*.h5``) into `out`.
+
+    The last shard to finish does this by itself; this is the same by hand.
+
+    Parameters
+    ----------
+    out
+        The recording the shards were made for.
+    copy
+        False (default): each site's ``activation`` is an HDF5 virtual dataset over
+        the shards' files (no data copied; keep the ``.shards`` folder beside `out`,
+        moving them together is fine). True: one self-contained file.
+
+    Returns
+    -------
+    pathlib.Path
+        `out`.
+
+    Raises
+    ------
+    RecordingError
+        Naming the shards that are missing, unfinished, unreadable or from another
+        job, or when shards of two shard counts lie beside `out`.
+
+    Examples
+    --------
+    >>> ur.merge("runs/imagenet/activations.h5")  # doctest: +SKIP
+    """
+    out = Path(out).expanduser().resolve()
+    with output_lock(out, wait=True):
+        _, files = _collect(out, None, waiting=False)  # type: ignore[misc]
+        if out.exists():
+            with _open(out) as h5:
+                stitched = "shards" in h5.attrs
+            if not stitched:
+                raise RecordingError(f"{out} exists and was not stitched from shards; move it away first if "
+                                     "you want the shards stitched in its place")
+        return _stitch(out, files, copy=copy)
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except (OSError, RuntimeError) as exc:
+        raise RecordingError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
+
+
+def _listing(out: Path, files: list[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for path in files:
+        with _open(path) as h5:
+            part = Part.from_attr(h5.attrs["shard"])
+            rows.append({"file": _relative(path, out), "rows": [part.start, part.stop],
+                         "finished": str(h5.attrs.get("finished", "")), "created": str(h5.attrs.get("created", ""))})
+    return rows
+
+
+def _relative(path: Path, out: Path) -> str:
+    return Path(os.path.relpath(path, out.parent)).as_posix()
+
+
+def _is_current(out: Path, files: list[Path]) -> bool:
+    """`out` was stitched from exactly these shards, as they are now."""
+    try:
+        with h5py.File(out, "r") as h5:
+            listed = json.loads(h5.attrs.get("shards", "null"))
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return listed == _listing(out, files)
+
+
+def _stitch(out: Path, files: list[Path], *, copy: bool) -> Path:
+    """Write `out` from checked shards: under a temporary name, fsynced, then renamed."""
+    from .writer import _fsync_folder
+
+    listing = _listing(out, files)
+    tmp = out.with_name(out.name + ".stitching.h5")
+    try:
+        with ExitStack() as stack:
+            shards = [stack.enter_context(_open(p)) for p in files]
+            with h5py.File(tmp, "w", track_order=True) as dst:
+                _write(dst, shards, listing, out, copy)
+                dst.flush()
+                os.fsync(dst.id.get_vfd_handle())
+        os.replace(tmp, out)
+        _fsync_folder(out.parent)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, RecordingError):
+            raise RecordingError(f"stitching {out} failed: {type(exc).__name__}: {' '.join(str(exc).split())}") \
+                from None
+        raise
+    return out
+
+
+def _write(dst: h5py.File, shards: list[h5py.File], listing: list[dict], out: Path, copy: bool) -> None:
+    first = shards[0]
+    for key, value in first.attrs.items():
+        if key not in _RUN_ONLY:
+            dst.attrs[key] = value
+    key_text = json.dumps(_key(first), sort_keys=True)
+    dst.attrs["run_key"] = key_text  # what a one-process run of the job has: the same run_id
+    dst.attrs["run_id"] = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    dst.attrs["created"] = min(str(s.attrs.get("created", "")) for s in shards)
+    skipped = [r for s in shards for r in json.loads(s.attrs.get("skipped", "[]"))]
+    if skipped:
+        dst.attrs["skipped"] = json.dumps(skipped, ensure_ascii=False)
+    elif "skipped" in dst.attrs:
+        del dst.attrs["skipped"]
+    datasets: list[str] = []
+    for name, obj in first.items():
+        if isinstance(obj, h5py.Dataset):  # per stimulus: the shards' rows one after another
+            _concatenate(dst, name, [s[name] for s in shards])
+            datasets.append(name)
+        elif isinstance(obj, h5py.Group):
+            group = dst.create_group(name, track_order=True)
+            _copy_attrs(obj, group)
+            for child, ds in obj.items():
+                path = f"{name}/{child}"
+                if child == "activation":
+                    _activation(group, [s[path] for s in shards], listing, out, copy)
+                else:
+                    _copy_attrs(ds, group.create_dataset(child, data=ds[...], dtype=ds.dtype))
+                datasets.append(path)
+    if "file_sha256" in dst:  # over every file's hash, as a one-process run computes it
+        dst.attrs["stimulus_content_sha256"] = hashlib.sha256(dst["file_sha256"][...].tobytes()).hexdigest()
+    _dimension_scales(first, dst, datasets)
+    dst.attrs["status"] = "complete"
+    dst.attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    dst.attrs["stitched"] = "copy" if copy else "virtual"
+    dst.attrs["shards"] = json.dumps(listing)
+
+
+def _copy_attrs(src, dst) -> None:
+    for key, value in src.attrs.items():
+        if key not in _DIMENSION_ATTRS:
+            dst.attrs[key] = value
+
+
+def _concatenate(dst: h5py.File, name: str, parts: list[h5py.Dataset]) -> None:
+    ref = parts[0]
+    info = h5py.check_string_dtype(ref.dtype)
+    if info is not None and info.length is None:  # variable-length text
+        data = np.concatenate([p.asstr()[...] for p in parts]).astype(object)
+    else:
+        data = np.concatenate([p[...] for p in parts])
+    _copy_attrs(ref, dst.create_dataset(name, data=data, dtype=ref.dtype))
+
+
+def _activation(group: h5py.Group, parts: list[h5py.Dataset], listing: list[dict], out: Path,
+                copy: bool) -> None:
+    ref = parts[0]
+    shape = (sum(p.shape[0] for p in parts), *ref.shape[1:])
+    if copy:
+        ds = _create_like(group, ref, shape, int(json.loads(ref.file.attrs["shard"])["batch_size"]))
+        for part, entry in zip(parts, listing):
+            start = entry["rows"][0]
+            step = max(1, _COPY_BYTES // max(1, int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize))
+            for a in range(0, part.shape[0], step):
+                b = min(a + step, part.shape[0])
+                ds[start + a : start + b] = part[a:b]
+    else:
+        layout = h5py.VirtualLayout(shape=shape, dtype=ref.dtype)
+        for part, entry in zip(parts, listing):
+            a, b = entry["rows"]
+            # relative to out's folder, where HDF5 looks first; '%' is HDF5's pattern character
+            layout[a:b] = h5py.VirtualSource(entry["file"].replace("%", "%%"), part.name, shape=part.shape)
+        ds = group.create_virtual_dataset("activation", layout, fillvalue=np.nan)
+    _copy_attrs(ref, ds)
+    overflow = sum(int(p.attrs.get("float16_overflow", 0)) for p in parts)
+    if overflow:
+        ds.attrs["float16_overflow"] = overflow
+
+
+def _create_like(group: h5py.Group, ref: h5py.Dataset, shape: tuple[int, ...], batch_size: int) -> h5py.Dataset:
+    """A real dataset with the shards' storage (dtype, filters, fill value), chunked for `shape`."""
+    from .load import _plugins
+    from .writer import chunk_shape
+
+    _plugins()  # the Zstd filter, for shards recorded with compression
+    dcpl = ref.id.get_create_plist()
+    dcpl.set_chunk(chunk_shape(shape, batch_size, ref.dtype.itemsize))
+    space = h5py.h5s.create_simple(shape)
+    return h5py.Dataset(h5py.h5d.create(group.id, b"activation", ref.id.get_type(), space, dcpl=dcpl))
+
+
+def _dimension_scales(src: h5py.File, dst: h5py.File, names: list[str]) -> None:
+    """Make the scales and attach them as they are in the shards (netCDF dimensions)."""
+    for name in names:
+        if h5py.h5ds.is_scale(src[name].id):
+            label = src[name].attrs.get("NAME", name.rsplit("/", 1)[-1])
+            dst[name].make_scale(label.decode() if isinstance(label, bytes) else str(label))
+    for name in names:
+        for axis, dim in enumerate(src[name].dims):
+            for scale in dim.values():
+                if scale.name.lstrip("/") != name:
+                    dst[name].dims[axis].attach_scale(dst[scale.name])
+
+
+# ------------------------------------------------------------------ reading
+def missing_sources(h5: h5py.File) -> list[str]:
+    """Shard files a stitched recording reads through virtual datasets that are not there.
+
+    HDF5 silently reads a missing source as the fill value (NaN), and falls back to
+    the working directory, so readers check first: sources are looked for where HDF5
+    looks first (``HDF5_VDS_PREFIX``, else the recording's folder).
+    """
+    if h5.attrs.get("stitched") != "virtual":
+        return []
+    folder = Path(os.path.abspath(h5.filename)).parent
+    prefix = os.environ.get("HDF5_VDS_PREFIX")
+    missing = []
+    for entry in json.loads(h5.attrs.get("shards", "[]")):
+        name = entry["file"]
+        where = [Path(prefix) / name] if prefix else []
+        if not any(p.is_file() for p in [*where, folder / name]):
+            missing.append(name)
+    return missing
