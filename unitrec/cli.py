@@ -96,7 +96,7 @@ def _stitching(info: dict) -> str:
     if info.get("stitched") == "copy":
         return "copied into this file"
     folder = Path(info["shards"][0]["file"]).parent
-    return f"virtual: the activations are read from {folder}/ ({_size(info['shards_size'])})"
+    return f"virtual: activations read from {folder}/, {_size(info['shards_size'])}"
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:

@@ -197,13 +197,19 @@ def record(
         check_counts(out, job.shard[1])
         target = shard_path(out, *job.shard)
         target.parent.mkdir(exist_ok=True)
-    with output_lock(target):
-        training = model.training
-        try:
-            model.to(job.device).eval()
-            path = _record(model, stim, specs, out, transform, preprocessing, job, config)
-        finally:
-            model.train(training)
+    try:
+        with output_lock(target):
+            training = model.training
+            try:
+                model.to(job.device).eval()
+                path = _record(model, stim, specs, out, transform, preprocessing, job, config)
+            finally:
+                model.train(training)
+    except BaseException:
+        if target != out:  # a shard refused at once (too many shards, ...) leaves no empty folder
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()
+        raise
     if path == out:
         return path
     from .shards import stitch_if_complete

@@ -200,20 +200,22 @@ def _survey(out: Path) -> dict[int, dict[int, dict[str, Path]]]:
     return found
 
 
-def _count_clash(out: Path, found: dict, counts: list[int]) -> RecordingError:
-    names = ", ".join(f"{len(found[c])} of {c} ({next(iter(sorted(found[c]))):05d}-of-{c:05d}.h5 …)"
-                      for c in counts)
-    return RecordingError(f"{shard_folder(out)} holds shards of {len(counts)} different shard counts: {names}; "
+def _count_clash(out: Path, found: dict) -> RecordingError:
+    names = ", ".join(f"{len(found[c])} of {c} ({min(found[c]):05d}-of-{c:05d}.h5 …)" for c in sorted(found))
+    return RecordingError(f"{shard_folder(out)} holds shards of {len(found)} different shard counts: {names}; "
                           "one output has one shard count: remove the set you do not want (or choose another "
                           "output)")
 
 
 def check_counts(out: Path, count: int) -> None:
-    """Refuse to start shard k of `count` beside shards of another count (one output, one count)."""
-    found = _survey(out)
-    other = sorted(c for c in found if c != count)
+    """Refuse to start a shard of `count` beside shards of another count (one output, one count)."""
+    other = {c: v for c, v in _survey(out).items() if c != count}
     if other:
-        raise _count_clash(out, found, sorted(found | {count: found.get(count, {})}))
+        names = ", ".join(f"{i:05d}-of-{c:05d}.h5" for c in sorted(other) for i in sorted(other[c]))
+        more = f" ({sum(map(len, other.values()))} files)" if len(names) > 80 else ""
+        raise RecordingError(f"this run is one of {count} shards, but {shard_folder(out)} holds shards of another "
+                             f"shard count: {names[:80]}{'…' if more else ''}{more}; one output has one shard "
+                             "count: remove them (or choose another output)")
 
 
 def _key(h5: h5py.File) -> dict[str, Any]:
@@ -233,10 +235,10 @@ def _collect(out: Path, count: int | None, *, waiting: bool) -> tuple[int, list[
             raise RecordingError(f"no shards of {out} in {shard_folder(out)}; record them with "
                                  "`unitrec run CONFIG --shard I/N` (or under torchrun)")
         if len(found) > 1:
-            raise _count_clash(out, found, sorted(found))
+            raise _count_clash(out, found)
         count = next(iter(found))
     elif set(found) - {count}:
-        raise _count_clash(out, found, sorted(found))
+        raise _count_clash(out, found)
     have = found.get(count, {})
     missing = [i for i in range(count) if i not in have]
     unfinished = [i for i in range(count) if i in have and "done" not in have[i]]
@@ -312,7 +314,10 @@ def stitch_if_complete(out: Path, count: int) -> Path | None:
     still missing or unfinished.
     """
     with output_lock(out, wait=True):
-        found = _collect(out, count, waiting=True)
+        try:
+            found = _collect(out, count, waiting=True)
+        except RecordingError as exc:
+            raise RecordingError(f"this shard is recorded, but {exc}") from None
         if found is None:
             return None
         if out.exists() and _is_current(out, found[1]):
