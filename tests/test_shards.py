@@ -133,6 +133,9 @@ def test_stitched_equals_one_process_for_every_site_kind(job, tmp_path, copy):
     pop = ur.load_population(out)
     np.testing.assert_array_equal(pop.values, ur.load_population(job["ref"]).values)
     assert ur.open_recording(out)["layer3"]["activation"].shape == (22, 256)
+    lazy = ur.load_layer(out, "conv1", chunks={})  # dask blocks as in a one-process file, not one block
+    assert lazy.data.chunksize == ur.load_layer(job["ref"], "conv1", chunks={}).data.chunksize
+    np.testing.assert_array_equal(lazy.values, ur.load_layer(job["ref"], "conv1").values)
     if copy:
         shutil.rmtree(out.with_name("acts.h5.shards"))  # self-contained
         _same_as_one_process(out, job["ref"])
@@ -268,9 +271,9 @@ def build():
 '''
 
 
-def _config(folder: Path, output: str, model: str = "resnet18") -> Path:
+def _config(folder: Path, output: str, model: str = "resnet18", progress: bool = False) -> Path:
     cfg = {"model": {"name": model}, "stimuli": {"path": "stim"}, "preprocess": RAW, "layers": LAYERS,
-           "record": {"batch_size": 2, "progress": False}, "output": output}
+           "record": {"batch_size": 2, "progress": progress}, "output": output}
     path = folder / f"{output.split('/')[0]}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -322,11 +325,13 @@ def test_a_job_array_with_a_task_killed_and_rerun_equals_one_process(tmp_path, m
 def test_torchrun_two_processes_on_cpu_equal_one_process(tmp_path):
     make_images(tmp_path / "stim", n=24, size=32)
     ref = ur.run_config(_config(tmp_path, "one/acts.h5"), progress=False)
-    cfg = _config(tmp_path, "torchrun/acts.h5")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "unitrec",
-                          "run", str(cfg)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    cfg = _config(tmp_path, "torchrun/acts.h5", progress=True)
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | {"PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--tee", "3",
+                          "-m", "unitrec", "run", str(cfg)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "[default0]:recording" in res.stderr and "[default1]:recording" not in res.stderr  # one bar: rank 0
     out = tmp_path / "torchrun" / "acts.h5"
     assert sorted(p.name for p in out.with_name("acts.h5.shards").iterdir()) == \
         ["00000-of-00002.h5", "00001-of-00002.h5"]

@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import LayerNotFoundError, RecordingError
-from .shards import missing_sources
+from .shards import missing_sources, source_chunks
 
 __all__ = ["load_layer", "load_population", "open_recording", "recording_info"]
 
@@ -166,6 +166,8 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
             raise LayerNotFoundError(_no_site(layer, sites, path))
         coords = _stimulus_coords(h5)
         attrs = _root_attrs(h5)
+        if isinstance(chunks, dict) and not chunks:  # the file's own chunks; a virtual dataset has none
+            chunks = source_chunks(h5[layer]["activation"]) or chunks
     ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=chunks)
     da = ds["activation"].assign_coords(coords)
     da.attrs.update(attrs)

@@ -34,7 +34,7 @@ from .errors import ConfigError, RecordingError, UnitrecWarning
 from .lock import output_lock
 
 __all__ = ["Part", "check_counts", "check_shard", "launched_shard", "merge", "missing_sources", "parse_shard",
-           "plan", "shard_folder", "shard_part", "shard_path", "stitch_if_complete"]
+           "plan", "shard_folder", "shard_part", "shard_path", "source_chunks", "stitch_if_complete"]
 
 _NAME = re.compile(r"^(\d{5})-of-(\d{5})\.h5(\.partial\.h5)?$")
 _DIMENSION_ATTRS = ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST")  # remade, never copied
@@ -544,3 +544,24 @@ def missing_sources(h5: h5py.File) -> list[str]:
         if not any(p.is_file() for p in [*where, folder / name]):
             missing.append(name)
     return missing
+
+
+def source_chunks(ds: h5py.Dataset) -> dict[str, int] | None:
+    """A virtual dataset's first source's chunks by dimension name, for dask (``chunks={}``).
+
+    A virtual dataset has no chunks of its own, so dask would read a stitched site
+    as one block; its shards' chunks keep blocks the size a one-process file has.
+    """
+    if not ds.is_virtual:
+        return None
+    source = ds.virtual_sources()[0]
+    path = Path(os.path.abspath(ds.file.filename)).parent / source.file_name.replace("%%", "%")
+    try:
+        with h5py.File(path, "r") as h5:
+            chunks = h5[source.dset_name].chunks
+    except (OSError, RuntimeError, KeyError):
+        return None
+    if chunks is None:
+        return None
+    dims = [ds.dims[i][0].name.rsplit("/", 1)[-1] if len(ds.dims[i]) else f"dim_{i}" for i in range(ds.ndim)]
+    return dict(zip(dims, chunks))
