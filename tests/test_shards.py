@@ -341,3 +341,30 @@ def test_torchrun_two_processes_on_cpu_equal_one_process(tmp_path):
                           "run", str(cfg), "--shard", "0/2"], cwd=tmp_path, capture_output=True, text=True, env=env,
                          timeout=300)
     assert res.returncode != 0 and "unitrec: error: --shard (shard=) cannot be combined with torchrun" in res.stderr
+
+
+_SUBMITIT = """
+import sys
+import submitit
+import unitrec as ur
+
+executor = submitit.AutoExecutor(folder="runs/logs")
+executor.update_parameters(timeout_min=60, slurm_array_parallelism=64)
+jobs = executor.map_array(lambda i: ur.run_config("imagenet.yaml", shard=(i, 2)), range(2))
+print([str(job.result()) for job in jobs])
+"""
+
+
+@pytest.mark.slow
+def test_submitit_three_lines_from_the_readme(tmp_path):
+    pytest.importorskip("submitit")
+    make_images(tmp_path / "stim", n=24, size=32)
+    ref = ur.run_config(_config(tmp_path, "one/acts.h5"), progress=False)
+    _config(tmp_path, "runs/acts.h5").rename(tmp_path / "imagenet.yaml")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path[1:]]))
+    res = subprocess.run([sys.executable, "-c", _SUBMITIT], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "runs" / "acts.h5"
+    assert str(out) in res.stdout  # the last job to finish stitched
+    _same_as_one_process(out, ref)
