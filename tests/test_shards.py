@@ -149,6 +149,9 @@ def test_the_same_job_after_stitching_records_nothing(job, tmp_path):
     assert out.stat().st_mtime_ns == stamp
     with pytest.raises(ur.RecordingError, match="another job.*sites"):
         _record(job, out, (0, 3), layers=["conv1"])
+    assert _record(job, out, (1, 3), overwrite=True) == out  # records shard 1 again, then stitches anew
+    assert out.stat().st_mtime_ns != stamp
+    _same_as_one_process(out, job["ref"])
 
 
 def test_every_shard_keeps_the_batch_size_the_job_was_started_with(job, tmp_path):
