@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 import yaml
 
@@ -161,6 +162,19 @@ def test_every_shard_keeps_the_batch_size_the_job_was_started_with(job, tmp_path
     with pytest.warns(ur.UnitrecWarning, match="recorded with batch_size 4; keeping it for every shard"):
         assert _record(job, out, (1, 3), batch_size=8) == out
     _same_as_one_process(out, job["ref"])
+
+
+def test_tensor_stimuli_shard_too(job, tmp_path):
+    x = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    ref = ur.record(job["model"], x, ["conv1", "fc"], tmp_path / "one.h5", batch_size=2, progress=False)
+    out = tmp_path / "t" / "acts.h5"
+    paths = [ur.record(job["model"], x, ["conv1", "fc"], out, batch_size=2, progress=False, shard=(i, 4))
+             for i in range(4)]
+    assert paths[-1] == out and [p.name for p in paths[:3]] == [f"{i:05d}-of-00004.h5" for i in range(3)]
+    for site in ("conv1", "fc"):
+        a, b = ur.load_layer(ref, site), ur.load_layer(out, site)
+        np.testing.assert_array_equal(b.values, a.values)
+        xr.testing.assert_identical(b.drop_attrs(), a.drop_attrs())  # labels 0 … 9 as in one process
 
 
 # ------------------------------------------------------------------ moving, reading
