@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import LayerNotFoundError, RecordingError
-from .shards import missing_sources, source_chunks
+from .stitch import missing_sources, source_chunks
 
 __all__ = ["load_layer", "load_population", "open_recording", "recording_info"]
 
