@@ -274,6 +274,23 @@ def test_shard_mistakes_are_one_line_errors(job, tmp_path, capsys, monkeypatch):
             ur.record(job["model"], job["stim"], ["fc"], tmp_path / "p.h5", shard=bad)
 
 
+def test_torchrun_environment_gives_the_shard_the_gpu_and_the_bar(monkeypatch):
+    from unitrec.shards import launched_shard
+
+    assert launched_shard(None, "cuda", True) == (None, "cuda", True)  # not under torchrun
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launched_shard(None, "cuda", True) == (None, "cuda", True)  # torchrun with one process
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # second process of the second node
+    assert launched_shard(None, "cuda", True) == ((3, 4), "cuda:1", False)
+    assert launched_shard(None, "cuda:0", True) == ((3, 4), "cuda:0", False)  # an explicit index is kept
+    assert launched_shard(None, "cpu", True) == ((3, 4), "cpu", False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert launched_shard(None, "cuda", True) == ((0, 4), "cuda:0", True)  # rank 0 draws the bar
+
+
 # ------------------------------------------------------------------ processes: job arrays, torchrun
 _SLOW = '''
 import os, time
