@@ -24,6 +24,7 @@ from .model import load_model
 from .record import record
 from .recorder import Recorder
 from .run import run_config
+from .shards import merge
 from .sites import list_layers
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "load_layer",
     "load_model",
     "load_population",
+    "merge",
     "open_recording",
     "record",
     "run_config",

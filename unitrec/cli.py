@@ -36,10 +36,27 @@ def _rows_by_cols(values) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     import unitrec as ur
 
+    from .shards import parse_shard
+
+    shard = parse_shard(args.shard) if args.shard is not None else None
     started = datetime.datetime.now(datetime.timezone.utc)
     start = time.perf_counter()
-    path = ur.run_config(args.config, overwrite=args.overwrite, progress=False if args.no_progress else None)
+    path = ur.run_config(args.config, overwrite=args.overwrite, progress=False if args.no_progress else None,
+                         shard=shard)
     _print_summary(path, time.perf_counter() - start, started)
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    import unitrec as ur
+    from .load import recording_info
+
+    path = ur.merge(args.out, copy=args.copy)
+    info = recording_info(path)
+    how = ("a self-contained copy" if args.copy else
+           f"virtual datasets over {Path(info['shards'][0]['file']).parent}/, {_size(info['shards_size'])}")
+    print(f"stitched {len(info['shards'])} shards → {path} ({_size(info['file_size'])}; {how}): "
+          f"{info['n_recorded']} of {info['n_stimuli']} stimuli recorded")
     return 0
 
 
@@ -47,6 +64,13 @@ def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> No
     from .load import recording_info
 
     info = recording_info(path)
+    if "shard" in info:  # a shard whose siblings are not all finished yet
+        part = info["shard"]
+        out = Path(path).parent.with_suffix("")  # <out>.shards/00001-of-00003.h5 → <out>
+        print(f"shard {part['index']}/{part['count']} (rows {part['rows'][0]}-{part['rows'][1]} of {part['of']}) "
+              f"is recorded in {path}; {out} is stitched when every shard is (by the last one to finish, or "
+              f"by `unitrec merge {out}`)")
+        return
     finished = info.get("finished")
     if finished and datetime.datetime.fromisoformat(finished) < started:
         print(f"nothing to record: {path} already holds this job's finished recording "
@@ -56,6 +80,8 @@ def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> No
     print(f"\nrecorded {info['n_recorded']} of {info['n_stimuli']} stimuli"
           + (f" ({info['n_skipped']} skipped, listed in the file)" if info["n_skipped"] else "")
           + f" → {path} ({_size(info['file_size'])})")
+    if "shards" in info:
+        print(f"stitched from {len(info['shards'])} shards ({_stitching(info)})")
     print(f"model: {info.get('model')} — {info.get('model_description')}")
     for site in info["sites"]:
         dims = ", ".join(f"{d}={n}" for d, n in zip(site["dims"], site["shape"]))
@@ -64,6 +90,13 @@ def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> No
     if rate:
         print(f"{rate:.1f} images/s (this run: {info.get('last_run_seconds', 0):.1f} s; wall time "
               f"including model set-up {seconds:.1f} s)")
+
+
+def _stitching(info: dict) -> str:
+    if info.get("stitched") == "copy":
+        return "copied into this file"
+    folder = Path(info["shards"][0]["file"]).parent
+    return f"virtual: activations read from {folder}/, {_size(info['shards_size'])}"
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
@@ -108,6 +141,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"file:          {info['file']} ({_size(info['file_size'])})")
     print(f"status:        {info.get('status')}  ({info['n_recorded']} of {info['n_stimuli']} stimuli recorded"
           f"{', %d skipped' % info['n_skipped'] if info['n_skipped'] else ''})")
+    if "shards" in info:
+        print(f"sharded:       {len(info['shards'])} shards, {_stitching(info)}")
+    if "shard" in info:
+        part = info["shard"]
+        print(f"shard:         {part['index']} of {part['count']} (rows {part['rows'][0]}-{part['rows'][1]} of "
+              f"{part['of']}, batches of {part['batch_size']})")
     print(f"model:         {info.get('model')} — {info.get('model_description')}")
     weights = f"checkpoint {info['checkpoint']}" if info.get("checkpoint") else info.get("weights")
     print(f"weights:       {weights} (state_dict sha256 {info.get('weights_sha256')})")
@@ -171,7 +210,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="start over even if the output exists or an unfinished run of another config does")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="record only shard I of N (from 0) into <output>.shards/; the last shard to finish "
+                          "stitches the output (under torchrun each process is its RANK/WORLD_SIZE already)")
     run.set_defaults(func=_cmd_run)
+
+    merge = sub.add_parser("merge", help="stitch the shards of a sharded recording into one file",
+                           description="Stitch <OUT>.shards/*-of-*.h5 into OUT: virtual datasets over the "
+                                       "shards (nothing copied), or with --copy one self-contained file. Refuses "
+                                       "shards that are missing, unfinished or from another job.")
+    merge.add_argument("out", help="the output the shards were recorded for, e.g. runs/x/activations.h5")
+    merge.add_argument("--copy", action="store_true", help="copy the activations into OUT (self-contained)")
+    merge.set_defaults(func=_cmd_merge)
 
     layers = sub.add_parser("layers", help="list every recording site of a model",
                             description="List recording sites: type, output shape, units, calls per "

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import LayerNotFoundError, RecordingError
+from .stitch import missing_sources, source_chunks
 
 __all__ = ["load_layer", "load_population", "open_recording", "recording_info"]
 
@@ -62,6 +63,14 @@ def _open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
                 f"{path} is not a unitrec recording: an HDF5 file without unitrec's layout (no 'done' "
                 f"mask, {'no format attribute' if fmt is None else f'format {fmt!r}'})"
             )
+        missing = missing_sources(h5)
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise RecordingError(
+                f"{path} reads its activations from shard files that are not there: {', '.join(missing[:3])}"
+                f"{more} (looked in {os.path.dirname(os.path.abspath(path))}); move the .shards folder together "
+                f"with the file (or, while both are there, make one self-contained file: `unitrec merge {path} "
+                "--copy`)")
         yield h5
 
 
@@ -157,6 +166,8 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
             raise LayerNotFoundError(_no_site(layer, sites, path))
         coords = _stimulus_coords(h5)
         attrs = _root_attrs(h5)
+        if isinstance(chunks, dict) and not chunks:  # the file's own chunks; a virtual dataset has none
+            chunks = source_chunks(h5[layer]["activation"]) or chunks
     ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=chunks)
     da = ds["activation"].assign_coords(coords)
     da.attrs.update(attrs)
@@ -250,4 +261,11 @@ def recording_info(path: str | os.PathLike) -> dict[str, Any]:
                                       **{k: act.attrs[k] for k in ("module_type", "selection", "rf_size")
                                          if k in act.attrs}})
         info["skipped"] = json.loads(info.get("skipped", "[]"))
+        if "shards" in info:  # stitched: where the data lives
+            info["shards"] = json.loads(info["shards"])
+            folder = os.path.dirname(os.path.abspath(path))
+            info["shards_size"] = sum(os.path.getsize(os.path.join(folder, s["file"])) for s in info["shards"]
+                                      if os.path.isfile(os.path.join(folder, s["file"])))
+        if "shard" in info:  # one shard of a job
+            info["shard"] = json.loads(info["shard"])
     return info

@@ -15,6 +15,7 @@ stored value never depends on how the run was split (see docs/design.md).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import shutil
@@ -23,13 +24,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import ConfigError, RecordingError, StimulusError, UnitrecWarning
+from .lock import output_lock
 from .model import state_dict_sha256
 from .preprocess import build_transform, describe_transform
 from .provenance import file_attrs, run_key
@@ -65,6 +67,7 @@ class Job:
     on_error: str = "skip"
     background: tuple[int, int, int] = (255, 255, 255)
     overwrite: bool = False
+    shard: tuple[int, int] | None = None  # (index, count): record one contiguous part of the rows
 
     def __post_init__(self) -> None:
         checks = [
@@ -84,6 +87,10 @@ class Job:
         except (RuntimeError, TypeError) as exc:
             raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:1', ...; got {self.device!r} ({exc})") from None
         object.__setattr__(self, "background", tuple(self.background))
+        if self.shard is not None:
+            from .shards import check_shard
+
+            object.__setattr__(self, "shard", check_shard(self.shard))
 
 
 def record(
@@ -103,6 +110,7 @@ def record(
     on_error: str = "skip",
     background: Sequence[int] = (255, 255, 255),
     overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
     config: dict[str, Any] | None = None,
 ) -> Path:
     """Record sites of `model` for every stimulus into an HDF5 file.
@@ -144,6 +152,15 @@ def record(
         RGB colour that transparent pixels are composited on.
     overwrite
         Start over even if `out` or an unfinished recording of another run exists.
+    shard
+        ``(i, n)``: record only shard `i` of `n` (counting from 0), a contiguous block
+        of whole batches of the sorted stimulus list, into
+        ``<out>.shards/<iiiii>-of-<nnnnn>.h5``, an ordinary recording of its own
+        (resumable, locked, checked like any). The last shard to finish stitches
+        `out` (see :func:`merge`). Under ``torchrun`` (``WORLD_SIZE`` > 1) every
+        process is shard ``RANK`` of ``WORLD_SIZE`` on ``cuda:LOCAL_RANK`` when
+        `device` is ``"cuda"``, and only rank 0 shows progress; `shard` must then
+        be left out.
     config
         The experiment config to store in the file (set by :func:`run_config`).
 
@@ -151,7 +168,8 @@ def record(
     -------
     pathlib.Path
         The finished file. If `out` already holds a finished recording of the same
-        job, nothing is recorded and its path is returned.
+        job, nothing is recorded and its path is returned. A shard returns `out` if
+        it was the last to finish (or `out` was already there), else its own file.
 
     Examples
     --------
@@ -159,9 +177,12 @@ def record(
     >>> model = ur.load_model("resnet18")
     >>> path = ur.record(model, "stimuli/", ["layer1", "layer4.1"], "acts.h5")  # doctest: +SKIP
     """
+    from .shards import launched_shard
+
+    shard, device, progress = launched_shard(shard, device, progress)
     job = Job(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress, dtype=dtype,
               compression=compression, stop_early=stop_early, on_error=on_error,
-              background=tuple(background), overwrite=overwrite)
+              background=tuple(background), overwrite=overwrite, shard=shard)
     out = _check_output(out)
     specs = parse_layers(layers)
     stim = as_stimulus_set(stimuli)
@@ -169,13 +190,31 @@ def record(
         transform = getattr(model, "unitrec_transform", None) or build_transform()
     preprocessing = describe_transform(transform) if transform is not None else "none (tensor stimuli)"
 
-    with _lock(out):
-        training = model.training
-        try:
-            model.to(job.device).eval()
-            return _record(model, stim, specs, out, transform, preprocessing, job, config)
-        finally:
-            model.train(training)
+    target = out
+    if job.shard is not None:
+        from .shards import check_counts, shard_path
+
+        check_counts(out, job.shard[1])
+        target = shard_path(out, *job.shard)
+        target.parent.mkdir(exist_ok=True)
+    try:
+        with output_lock(target):
+            training = model.training
+            try:
+                model.to(job.device).eval()
+                path = _record(model, stim, specs, out, transform, preprocessing, job, config)
+            finally:
+                model.train(training)
+    except BaseException:
+        if target != out:  # a shard refused at once (too many shards, ...) leaves no empty folder
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()
+        raise
+    if path == out:
+        return path
+    from .shards import stitch_if_complete
+
+    return stitch_if_complete(out, job.shard[1]) or path
 
 
 def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing: str, job: Job,
@@ -185,10 +224,26 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
     _check_names(sites, stim)
     desc = dict(getattr(model, "unitrec_description", {"name": type(model).__name__}))
     weights_sha = state_dict_sha256(model)
+    stim_sha = stim.sha256()
     key = run_key(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
                   sites=[s.spec.model_dump(by_alias=True, exclude_defaults=True) for s in sites],
-                  stimuli_sha256=stim.sha256(), n_stimuli=len(stim), dtype=job.dtype, device=str(job.device),
+                  stimuli_sha256=stim_sha, n_stimuli=len(stim), dtype=job.dtype, device=str(job.device),
                   background=job.background if stim.root is not None else None)
+    final, extra = out, {}
+    if job.shard is not None:
+        if job.overwrite:
+            final.unlink(missing_ok=True)
+        elif final.exists():  # this job's stitched (or one-process) recording is already there
+            _adopted(check_finished(final, key, stim), job.batch_size, final, "was recorded")
+            return final
+        from .shards import shard_part, shard_path
+
+        out = shard_path(final, *job.shard)
+        part = shard_part(out, len(stim), job)
+        job = dataclasses.replace(job, batch_size=part.batch_size)
+        key = {**key, "shard": part.describe()}
+        extra = {"shard": part.to_attr()}
+        stim = stim.subset(part.start, part.stop)
     partial = partial_path(out)
     if job.overwrite:
         for p in (partial, out):
@@ -203,11 +258,11 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
         rec_file = RecordingFile.reopen(out, sites, key, stim)
         batch_size = _adopted(rec_file.batch_size, job.batch_size, partial, "was started")
     else:
-        config = config or _implicit_config(desc, stim, preprocessing, specs, job, out)
+        config = config or _implicit_config(desc, stim, preprocessing, specs, job, final)
         attrs = file_attrs(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
-                           config=config, stimuli_sha256=stim.sha256(), key=key,
+                           config=config, stimuli_sha256=stim_sha, key=key,
                            stimuli_description=stim.description,
-                           stimulus_root=str(stim.root) if stim.root is not None else "")
+                           stimulus_root=str(stim.root) if stim.root is not None else "") | extra
         _check_space(out.parent, sites, len(stim), job)
         rec_file = RecordingFile.create(out, stim.labels, stim.coords, stim.file_stats(), sites, attrs,
                                         batch_size=job.batch_size, dtype=job.dtype,
@@ -420,46 +475,6 @@ def _check_space(folder: Path, sites: list[Site], n_rows: int, job: Job) -> None
     if need > free:
         raise RecordingError(f"this recording needs about {human_size(need)} more and {folder} has "
                              f"{human_size(free)} free; free some space or choose another output")
-
-
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """Refuse a second process writing the same output at the same time.
-
-    An advisory lock on ``<out>.lock``, removed at the end. A process that locked
-    a lock file which was removed meanwhile (the inode no longer at the path) has
-    locked nothing, and tries again on the new file.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; HDF5's own locking still applies
-        yield
-        return
-    lock_path = out.with_name(out.name + ".lock")
-    for _ in range(5):
-        fh = open(lock_path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise RecordingError(
-                f"another process is writing {out} right now (lock {lock_path}); wait for it or "
-                "choose another output"
-            ) from None
-        try:
-            current = os.stat(lock_path).st_ino
-        except FileNotFoundError:
-            current = None
-        if current == os.fstat(fh.fileno()).st_ino:
-            break
-        fh.close()  # locked a file that was removed meanwhile: try the new one
-    else:
-        raise RecordingError(f"cannot take the lock {lock_path}; is another process writing {out}?")
-    try:
-        yield
-    finally:
-        lock_path.unlink(missing_ok=True)  # while still holding the lock
-        fh.close()
 
 
 def _implicit_config(desc, stim: StimulusSet, preprocessing, specs, job: Job, out) -> dict:

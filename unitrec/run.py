@@ -52,11 +52,13 @@ def _resolve(base: Path, value: str | None) -> Path | None:
 
 
 def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool = False,
-               progress: bool | None = None) -> Path:
+               progress: bool | None = None, shard: tuple[int, int] | None = None) -> Path:
     """Run the experiment a config describes; returns the path of the recording.
 
     Relative paths in the config resolve against the config file's folder. The
-    whole config is stored in the file's attributes.
+    whole config is stored in the file's attributes. `shard` ``(i, n)`` records one
+    shard (see :func:`record`); the report, if configured, is written by the shard
+    that stitches the output.
 
     Examples
     --------
@@ -81,9 +83,9 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
         device=rec.device, num_workers=rec.num_workers, progress=rec.progress if progress is None else progress,
         dtype=rec.dtype, compression=rec.compression, stop_early=rec.stop_early,
         on_error=cfg.stimuli.on_error, background=cfg.stimuli.background,
-        overwrite=overwrite or out_spec.overwrite, config=raw,
+        overwrite=overwrite or out_spec.overwrite, shard=shard, config=raw,
     )
-    if cfg.report is not None:
+    if cfg.report is not None and path == out:  # not a shard waiting for the others
         _report(path, _resolve(base, cfg.report.path) if cfg.report.path else path.parent / "report")
     return path
 

@@ -98,6 +98,17 @@ class StimulusSet:
         return (np.array([st.st_size for st in stats], dtype=np.int64),
                 np.array([st.st_mtime_ns for st in stats], dtype=np.int64))
 
+    def subset(self, start: int, stop: int) -> StimulusSet:
+        """Rows ``start:stop`` as a set of their own (one shard); labels and coordinates unchanged."""
+        if self.root is not None:
+            source = None
+        elif isinstance(self.source, torch.Tensor):
+            source = self.source[start:stop]
+        else:
+            source = torch.utils.data.Subset(self.source, range(start, stop))
+        return StimulusSet(self.labels[start:stop], {k: v[start:stop] for k, v in self.coords.items()},
+                           root=self.root, source=source, description=self.description)
+
     def dataset(self, transform: Callable | None, background=(255, 255, 255),
                 rows: Sequence[int] | None = None) -> torch.utils.data.Dataset:
         """A torch Dataset over `rows` (default: all) that yields :class:`Item` objects."""

@@ -1,0 +1,54 @@
+"""One writer per output: an advisory lock on ``<out>.lock``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .errors import RecordingError
+
+__all__ = ["output_lock"]
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, *, wait: bool = False) -> Iterator[None]:
+    """Hold ``<out>.lock`` while writing `out`; the lock file is removed at the end.
+
+    Without `wait` a second process is refused at once (two runs of one output);
+    with it, the caller waits its turn (the shards of one job finishing together,
+    each checking whether it is the last). A process that locked a lock file which
+    was removed meanwhile (the inode no longer at the path) has locked nothing, and
+    tries again on the new file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; HDF5's own locking still applies
+        yield
+        return
+    lock_path = out.with_name(out.name + ".lock")
+    for _ in range(100 if wait else 5):
+        fh = open(lock_path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise RecordingError(
+                f"another process is writing {out} right now (lock {lock_path}); wait for it or "
+                "choose another output"
+            ) from None
+        try:
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fh.fileno()).st_ino:
+            break
+        fh.close()  # locked a file that was removed meanwhile: try the new one
+    else:
+        raise RecordingError(f"cannot take the lock {lock_path}; is another process writing {out}?")
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # while still holding the lock
+        fh.close()

@@ -1,0 +1,232 @@
+"""The stitched file: one recording written from a job's checked shards, and read back safely.
+
+Per site ``activation`` is an HDF5 virtual dataset over the shards' datasets, named
+by paths relative to ``<out>``'s folder (HDF5 looks there first, so the folder can be
+moved), or with ``copy`` a real dataset; everything else (stimulus coordinates,
+``done``, file identity, provenance, site coordinates) is real data, so the file
+opens like a one-process recording of the same job and equals it. See
+docs/design.md, "Shards".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import RecordingError
+from .shards import Part, job_key
+
+__all__ = ["is_current", "missing_sources", "open_file", "source_chunks", "stitch"]
+
+_DIMENSION_ATTRS = ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST")  # remade, never copied
+_RUN_ONLY = ("shard", "last_run_seconds", "last_run_images_per_second")  # describe one shard's run
+_COPY_BYTES = 64 << 20
+
+
+def open_file(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except (OSError, RuntimeError) as exc:
+        raise RecordingError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
+
+
+def _listing(out: Path, files: list[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for path in files:
+        with open_file(path) as h5:
+            part = Part.from_attr(h5.attrs["shard"])
+            rows.append({"file": _relative(path, out), "rows": [part.start, part.stop],
+                         "finished": str(h5.attrs.get("finished", "")), "created": str(h5.attrs.get("created", ""))})
+    return rows
+
+
+def _relative(path: Path, out: Path) -> str:
+    return Path(os.path.relpath(path, out.parent)).as_posix()
+
+
+def is_current(out: Path, files: list[Path]) -> bool:
+    """`out` was stitched from exactly these shards, as they are now."""
+    try:
+        with h5py.File(out, "r") as h5:
+            listed = json.loads(h5.attrs.get("shards", "null"))
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return listed == _listing(out, files)
+
+
+def stitch(out: Path, files: list[Path], *, copy: bool) -> Path:
+    """Write `out` from checked shards: under a temporary name, fsynced, then renamed."""
+    from .writer import _fsync_folder
+
+    listing = _listing(out, files)
+    tmp = out.with_name(out.name + ".stitching.h5")
+    try:
+        with ExitStack() as stack:
+            shards = [stack.enter_context(open_file(p)) for p in files]
+            with h5py.File(tmp, "w", track_order=True) as dst:
+                _write(dst, shards, listing, out, copy)
+                dst.flush()
+                os.fsync(dst.id.get_vfd_handle())
+        os.replace(tmp, out)
+        _fsync_folder(out.parent)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, RecordingError):
+            raise RecordingError(f"stitching {out} failed: {type(exc).__name__}: {' '.join(str(exc).split())}") \
+                from None
+        raise
+    return out
+
+
+def _write(dst: h5py.File, shards: list[h5py.File], listing: list[dict], out: Path, copy: bool) -> None:
+    first = shards[0]
+    for key, value in first.attrs.items():
+        if key not in _RUN_ONLY:
+            dst.attrs[key] = value
+    key_text = json.dumps(job_key(first), sort_keys=True)
+    dst.attrs["run_key"] = key_text  # what a one-process run of the job has: the same run_id
+    dst.attrs["run_id"] = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    dst.attrs["created"] = min(str(s.attrs.get("created", "")) for s in shards)
+    skipped = [r for s in shards for r in json.loads(s.attrs.get("skipped", "[]"))]
+    if skipped:
+        dst.attrs["skipped"] = json.dumps(skipped, ensure_ascii=False)
+    elif "skipped" in dst.attrs:
+        del dst.attrs["skipped"]
+    datasets: list[str] = []
+    for name, obj in first.items():
+        if isinstance(obj, h5py.Dataset):  # per stimulus: the shards' rows one after another
+            _concatenate(dst, name, [s[name] for s in shards])
+            datasets.append(name)
+        elif isinstance(obj, h5py.Group):
+            group = dst.create_group(name, track_order=True)
+            _copy_attrs(obj, group)
+            for child, ds in obj.items():
+                path = f"{name}/{child}"
+                if child == "activation":
+                    _activation(group, [s[path] for s in shards], listing, out, copy)
+                else:
+                    _copy_attrs(ds, group.create_dataset(child, data=ds[...], dtype=ds.dtype))
+                datasets.append(path)
+    if "file_sha256" in dst:  # over every file's hash, as a one-process run computes it
+        dst.attrs["stimulus_content_sha256"] = hashlib.sha256(dst["file_sha256"][...].tobytes()).hexdigest()
+    _dimension_scales(first, dst, datasets)
+    dst.attrs["status"] = "complete"
+    dst.attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    dst.attrs["stitched"] = "copy" if copy else "virtual"
+    dst.attrs["shards"] = json.dumps(listing)
+
+
+def _copy_attrs(src, dst) -> None:
+    for key, value in src.attrs.items():
+        if key not in _DIMENSION_ATTRS:
+            dst.attrs[key] = value
+
+
+def _concatenate(dst: h5py.File, name: str, parts: list[h5py.Dataset]) -> None:
+    ref = parts[0]
+    info = h5py.check_string_dtype(ref.dtype)
+    if info is not None and info.length is None:  # variable-length text
+        data = np.concatenate([p.asstr()[...] for p in parts]).astype(object)
+    else:
+        data = np.concatenate([p[...] for p in parts])
+    _copy_attrs(ref, dst.create_dataset(name, data=data, dtype=ref.dtype))
+
+
+def _activation(group: h5py.Group, parts: list[h5py.Dataset], listing: list[dict], out: Path,
+                copy: bool) -> None:
+    ref = parts[0]
+    shape = (sum(p.shape[0] for p in parts), *ref.shape[1:])
+    if copy:
+        ds = _create_like(group, ref, shape, int(json.loads(ref.file.attrs["shard"])["batch_size"]))
+        for part, entry in zip(parts, listing):
+            start = entry["rows"][0]
+            step = max(1, _COPY_BYTES // max(1, int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize))
+            for a in range(0, part.shape[0], step):
+                b = min(a + step, part.shape[0])
+                ds[start + a : start + b] = part[a:b]
+    else:
+        layout = h5py.VirtualLayout(shape=shape, dtype=ref.dtype)
+        for part, entry in zip(parts, listing):
+            a, b = entry["rows"]
+            # relative to out's folder, where HDF5 looks first; '%' is HDF5's pattern character
+            layout[a:b] = h5py.VirtualSource(entry["file"].replace("%", "%%"), part.name, shape=part.shape)
+        ds = group.create_virtual_dataset("activation", layout, fillvalue=np.nan)
+    _copy_attrs(ref, ds)
+    overflow = sum(int(p.attrs.get("float16_overflow", 0)) for p in parts)
+    if overflow:
+        ds.attrs["float16_overflow"] = overflow
+
+
+def _create_like(group: h5py.Group, ref: h5py.Dataset, shape: tuple[int, ...], batch_size: int) -> h5py.Dataset:
+    """A real dataset with the shards' storage (dtype, filters, fill value), chunked for `shape`."""
+    from .load import _plugins
+    from .writer import chunk_shape
+
+    _plugins()  # the Zstd filter, for shards recorded with compression
+    dcpl = ref.id.get_create_plist()
+    dcpl.set_chunk(chunk_shape(shape, batch_size, ref.dtype.itemsize))
+    space = h5py.h5s.create_simple(shape)
+    return h5py.Dataset(h5py.h5d.create(group.id, b"activation", ref.id.get_type(), space, dcpl=dcpl))
+
+
+def _dimension_scales(src: h5py.File, dst: h5py.File, names: list[str]) -> None:
+    """Make the scales and attach them as they are in the shards (netCDF dimensions)."""
+    for name in names:
+        if h5py.h5ds.is_scale(src[name].id):
+            label = src[name].attrs.get("NAME", name.rsplit("/", 1)[-1])
+            dst[name].make_scale(label.decode() if isinstance(label, bytes) else str(label))
+    for name in names:
+        for axis, dim in enumerate(src[name].dims):
+            for scale in dim.values():
+                if scale.name.lstrip("/") != name:
+                    dst[name].dims[axis].attach_scale(dst[scale.name])
+
+
+# ------------------------------------------------------------------ reading
+def missing_sources(h5: h5py.File) -> list[str]:
+    """Shard files a stitched recording reads through virtual datasets that are not there.
+
+    HDF5 silently reads a missing source as the fill value (NaN), and falls back to
+    the working directory, so readers check first: sources are looked for where HDF5
+    looks first (``HDF5_VDS_PREFIX``, else the recording's folder).
+    """
+    if h5.attrs.get("stitched") != "virtual":
+        return []
+    folder = Path(os.path.abspath(h5.filename)).parent
+    prefix = os.environ.get("HDF5_VDS_PREFIX")
+    missing = []
+    for entry in json.loads(h5.attrs.get("shards", "[]")):
+        name = entry["file"]
+        where = [Path(prefix) / name] if prefix else []
+        if not any(p.is_file() for p in [*where, folder / name]):
+            missing.append(name)
+    return missing
+
+
+def source_chunks(ds: h5py.Dataset) -> dict[str, int] | None:
+    """A virtual dataset's first source's chunks by dimension name, for dask (``chunks={}``).
+
+    A virtual dataset has no chunks of its own, so dask would read a stitched site
+    as one block; its shards' chunks keep blocks the size a one-process file has.
+    """
+    if not ds.is_virtual:
+        return None
+    source = ds.virtual_sources()[0]
+    path = Path(os.path.abspath(ds.file.filename)).parent / source.file_name.replace("%%", "%")
+    try:
+        with h5py.File(path, "r") as h5:
+            chunks = h5[source.dset_name].chunks
+    except (OSError, RuntimeError, KeyError):
+        return None
+    if chunks is None:
+        return None
+    dims = [ds.dims[i][0].name.rsplit("/", 1)[-1] if len(ds.dims[i]) else f"dim_{i}" for i in range(ds.ndim)]
+    return dict(zip(dims, chunks))
