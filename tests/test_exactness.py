@@ -111,7 +111,7 @@ def test_rows_are_computed_in_fixed_full_blocks_whatever_the_batch_size(zoo, ima
     sites = ["conv1", "layer2.0.bn2", "fc"]
     labels, batch = image_batch(images, transform64)
     fx = create_feature_extractor(m, {"conv1": "conv1", "fc": "fc"})
-    for bs in (1, 3, 4, 10):
+    for bs in (3, 4):  # 10 images: a last block of 1, of 2
         path = ur.record(m, images, sites, tmp_path / f"b{bs}.h5", transform=transform64,
                          batch_size=bs, progress=False)
         got = {s: ur.load_layer(path, s).values for s in sites}
