@@ -57,6 +57,11 @@ def _open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     except OSError as exc:
         raise RecordingError(_unreadable(path, exc)) from None
     with h5:
+        try:
+            h5.get("done")
+        except (KeyError, OSError, RuntimeError) as exc:  # opens, but an object header is damaged
+            raise RecordingError(f"{path} is truncated or damaged ({' '.join(str(exc).split())[:120]}); "
+                                 "copy it again or record it again") from None
         if not isinstance(h5.get("done"), h5py.Dataset):
             fmt = h5.attrs.get("format")
             raise RecordingError(

@@ -41,7 +41,8 @@ def library_versions() -> dict[str, str]:
 
 def run_key(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, sites: list[dict],
             stimuli_sha256: str, n_stimuli: int, dtype: str, device: str,
-            background: tuple[int, int, int] | None = None) -> dict[str, Any]:
+            background: tuple[int, int, int] | None = None,
+            stimuli_description: str | None = None) -> dict[str, Any]:
     """The facts that must match for a partial recording to be resumed (or a finished one reused)."""
     key = {
         "model": model.get("name"),
@@ -52,6 +53,8 @@ def run_key(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, s
         "dtype": dtype,
         "device": device.split(":")[0],
     }
+    if stimuli_description:  # a Dataset: its content is not hashed, its class and length are
+        key["stimuli"] = f"{stimuli_description}, " + key["stimuli"]
     if background is not None:  # transparent pixels are composited on it
         key["background"] = "rgb(" + ", ".join(str(int(c)) for c in background) + ")"
     return key

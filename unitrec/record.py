@@ -40,7 +40,7 @@ from .schema import parse_layers
 from .sites import Site, resolve_sites
 from .stimuli.dataset import StimulusSet, as_stimulus_set, collate
 from .writer import (AsyncWriter, RecordingFile, check_finished, creating_path, human_size,
-                     partial_path, reserved_names)
+                     partial_path, reserve_margin, reserved_names)
 
 __all__ = ["Job", "record"]
 
@@ -86,6 +86,11 @@ class Job:
             object.__setattr__(self, "device", torch.device(self.device))
         except (RuntimeError, TypeError) as exc:
             raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:1', ...; got {self.device!r} ({exc})") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {str(self.device)!r}: this machine has no usable CUDA GPU "
+                              "(torch.cuda.is_available() is False); use device: cpu")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device {str(self.device)!r} is not supported; use 'cpu' or 'cuda'")
         object.__setattr__(self, "background", tuple(self.background))
         if self.shard is not None:
             from .shards import check_shard
@@ -228,10 +233,12 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
     key = run_key(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
                   sites=[s.spec.model_dump(by_alias=True, exclude_defaults=True) for s in sites],
                   stimuli_sha256=stim_sha, n_stimuli=len(stim), dtype=job.dtype, device=str(job.device),
+                  stimuli_description=stim.description if stim.root is None else None,
                   background=job.background if stim.root is not None else None)
     final, extra = out, {}
     if job.shard is not None:
         if job.overwrite:
+            _refuse_foreign(final)
             final.unlink(missing_ok=True)
         elif final.exists():  # this job's stitched (or one-process) recording is already there
             _adopted(check_finished(final, key, stim), job.batch_size, final, "was recorded")
@@ -246,8 +253,11 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
         stim = stim.subset(part.start, part.stop)
     partial = partial_path(out)
     if job.overwrite:
+        _refuse_foreign(out)  # the partial file's name is unitrec's own
         for p in (partial, out):
             p.unlink(missing_ok=True)
+    elif out.exists():
+        _refuse_foreign(out)
     if out.exists():
         stored_batch = check_finished(out, key, stim)
         _adopted(stored_batch, job.batch_size, out, "was recorded")
@@ -454,6 +464,15 @@ def _check_output(out: str | os.PathLike) -> Path:
     return out
 
 
+def _refuse_foreign(path: Path) -> None:
+    """Never delete or overwrite a file that is not an HDF5 file (an image, notes ...)."""
+    import h5py
+
+    if path.is_file() and path.stat().st_size > 0 and not h5py.is_hdf5(path):
+        raise RecordingError(f"{path} exists and is not an HDF5 file; unitrec will not overwrite it: "
+                             "choose another output path")
+
+
 def _check_names(sites: list[Site], stim: StimulusSet) -> None:
     """A site stored under a name the file already uses at its root would clash."""
     taken = set(reserved_names()) | set(stim.coords)
@@ -467,10 +486,12 @@ def _check_names(sites: list[Site], stim: StimulusSet) -> None:
 
 def _check_space(folder: Path, sites: list[Site], n_rows: int, job: Job) -> None:
     """Refuse to start what cannot fit: the uncompressed size of the rows still to record."""
-    if job.compression is not None:
-        return  # no honest estimate; a full disk is still reported when it happens
     itemsize = 2 if job.dtype == "float16" else 4
-    need = n_rows * sum(int(np.prod(s.shape, dtype=np.int64)) for s in sites) * itemsize
+    data = 0 if job.compression is not None else \
+        n_rows * sum(int(np.prod(s.shape, dtype=np.int64)) for s in sites) * itemsize
+    # what the writer reserves per batch (data + 1/16 + 1 MiB), plus room for the layout;
+    # compressed data has no honest estimate: only the margin is checked
+    need = data + data // 16 + reserve_margin(n_rows, len(sites))
     free = shutil.disk_usage(folder).free
     if need > free:
         raise RecordingError(f"this recording needs about {human_size(need)} more and {folder} has "

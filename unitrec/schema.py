@@ -43,6 +43,8 @@ def _unstorable(key: str) -> Optional[str]:
         return f"{key!r} is not a name"
     if "/" in key:
         return "'/' would nest it in an HDF5 group"
+    if "\0" in key:
+        return "it holds a NUL character"
     if key in _ROOT_NAMES:
         return f"the file's root already holds {key!r} ({', '.join(_ROOT_NAMES)} are taken)"
     return None
@@ -145,9 +147,9 @@ class PreprocessSpec(_Strict):
 
 
 class RecordSpec(_Strict):
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, strict=True)
     device: str = "cpu"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, strict=True)
     dtype: Literal["float32", "float16"] = "float32"
     compression: Optional[Literal["zstd"]] = None
     stop_early: bool = True

@@ -46,6 +46,11 @@ _SYNC_BYTES = 64 << 20
 _MARGIN = 1 << 20  # room reserved beyond a batch's data for HDF5's own metadata
 
 
+def reserve_margin(n_rows: int, n_sites: int) -> int:
+    """Bytes beyond the data a recording needs free: the layout, coordinates, one batch's margin."""
+    return 2 * _MARGIN + n_rows * (200 + 8 * n_sites)
+
+
 _FILE_COLUMNS = ("file_size", "file_mtime_ns", "file_sha256")  # per-stimulus identity of image files
 
 
@@ -229,6 +234,7 @@ class RecordingFile:
         its image files must be those whose responses the file already holds.
         """
         path = partial_path(final)
+        _release_reserved(path)  # blocks a crashed run reserved past the end of the file
         h5 = open_existing(path, "r+", unfinished=True)
         try:
             missing = [s.key for s in sites if s.key not in h5 or "activation" not in h5[s.key]]
@@ -323,10 +329,8 @@ class RecordingFile:
                 self.h5.attrs["stimulus_content_sha256"] = hashlib.sha256(self._digests[...].tobytes()).hexdigest()
             self.h5.flush()
             os.fsync(self.h5.id.get_vfd_handle())
-            size = self.h5.id.get_filesize()
             self.close()
-            os.truncate(self.path, size + 1)  # frees blocks reserved past the end (see _reserve)
-            os.truncate(self.path, size)
+            _release_reserved(self.path)
             os.replace(self.path, self.final)
             _fsync_folder(self.final.parent)
         except (OSError, RuntimeError) as exc:
@@ -342,6 +346,8 @@ class RecordingFile:
         except (OSError, RuntimeError):
             if not quiet:
                 raise
+        if quiet:
+            _release_reserved(self.path)
 
 
 def _fallocate(fd: int, offset: int, length: int) -> bool:
@@ -371,6 +377,16 @@ def _libc_fallocate():
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fn.restype = ctypes.c_int
     return fn
+
+
+def _release_reserved(path: Path) -> None:
+    """Free disk blocks reserved past the end of a file (see ``RecordingFile._reserve``)."""
+    try:
+        size = path.stat().st_size
+        os.truncate(path, size + 1)
+        os.truncate(path, size)
+    except OSError:
+        pass  # nothing to release, or a read-only file: the checks that follow will say
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -417,10 +433,11 @@ def check_run_key(h5: h5py.File, run_key: dict[str, Any], path: Path, labels: li
         return
     parts = []
     for k in differ:
-        if k == "stimuli" and labels is not None and "stimulus" in h5:
-            parts.append("stimuli (" + _stimulus_diff([_text(v) for v in h5["stimulus"][...]], labels) + ")")
+        stored_labels = [_text(v) for v in h5["stimulus"][...]] if k == "stimuli" and "stimulus" in h5 else None
+        if stored_labels is not None and labels is not None and stored_labels != labels:
+            parts.append("stimuli (" + _stimulus_diff(stored_labels, labels) + ")")
         elif k == "sites":
-            parts.append(f"sites (file: {_site_names(stored.get(k))}; now: {_site_names(run_key.get(k))})")
+            parts.append("sites (" + _site_diff(stored.get(k), run_key.get(k)) + ")")
         else:
             was, now = _where_they_differ(_text(stored.get(k, "none")), _text(run_key.get(k, "none")))
             parts.append(f"{k} (file: {was}; now: {now})")
@@ -496,12 +513,21 @@ def _where_they_differ(a: str, b: str, width: int = 48) -> tuple[str, str]:
     return cut(a), cut(b)
 
 
-def _site_names(sites_json: str | None) -> str:
-    try:
-        entries = json.loads(sites_json or "[]")
-    except ValueError:
-        return _short(sites_json)
-    return _short(", ".join(e.get("as") or e.get("name", "?") if isinstance(e, dict) else str(e) for e in entries))
+def _site_diff(stored_json: str | None, now_json: str | None) -> str:
+    """The layer entries only the file has and only this run has, each written compactly."""
+    def entries(text: str | None) -> list[str]:
+        try:
+            items = json.loads(text or "[]")
+        except ValueError:
+            return [_short(text)]
+        return [json.dumps(e, sort_keys=True, separators=(",", ":")) if isinstance(e, dict) and len(e) > 1
+                else (e.get("name", "?") if isinstance(e, dict) else str(e)) for e in items]
+
+    was, now = entries(stored_json), entries(now_json)
+    only_file, only_now = [e for e in was if e not in now], [e for e in now if e not in was]
+    if not only_file and not only_now:
+        return f"file: {_short(', '.join(was))}; now: the same entries in another order"
+    return f"file: {_short(', '.join(only_file) or '-', 120)}; now: {_short(', '.join(only_now) or '-', 120)}"
 
 
 def _stimulus_diff(stored: list[str], now: list[str]) -> str:

@@ -298,7 +298,8 @@ def _coord_names(path: Path, header: list[str], key: int, rows) -> list[tuple[in
 
 def _coord_name(col: str) -> str:
     # names that would clash with our own dims get a prefix
-    own = ("stimulus", "unit", "channel", "y", "x", "done", "file_size", "file_mtime_ns", "file_sha256")
+    own = ("stimulus", "unit", "channel", "y", "x", "done", "file_size", "file_mtime_ns", "file_sha256",
+           "source", "source_index", "rf_center_y", "rf_center_x", "layer")
     return f"meta_{col}" if col in own else col
 
 
