@@ -64,25 +64,19 @@ def is_current(out: Path, files: list[Path]) -> bool:
 
 def stitch(out: Path, files: list[Path], *, copy: bool) -> Path:
     """Write `out` from checked shards: under a temporary name, fsynced, then renamed."""
-    from .writer import _fsync_folder
+    from .writer import written_whole
 
     listing = _listing(out, files)
-    tmp = out.with_name(out.name + ".stitching.h5")
     try:
         with ExitStack() as stack:
             shards = [stack.enter_context(open_file(p)) for p in files]
-            with h5py.File(tmp, "w", track_order=True) as dst:
+            with written_whole(out.with_name(out.name + ".stitching.h5"), out) as dst:
                 _write(dst, shards, listing, out, copy)
-                dst.flush()
-                os.fsync(dst.id.get_vfd_handle())
-        os.replace(tmp, out)
-        _fsync_folder(out.parent)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, RecordingError):
-            raise RecordingError(f"stitching {out} failed: {type(exc).__name__}: {' '.join(str(exc).split())}") \
-                from None
-        raise
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RecordingError):
+            raise
+        raise RecordingError(f"stitching {out} failed: {type(exc).__name__}: {' '.join(str(exc).split())}") \
+            from None
     return out
 
 

@@ -16,6 +16,7 @@ checking that it is the same job (run key) and that no recorded image has change
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -27,7 +28,7 @@ import shutil
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
@@ -156,19 +157,14 @@ class RecordingFile:
             filters = dict(hdf5plugin.Zstd(clevel=1))
         tmp, path = creating_path(final), partial_path(final)
         try:
-            with h5py.File(tmp, "w", track_order=True) as h5:
+            with written_whole(tmp, path) as h5:
                 cls._create_root(h5, labels, coords, files, attrs, batch_size)
                 for site in sites:
                     cls._create_site(h5, site, len(labels), batch_size, np.dtype(dtype), filters)
-                h5.flush()
-                os.fsync(h5.id.get_vfd_handle())
-            os.replace(tmp, path)
-            _fsync_folder(path.parent)
-        except BaseException as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, RecordingError):
-                raise _disk_error(exc, tmp) from None
-            raise
+        except (OSError, RuntimeError) as exc:
+            if isinstance(exc, RecordingError):
+                raise
+            raise _disk_error(exc, tmp) from None
         return cls(h5py.File(path, "r+"), path, final, sites)
 
     @staticmethod
@@ -377,6 +373,25 @@ def _libc_fallocate():
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fn.restype = ctypes.c_int
     return fn
+
+
+@contextlib.contextmanager
+def written_whole(tmp: Path, dest: Path) -> Iterator[h5py.File]:
+    """A new HDF5 file written under `tmp`, named `dest` only once it is whole and on disk.
+
+    A crash leaves at most `tmp` (removed here when the error is a Python one), never
+    a half-written `dest`.
+    """
+    try:
+        with h5py.File(tmp, "w", track_order=True) as h5:
+            yield h5
+            h5.flush()
+            os.fsync(h5.id.get_vfd_handle())
+        os.replace(tmp, dest)
+        _fsync_folder(dest.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _release_reserved(path: Path) -> None:
