@@ -350,7 +350,8 @@ def _stream(model, sites: list[Site], trace, stim: StimulusSet, rec_file: Record
                              stop_early=job.stop_early, sink=sink)
                 if cuda:
                     torch.cuda.current_stream(device).synchronize()
-                counts = {k: int(v) for k, v in overflow.items() if int(v)} if overflow is not None else {}
+                read = {k: int(v) for k, v in overflow.items()} if overflow is not None else {}
+                counts = {k: n for k, n in read.items() if n}  # one device read per site, not two
                 writer.submit(rec_file.write, np.asarray(rows), {k: v.numpy() for k, v in buffers.items()},
                               digests, counts)
                 bar.update(n_new)
