@@ -121,6 +121,7 @@ def as_population(da: Any) -> Population:
         )
     # Coordinates are small next to the values; chunked ones would stop groupby.
     da = da.assign_coords({name: c.compute() for name, c in da.coords.items()})
+    da = _float64(da)
     unit_dims = tuple(str(d) for d in da.dims[1:])
     unit_shape = tuple(int(da.sizes[d]) for d in unit_dims)
     unit_coords = {
@@ -138,6 +139,17 @@ def as_population(da: Any) -> Population:
         flat = da.stack({UNIT: unit_dims}).reset_index(UNIT)
         flat = flat.drop_vars([UNIT], errors="ignore")
     return Population(flat, unit_dims, unit_shape, unit_coords)
+
+
+def _float64(da: xr.DataArray) -> xr.DataArray:
+    """Float16/32 values as float64, so sums neither overflow (float16 tops out at
+    65504) nor depend on the order dask adds blocks in. Lazily for dask; a lazily
+    read (not yet loaded) file array is left for the block streams to convert."""
+    if da.dtype.kind != "f" or da.dtype.itemsize >= 8:
+        return da
+    if da.chunks is not None or da.variable._in_memory:
+        return da.astype(np.float64)
+    return da
 
 
 def _is_multi(da: xr.DataArray, dim: str) -> bool:
@@ -176,26 +188,56 @@ def unit_blocks(
     """Yield float64 slabs ``(stimulus, ≤chunk_size units)`` of a 2-D population.
 
     Only one slab is in memory at a time, so a dask-backed array is never loaded
-    whole. ``rows`` optionally keeps a subset of stimuli (a boolean mask).
+    whole. ``rows`` optionally keeps a subset of stimuli (a boolean mask). A
+    dask-backed slab is whole dask chunks along ``unit`` (one chunk, if a chunk is
+    wider than ``chunk_size``): a slab that cut a chunk would decompress the whole
+    chunk again for each slab it meets.
     """
     if rows is not None:
         data = data.isel({STIMULUS: np.flatnonzero(rows)})
     n, p = data.sizes[STIMULUS], data.sizes[UNIT]
     step = block_size(chunk_size, n)
-    for start in range(0, p, step):
-        block = data.isel({UNIT: slice(start, start + step)})
+    for start, stop in _spans(p, step, _dim_chunks(data, UNIT)):
+        block = data.isel({UNIT: slice(start, stop)})
         yield np.asarray(block.values, dtype=np.float64)
 
 
 def stimulus_blocks(
     data: xr.DataArray, chunk_size: int | None, rows: np.ndarray | None = None
 ) -> Iterator[np.ndarray]:
-    """Yield float64 slabs ``(≤chunk_size stimuli, unit)`` of a 2-D population."""
-    index = np.arange(data.sizes[STIMULUS]) if rows is None else np.flatnonzero(rows)
+    """Yield float64 slabs ``(≤chunk_size stimuli, unit)`` of a 2-D population.
+
+    As :func:`unit_blocks`, a dask-backed slab is whole chunks along ``stimulus``.
+    """
+    if rows is not None:
+        data = data.isel({STIMULUS: np.flatnonzero(rows)})
     step = block_size(chunk_size, data.sizes[UNIT])
-    for start in range(0, index.size, step):
-        block = data.isel({STIMULUS: index[start : start + step]})
+    for start, stop in _spans(data.sizes[STIMULUS], step, _dim_chunks(data, STIMULUS)):
+        block = data.isel({STIMULUS: slice(start, stop)})
         yield np.asarray(block.values, dtype=np.float64)
+
+
+def _dim_chunks(data: xr.DataArray, dim: str) -> tuple[int, ...] | None:
+    """Dask chunk lengths along ``dim``; None for numpy-backed data."""
+    if data.chunks is None:
+        return None
+    return tuple(int(c) for c in data.chunks[data.get_axis_num(dim)])
+
+
+def _spans(total: int, step: int, chunks: tuple[int, ...] | None) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` of ≤ ``step`` items, cut only at chunk boundaries when given."""
+    if chunks is None:
+        for start in range(0, total, step):
+            yield start, min(start + step, total)
+        return
+    bounds = np.cumsum((0, *chunks))
+    start = 0
+    while start < total:
+        ahead = bounds[bounds > start]
+        fits = ahead[ahead <= start + step]
+        stop = int(fits[-1] if fits.size else ahead[0])
+        yield start, stop
+        start = stop
 
 
 def stimulus_gram(
@@ -229,7 +271,7 @@ def stimulus_gram(
     n = kept.sizes[STIMULUS]
     row_mean = None
     if center == "stimuli":
-        row_mean = np.asarray(kept.mean(UNIT).values, dtype=np.float64)[:, None]
+        row_mean = np.asarray(kept.astype(np.float64).mean(UNIT).values)[:, None]
     gram = np.zeros((n, n))
     for block in unit_blocks(kept, chunk_size):
         if center == "units":

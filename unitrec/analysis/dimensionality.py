@@ -77,7 +77,7 @@ def _unit_scatter(
 ) -> np.ndarray:
     """Centred ``Xᵀ X`` (units × units), accumulated over blocks of stimuli."""
     kept = data.isel(stimulus=np.flatnonzero(keep))
-    mean = np.asarray(kept.mean("stimulus").values, dtype=np.float64)
+    mean = np.asarray(kept.astype(np.float64).mean("stimulus").values)
     scatter = np.zeros((data.sizes[UNIT],) * 2)
     for block in stimulus_blocks(kept, chunk_size):
         block = block - mean
