@@ -15,7 +15,8 @@ from torch import nn
 
 import unitrec as ur
 from unitrec import analysis as ua
-from unitrec.analysis._units import as_population, stimulus_blocks as unitrec_stimulus_blocks, unit_blocks
+from unitrec.analysis import _units
+from unitrec.analysis._units import as_population, unit_blocks
 
 distributed = pytest.importorskip("distributed")
 
@@ -74,11 +75,10 @@ def test_a_stitched_site_loads_as_dask_blocks_of_the_shards_chunks(stitched):
 def test_every_analysis_on_a_cluster_equals_numpy(stitched, client, site):
     lazy, eager = _pair(stitched, site)
     tight = {"rtol": 1e-12, "atol": 1e-12}
+    got, want = ua.tuning_curves(lazy).compute(), ua.tuning_curves(eager)
     for name in ("mean", "sem", "count", "selectivity"):
-        got, want = ua.tuning_curves(lazy)[name].compute(), ua.tuning_curves(eager)[name]
-        np.testing.assert_allclose(got.values, want.values, **tight, err_msg=name)
-    np.testing.assert_array_equal(ua.tuning_curves(lazy)["preferred"].values,
-                                  ua.tuning_curves(eager)["preferred"].values)
+        np.testing.assert_allclose(got[name].values, want[name].values, **tight, err_msg=name)
+    np.testing.assert_array_equal(got["preferred"].values, want["preferred"].values)
     for f in (ua.lifetime_sparseness, ua.population_sparseness):
         np.testing.assert_allclose(f(lazy).compute().values, f(eager).values, **tight)
     for metric in ("correlation", "euclidean", "cosine"):
@@ -99,15 +99,18 @@ def test_every_analysis_on_a_cluster_equals_numpy(stitched, client, site):
     assert distributed.get_client() is client
 
 
-def test_streamed_blocks_are_whole_dask_chunks(stitched):
-    """A block that cut a stored chunk would decompress it again for every block it meets."""
+def test_streamed_blocks_are_whole_dask_chunks(stitched, monkeypatch):
+    """By default a block never cuts a stored chunk: it would decompress it again for every block it meets."""
+    monkeypatch.setattr(_units, "_BLOCK_BYTES", 3 * 8 * N)  # the default block: 3 units of N stimuli
     conv = as_population(ur.load_layer(stitched, "1", chunks={})).data  # a chunk holds every unit of 2 stimuli
-    assert [b.shape for b in unit_blocks(conv, 7)] == [(N, 8 * 16 * 16)]  # one chunk wide, not 293 blocks
+    assert [b.shape for b in unit_blocks(conv, None)] == [(N, 8 * 16 * 16)]  # one chunk wide, not 683 blocks
     fc = ur.load_layer(stitched, "6", chunks={}).chunk({"channel": (2, 2, 1)})
-    blocks = list(unit_blocks(as_population(fc).data, 3))
+    blocks = list(unit_blocks(as_population(fc).data, None))
     assert [b.shape[1] for b in blocks] == [2, 3]  # cut at chunk boundaries only, each ≤ 3 where one chunk fits
     np.testing.assert_array_equal(np.hstack(blocks), ur.load_layer(stitched, "6").values)
-    rows = list(unitrec_stimulus_blocks(as_population(fc).data, 3))
+    assert [b.shape[1] for b in unit_blocks(as_population(fc).data, 3)] == [3, 2]  # a given size is kept
+    monkeypatch.setattr(_units, "_BLOCK_BYTES", 3 * 8 * 5)  # 3 stimuli of 5 units
+    rows = list(_units.stimulus_blocks(as_population(fc).data, None))
     assert [b.shape[0] for b in rows] == [2] * 6  # chunks of 2 stimuli: 3 rows would cut one
     np.testing.assert_array_equal(np.vstack(rows), ur.load_layer(stitched, "6").values)
 

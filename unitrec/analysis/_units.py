@@ -188,16 +188,18 @@ def unit_blocks(
     """Yield float64 slabs ``(stimulus, ≤chunk_size units)`` of a 2-D population.
 
     Only one slab is in memory at a time, so a dask-backed array is never loaded
-    whole. ``rows`` optionally keeps a subset of stimuli (a boolean mask). A
-    dask-backed slab is whole dask chunks along ``unit`` (one chunk, if a chunk is
-    wider than ``chunk_size``): a slab that cut a chunk would decompress the whole
-    chunk again for each slab it meets.
+    whole. ``rows`` optionally keeps a subset of stimuli (a boolean mask). With
+    the default ``chunk_size`` a dask-backed slab is whole dask chunks along
+    ``unit``, as many as fit in about 128 MB and at least one (so one slab may be
+    bigger): a slab that cut a chunk would read and decompress the whole chunk
+    again for every slab it meets. A given ``chunk_size`` is kept exactly, as a
+    memory bound.
     """
     if rows is not None:
         data = data.isel({STIMULUS: np.flatnonzero(rows)})
     n, p = data.sizes[STIMULUS], data.sizes[UNIT]
     step = block_size(chunk_size, n)
-    for start, stop in _spans(p, step, _dim_chunks(data, UNIT)):
+    for start, stop in _spans(p, step, _dim_chunks(data, UNIT, chunk_size)):
         block = data.isel({UNIT: slice(start, stop)})
         yield np.asarray(block.values, dtype=np.float64)
 
@@ -207,19 +209,20 @@ def stimulus_blocks(
 ) -> Iterator[np.ndarray]:
     """Yield float64 slabs ``(≤chunk_size stimuli, unit)`` of a 2-D population.
 
-    As :func:`unit_blocks`, a dask-backed slab is whole chunks along ``stimulus``.
+    As :func:`unit_blocks`, by default a dask-backed slab is whole chunks along
+    ``stimulus``.
     """
     if rows is not None:
         data = data.isel({STIMULUS: np.flatnonzero(rows)})
     step = block_size(chunk_size, data.sizes[UNIT])
-    for start, stop in _spans(data.sizes[STIMULUS], step, _dim_chunks(data, STIMULUS)):
+    for start, stop in _spans(data.sizes[STIMULUS], step, _dim_chunks(data, STIMULUS, chunk_size)):
         block = data.isel({STIMULUS: slice(start, stop)})
         yield np.asarray(block.values, dtype=np.float64)
 
 
-def _dim_chunks(data: xr.DataArray, dim: str) -> tuple[int, ...] | None:
-    """Dask chunk lengths along ``dim``; None for numpy-backed data."""
-    if data.chunks is None:
+def _dim_chunks(data: xr.DataArray, dim: str, chunk_size: int | None) -> tuple[int, ...] | None:
+    """Dask chunk lengths along ``dim`` to cut blocks at; None for numpy data or a given size."""
+    if data.chunks is None or chunk_size is not None:
         return None
     return tuple(int(c) for c in data.chunks[data.get_axis_num(dim)])
 
