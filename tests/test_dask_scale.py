@@ -7,6 +7,8 @@ numpy; streamed blocks follow the file's chunks; float16 recordings are summed i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,14 @@ def test_a_float16_rdm_is_summed_in_float64(tmp_path, client):
         np.testing.assert_allclose(ua.rdm(da).values, want, rtol=1e-12, atol=1e-12)
     mean = ua.tuning_curves(_orientation(lazy))["mean"].compute()
     np.testing.assert_allclose(mean.values.reshape(4, -1), x.reshape(3, 4, -1).mean(axis=0), rtol=1e-12)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: ~10 s
+def test_importing_unitrec_and_its_analysis_does_not_import_distributed():
+    import subprocess
+    import sys
+
+    code = "import sys, unitrec, unitrec.analysis; print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])  # this checkout's unitrec
+    assert out.stdout.strip() == "[]"
