@@ -1,10 +1,12 @@
-"""Streaming a zstd conv1-like site through dask: unit blocks that cut chunks vs whole chunks.
+"""What a memory bound costs when streaming a zstd conv site through dask.
 
-Records 64 stimuli of a conv layer with 32 channels × 56 × 56 (100,352 units, zstd,
-one stored chunk per stimulus holds all its units, as conv1 gets), then times the
-stimulus Gram matrix behind rdm/cka over default-sized dask blocks of units cut
-anywhere (what unitrec did) against blocks cut at chunk boundaries (what it does),
-and against loading the site whole. Prints the times and their ratio.
+Records 64 stimuli of a conv layer with 32 channels × 56 × 56 (100,352 units, zstd; one
+stored chunk holds every unit of a batch, as conv sites get), then times the stimulus
+Gram matrix behind rdm/cka/participation_ratio with the block budget set so that the
+site is read in 1, 4, 16 and 41 blocks. A block that cuts a stored chunk decompresses
+the whole chunk again, so the time grows with the number of blocks; the default budget
+(a sixteenth of the machine's memory, 128 MiB to 1 GiB of float64) reads any site up to
+that size in one block. Prints the times and their ratio to one block.
 
     PYTHONPATH=. python benchmarks/bench_dask.py
 """
@@ -23,7 +25,7 @@ import unitrec as ur
 from unitrec.analysis import _units
 from unitrec.analysis._units import as_population, stimulus_gram
 
-N, BLOCK = 64, 2500  # default blocks of 2500 units → 41 cut anywhere, as in the measured case
+N = 64
 
 
 def main() -> None:
@@ -34,31 +36,26 @@ def main() -> None:
         path = ur.record(model, x, ["0"], Path(tmp) / "acts.h5", batch_size=8, progress=False,
                          compression="zstd")
         flat = as_population(ur.load_layer(path, "0", chunks={})).data
-        print(f"site: {flat.shape[0]} stimuli x {flat.shape[1]} units, dask chunks {flat.data.chunksize}")
+        units = flat.shape[1]
+        print(f"site: {flat.shape[0]} stimuli x {units} units, dask chunks {flat.data.chunksize}; "
+              f"default block budget here {_units._BLOCK_BYTES / 2**20:.0f} MiB")
 
         t = time.perf_counter()
         whole = np.asarray(flat.values, dtype=np.float64)
-        load = time.perf_counter() - t
-
-        _units._BLOCK_BYTES = 8 * N * BLOCK  # the default block size, scaled to this small site
-        aligned = _units._spans
-        _units._spans = lambda total, step, chunks: aligned(total, step, None)  # the old loop: cut anywhere
+        print(f"load whole site:        {time.perf_counter() - t:7.2f} s")
+        want = whole @ whole.T
+        default, first = _units._BLOCK_BYTES, None
         try:
-            t = time.perf_counter()
-            before = stimulus_gram(flat, None)
-            cut = time.perf_counter() - t
-            blocks = -(-flat.shape[1] // BLOCK)
+            for blocks in (1, 4, 16, 41):
+                _units._BLOCK_BYTES = 8 * N * -(-units // blocks)
+                t = time.perf_counter()
+                got = stimulus_gram(flat, None)
+                took = time.perf_counter() - t
+                np.testing.assert_allclose(got, want, rtol=1e-10)
+                first = first or took
+                print(f"gram in {blocks:2d} block(s):     {took:7.2f} s  ({took / first:5.1f}x one block)")
         finally:
-            _units._spans = aligned
-        t = time.perf_counter()
-        after = stimulus_gram(flat, None)
-        follow = time.perf_counter() - t
-        np.testing.assert_allclose(after, before, rtol=1e-10)
-        np.testing.assert_allclose(after, whole @ whole.T, rtol=1e-10)
-        print(f"load whole site:                {load:7.2f} s")
-        print(f"gram, {blocks} blocks cutting chunks: {cut:7.2f} s")
-        print(f"gram, blocks of whole chunks:   {follow:7.2f} s")
-        print(f"ratio cut / whole chunks:       {cut / follow:7.1f}x")
+            _units._BLOCK_BYTES = default
 
 
 if __name__ == "__main__":

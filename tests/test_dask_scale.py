@@ -104,20 +104,31 @@ def test_layer_similarity_on_a_cluster_equals_numpy(stitched, client, method):
     np.testing.assert_allclose(got.values, want.values, rtol=1e-12, atol=1e-12)
 
 
-def test_streamed_blocks_are_whole_dask_chunks(stitched, monkeypatch):
-    """By default a block never cuts a stored chunk: it would decompress it again for every block it meets."""
-    monkeypatch.setattr(_units, "_BLOCK_BYTES", 3 * 8 * N)  # the default block: 3 units of N stimuli
-    conv = as_population(ur.load_layer(stitched, "1", chunks={})).data  # a chunk holds every unit of 2 stimuli
-    assert [b.shape for b in unit_blocks(conv, None)] == [(N, 8 * 16 * 16)]  # one chunk wide, not 683 blocks
+def test_streamed_blocks_are_whole_dask_chunks_where_they_fit(stitched, monkeypatch):
+    """A block that cut a stored chunk would decompress it again for every block it meets."""
     fc = ur.load_layer(stitched, "6", chunks={}).chunk({"channel": (2, 2, 1)})
+    monkeypatch.setattr(_units, "_BLOCK_BYTES", 3 * 8 * N)  # the default block: 3 units of N stimuli
     blocks = list(unit_blocks(as_population(fc).data, None))
-    assert [b.shape[1] for b in blocks] == [2, 3]  # cut at chunk boundaries only, each ≤ 3 where one chunk fits
+    assert [b.shape[1] for b in blocks] == [2, 3]  # whole chunks, as many as fit in 3 units
     np.testing.assert_array_equal(np.hstack(blocks), ur.load_layer(stitched, "6").values)
-    assert [b.shape[1] for b in unit_blocks(as_population(fc).data, 3)] == [3, 2]  # a given size is kept
+    assert [b.shape[1] for b in unit_blocks(as_population(fc).data, 3)] == [2, 3]  # a given size too
     monkeypatch.setattr(_units, "_BLOCK_BYTES", 3 * 8 * 5)  # 3 stimuli of 5 units
     rows = list(_units.stimulus_blocks(as_population(fc).data, None))
     assert [b.shape[0] for b in rows] == [2] * 6  # chunks of 2 stimuli: 3 rows would cut one
     np.testing.assert_array_equal(np.vstack(rows), ur.load_layer(stitched, "6").values)
+
+
+def test_a_chunk_bigger_than_a_block_is_cut_never_loaded_whole(stitched, monkeypatch):
+    """A conv site's stored chunk holds every unit of a batch: the memory bound wins over alignment."""
+    monkeypatch.setattr(_units, "_BLOCK_BYTES", 1000 * 8 * N)  # 1000 of the 2048 units of N stimuli
+    conv = as_population(ur.load_layer(stitched, "1", chunks={})).data
+    assert conv.data.chunks[1] == (8 * 16 * 16,)
+    blocks = list(unit_blocks(conv, None))
+    assert sorted(b.shape[1] for b in blocks) == [682, 683, 683]  # equal parts, each within the bound
+    np.testing.assert_array_equal(np.hstack(blocks), ur.load_layer(stitched, "1").values.reshape(N, -1))
+    lazy, eager = _pair(stitched, "1")
+    np.testing.assert_allclose(ua.rdm(lazy).values, ua.rdm(eager).values, rtol=1e-12, atol=1e-12)
+    assert ua.participation_ratio(lazy) == pytest.approx(ua.participation_ratio(eager), rel=1e-12)
 
 
 def test_a_float16_rdm_is_summed_in_float64(tmp_path, client):

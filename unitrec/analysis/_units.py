@@ -10,6 +10,7 @@ may be dask-backed (and larger than memory) one slab at a time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +23,19 @@ from unitrec.errors import ConfigError
 STIMULUS = "stimulus"
 UNIT = "unit"
 
+
+
+def _default_block_bytes() -> int:
+    """A sixteenth of this machine's memory, between 128 MiB and 1 GiB."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 2**27
+    return int(min(max(memory // 16, 2**27), 2**30))
+
+
 #: Bytes of float64 one streamed block may hold when ``chunk_size`` is not given.
-_BLOCK_BYTES = 2**27
+_BLOCK_BYTES = _default_block_bytes()
 
 
 @dataclass(frozen=True)
@@ -172,7 +184,7 @@ def nan_rows(pop: Population) -> np.ndarray:
 
 
 def block_size(chunk_size: int | None, other: int) -> int:
-    """Units (or stimuli) per streamed block: given, or about 128 MB of float64."""
+    """Units (or stimuli) per streamed block: given, or what fits in :data:`_BLOCK_BYTES`."""
     if chunk_size is None:
         return max(1, _BLOCK_BYTES // (8 * max(other, 1)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
@@ -188,18 +200,17 @@ def unit_blocks(
     """Yield float64 slabs ``(stimulus, ≤chunk_size units)`` of a 2-D population.
 
     Only one slab is in memory at a time, so a dask-backed array is never loaded
-    whole. ``rows`` optionally keeps a subset of stimuli (a boolean mask). With
-    the default ``chunk_size`` a dask-backed slab is whole dask chunks along
-    ``unit``, as many as fit in about 128 MB and at least one (so one slab may be
-    bigger): a slab that cut a chunk would read and decompress the whole chunk
-    again for every slab it meets. A given ``chunk_size`` is kept exactly, as a
-    memory bound.
+    whole. ``rows`` optionally keeps a subset of stimuli (a boolean mask). A slab
+    holds at most ``chunk_size`` units (default: a sixteenth of the machine's
+    memory, 128 MiB to 1 GiB of float64). A dask-backed slab is as many whole dask
+    chunks along ``unit`` as fit, since a slab that cut a chunk reads and
+    decompresses the whole chunk again; only a chunk too big for one slab is cut.
     """
     if rows is not None:
         data = data.isel({STIMULUS: np.flatnonzero(rows)})
     n, p = data.sizes[STIMULUS], data.sizes[UNIT]
     step = block_size(chunk_size, n)
-    for start, stop in _spans(p, step, _dim_chunks(data, UNIT, chunk_size)):
+    for start, stop in _spans(p, step, _dim_chunks(data, UNIT)):
         block = data.isel({UNIT: slice(start, stop)})
         yield np.asarray(block.values, dtype=np.float64)
 
@@ -209,38 +220,50 @@ def stimulus_blocks(
 ) -> Iterator[np.ndarray]:
     """Yield float64 slabs ``(≤chunk_size stimuli, unit)`` of a 2-D population.
 
-    As :func:`unit_blocks`, by default a dask-backed slab is whole chunks along
-    ``stimulus``.
+    As :func:`unit_blocks`, a dask-backed slab is whole chunks along ``stimulus``
+    where they fit.
     """
     if rows is not None:
         data = data.isel({STIMULUS: np.flatnonzero(rows)})
     step = block_size(chunk_size, data.sizes[UNIT])
-    for start, stop in _spans(data.sizes[STIMULUS], step, _dim_chunks(data, STIMULUS, chunk_size)):
+    for start, stop in _spans(data.sizes[STIMULUS], step, _dim_chunks(data, STIMULUS)):
         block = data.isel({STIMULUS: slice(start, stop)})
         yield np.asarray(block.values, dtype=np.float64)
 
 
-def _dim_chunks(data: xr.DataArray, dim: str, chunk_size: int | None) -> tuple[int, ...] | None:
-    """Dask chunk lengths along ``dim`` to cut blocks at; None for numpy data or a given size."""
-    if data.chunks is None or chunk_size is not None:
+def _dim_chunks(data: xr.DataArray, dim: str) -> tuple[int, ...] | None:
+    """Dask chunk lengths along ``dim`` to cut blocks at; None for numpy data."""
+    if data.chunks is None:
         return None
     return tuple(int(c) for c in data.chunks[data.get_axis_num(dim)])
 
 
 def _spans(total: int, step: int, chunks: tuple[int, ...] | None) -> Iterator[tuple[int, int]]:
-    """``[start, stop)`` of ≤ ``step`` items, cut only at chunk boundaries when given."""
+    """``[start, stop)`` of at most ``step`` items, along dask chunks when given.
+
+    A block is as many whole chunks as fit in ``step``. A chunk longer than ``step``
+    is cut into equal parts of at most ``step``: each part decompresses the chunk
+    again, the price of keeping the memory bound.
+    """
     if chunks is None:
         for start in range(0, total, step):
             yield start, min(start + step, total)
         return
-    bounds = np.cumsum((0, *chunks))
-    start = 0
-    while start < total:
-        ahead = bounds[bounds > start]
-        fits = ahead[ahead <= start + step]
-        stop = int(fits[-1] if fits.size else ahead[0])
-        yield start, stop
-        start = stop
+    begin = pos = 0
+    for length in chunks:
+        if pos + length - begin <= step:
+            pos += length
+            continue
+        if pos > begin:
+            yield begin, pos
+        if length <= step:
+            begin, pos = pos, pos + length
+            continue
+        edges = np.linspace(pos, pos + length, -(-length // step) + 1).round().astype(int)
+        yield from ((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
+        begin = pos = pos + length
+    if pos > begin:
+        yield begin, pos
 
 
 def stimulus_gram(
@@ -274,7 +297,10 @@ def stimulus_gram(
     n = kept.sizes[STIMULUS]
     row_mean = None
     if center == "stimuli":
-        row_mean = np.asarray(kept.astype(np.float64).mean(UNIT).values)[:, None]
+        row_mean = np.zeros((n, 1))
+        for block in unit_blocks(kept, chunk_size):
+            row_mean += block.sum(axis=1, keepdims=True)
+        row_mean /= kept.sizes[UNIT]
     gram = np.zeros((n, n))
     for block in unit_blocks(kept, chunk_size):
         if center == "units":
