@@ -10,6 +10,7 @@ may be dask-backed (and larger than memory) one slab at a time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +23,19 @@ from unitrec.errors import ConfigError
 STIMULUS = "stimulus"
 UNIT = "unit"
 
+
+
+def _default_block_bytes() -> int:
+    """A sixteenth of this machine's memory, between 128 MiB and 1 GiB."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 2**27
+    return int(min(max(memory // 16, 2**27), 2**30))
+
+
 #: Bytes of float64 one streamed block may hold when ``chunk_size`` is not given.
-_BLOCK_BYTES = 2**27
+_BLOCK_BYTES = _default_block_bytes()
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,7 @@ def as_population(da: Any) -> Population:
         )
     # Coordinates are small next to the values; chunked ones would stop groupby.
     da = da.assign_coords({name: c.compute() for name, c in da.coords.items()})
+    da = _float64(da)
     unit_dims = tuple(str(d) for d in da.dims[1:])
     unit_shape = tuple(int(da.sizes[d]) for d in unit_dims)
     unit_coords = {
@@ -138,6 +151,17 @@ def as_population(da: Any) -> Population:
         flat = da.stack({UNIT: unit_dims}).reset_index(UNIT)
         flat = flat.drop_vars([UNIT], errors="ignore")
     return Population(flat, unit_dims, unit_shape, unit_coords)
+
+
+def _float64(da: xr.DataArray) -> xr.DataArray:
+    """Float16/32 values as float64, so sums neither overflow (float16 tops out at
+    65504) nor depend on the order dask adds blocks in. Lazily for dask; a lazily
+    read (not yet loaded) file array is left for the block streams to convert."""
+    if da.dtype.kind != "f" or da.dtype.itemsize >= 8:
+        return da
+    if da.chunks is not None or da.variable._in_memory:
+        return da.astype(np.float64)
+    return da
 
 
 def _is_multi(da: xr.DataArray, dim: str) -> bool:
@@ -160,7 +184,7 @@ def nan_rows(pop: Population) -> np.ndarray:
 
 
 def block_size(chunk_size: int | None, other: int) -> int:
-    """Units (or stimuli) per streamed block: given, or about 128 MB of float64."""
+    """Units (or stimuli) per streamed block: given, or what fits in :data:`_BLOCK_BYTES`."""
     if chunk_size is None:
         return max(1, _BLOCK_BYTES // (8 * max(other, 1)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
@@ -176,26 +200,70 @@ def unit_blocks(
     """Yield float64 slabs ``(stimulus, ≤chunk_size units)`` of a 2-D population.
 
     Only one slab is in memory at a time, so a dask-backed array is never loaded
-    whole. ``rows`` optionally keeps a subset of stimuli (a boolean mask).
+    whole. ``rows`` optionally keeps a subset of stimuli (a boolean mask). A slab
+    holds at most ``chunk_size`` units (default: a sixteenth of the machine's
+    memory, 128 MiB to 1 GiB of float64). A dask-backed slab is as many whole dask
+    chunks along ``unit`` as fit, since a slab that cut a chunk reads and
+    decompresses the whole chunk again; only a chunk too big for one slab is cut.
     """
     if rows is not None:
         data = data.isel({STIMULUS: np.flatnonzero(rows)})
     n, p = data.sizes[STIMULUS], data.sizes[UNIT]
     step = block_size(chunk_size, n)
-    for start in range(0, p, step):
-        block = data.isel({UNIT: slice(start, start + step)})
+    for start, stop in _spans(p, step, _dim_chunks(data, UNIT)):
+        block = data.isel({UNIT: slice(start, stop)})
         yield np.asarray(block.values, dtype=np.float64)
 
 
 def stimulus_blocks(
     data: xr.DataArray, chunk_size: int | None, rows: np.ndarray | None = None
 ) -> Iterator[np.ndarray]:
-    """Yield float64 slabs ``(≤chunk_size stimuli, unit)`` of a 2-D population."""
-    index = np.arange(data.sizes[STIMULUS]) if rows is None else np.flatnonzero(rows)
+    """Yield float64 slabs ``(≤chunk_size stimuli, unit)`` of a 2-D population.
+
+    As :func:`unit_blocks`, a dask-backed slab is whole chunks along ``stimulus``
+    where they fit.
+    """
+    if rows is not None:
+        data = data.isel({STIMULUS: np.flatnonzero(rows)})
     step = block_size(chunk_size, data.sizes[UNIT])
-    for start in range(0, index.size, step):
-        block = data.isel({STIMULUS: index[start : start + step]})
+    for start, stop in _spans(data.sizes[STIMULUS], step, _dim_chunks(data, STIMULUS)):
+        block = data.isel({STIMULUS: slice(start, stop)})
         yield np.asarray(block.values, dtype=np.float64)
+
+
+def _dim_chunks(data: xr.DataArray, dim: str) -> tuple[int, ...] | None:
+    """Dask chunk lengths along ``dim`` to cut blocks at; None for numpy data."""
+    if data.chunks is None:
+        return None
+    return tuple(int(c) for c in data.chunks[data.get_axis_num(dim)])
+
+
+def _spans(total: int, step: int, chunks: tuple[int, ...] | None) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` of at most ``step`` items, along dask chunks when given.
+
+    A block is as many whole chunks as fit in ``step``. A chunk longer than ``step``
+    is cut into equal parts of at most ``step``: each part decompresses the chunk
+    again, the price of keeping the memory bound.
+    """
+    if chunks is None:
+        for start in range(0, total, step):
+            yield start, min(start + step, total)
+        return
+    begin = pos = 0
+    for length in chunks:
+        if pos + length - begin <= step:
+            pos += length
+            continue
+        if pos > begin:
+            yield begin, pos
+        if length <= step:
+            begin, pos = pos, pos + length
+            continue
+        edges = np.linspace(pos, pos + length, -(-length // step) + 1).round().astype(int)
+        yield from ((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
+        begin = pos = pos + length
+    if pos > begin:
+        yield begin, pos
 
 
 def stimulus_gram(
@@ -229,7 +297,10 @@ def stimulus_gram(
     n = kept.sizes[STIMULUS]
     row_mean = None
     if center == "stimuli":
-        row_mean = np.asarray(kept.mean(UNIT).values, dtype=np.float64)[:, None]
+        row_mean = np.zeros((n, 1))
+        for block in unit_blocks(kept, chunk_size):
+            row_mean += block.sum(axis=1, keepdims=True)
+        row_mean /= kept.sizes[UNIT]
     gram = np.zeros((n, n))
     for block in unit_blocks(kept, chunk_size):
         if center == "units":

@@ -23,7 +23,7 @@ def cka(
         ``da_b`` is aligned to ``da_a`` by stimulus label (reordered if needed).
         Either may be dask-backed and larger than memory.
     chunk_size : int, optional
-        Units per block when streaming (default: blocks of about 128 MB).
+        Units per block when streaming (default: blocks of a sixteenth of the machine's memory, 128 MiB to 1 GiB).
 
     Returns
     -------

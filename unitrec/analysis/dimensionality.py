@@ -27,7 +27,7 @@ def participation_ratio(da: xr.DataArray, *, chunk_size: int | None = None) -> f
         than memory.
     chunk_size : int, optional
         Rows (stimuli) or columns (units) per streamed block; default: blocks of
-        about 128 MB.
+        a sixteenth of the machine's memory, 128 MiB to 1 GiB.
 
     Returns
     -------
@@ -77,7 +77,10 @@ def _unit_scatter(
 ) -> np.ndarray:
     """Centred ``Xᵀ X`` (units × units), accumulated over blocks of stimuli."""
     kept = data.isel(stimulus=np.flatnonzero(keep))
-    mean = np.asarray(kept.mean("stimulus").values, dtype=np.float64)
+    mean = np.zeros(data.sizes[UNIT])
+    for block in stimulus_blocks(kept, chunk_size):
+        mean += block.sum(axis=0)
+    mean /= kept.sizes["stimulus"]
     scatter = np.zeros((data.sizes[UNIT],) * 2)
     for block in stimulus_blocks(kept, chunk_size):
         block = block - mean

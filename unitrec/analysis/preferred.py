@@ -32,7 +32,7 @@ def top_stimuli(
     k : int
         How many stimuli to keep per unit, at most the number of stimuli.
     chunk_size : int, optional
-        Stimuli per block (default: blocks of about 128 MB).
+        Stimuli per block (default: blocks of a sixteenth of the machine's memory, 128 MiB to 1 GiB).
 
     Returns
     -------

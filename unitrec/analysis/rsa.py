@@ -43,7 +43,7 @@ def rdm(
         ``"euclidean"`` is ``||u - v||² / n_units`` instead); ``"cosine"`` is
         ``1 - u·v / (||u|| ||v||)``.
     chunk_size : int, optional
-        Units per block when streaming the array (default: blocks of about 128 MB).
+        Units per block when streaming the array (default: blocks of a sixteenth of the machine's memory, 128 MiB to 1 GiB).
 
     Returns
     -------
