@@ -19,7 +19,7 @@ from .errors import (
     UnitrecError,
     UnitrecWarning,
 )
-from .load import load_layer, load_population, open_recording
+from .load import load_layer, load_population, load_summary, open_recording
 from .model import load_model
 from .record import record
 from .recorder import Recorder
@@ -43,6 +43,7 @@ __all__ = [
     "load_layer",
     "load_model",
     "load_population",
+    "load_summary",
     "merge",
     "open_recording",
     "record",

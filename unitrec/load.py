@@ -22,7 +22,7 @@ import xarray as xr
 from .errors import LayerNotFoundError, RecordingError
 from .stitch import missing_sources, source_chunks
 
-__all__ = ["load_layer", "load_population", "open_recording", "recording_info"]
+__all__ = ["load_layer", "load_population", "load_summary", "open_recording", "recording_info", "summaries_in"]
 
 _PROVENANCE = ("model", "model_description", "weights", "weights_sha256", "preprocessing", "run_id",
                "unitrec_version", "status", "stimulus_set_sha256")
@@ -121,6 +121,16 @@ def sites_in(path: str | os.PathLike) -> list[str]:
         return [k for k, v in h5.items() if isinstance(v, h5py.Group) and "activation" in v]
 
 
+def summaries_in(path: str | os.PathLike) -> list[str]:
+    """Names of the sites kept as summaries (``keep: summary`` or ``both``), in recording order."""
+    with _open_h5(path) as h5:
+        return _summary_names(h5)
+
+
+def _summary_names(h5: h5py.File) -> list[str]:
+    return [k for k, v in h5.items() if isinstance(v, h5py.Group) and v.attrs.get("keep") in ("summary", "both")]
+
+
 def _stimulus_coords(h5: h5py.File) -> dict[str, tuple[str, np.ndarray]]:
     names = ["stimulus", "done"] + [n for n in h5["done"].attrs.get("coordinates", "").split() if n]
     out = {}
@@ -167,6 +177,9 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
     _plugins()
     with _open_h5(path) as h5:
         sites = [k for k, v in h5.items() if isinstance(v, h5py.Group) and "activation" in v]
+        if layer not in sites and layer in _summary_names(h5):
+            raise LayerNotFoundError(f"site {layer!r} of {path} was kept as a summary only (keep: summary): "
+                                     f"read it with ur.load_summary({path!r}, {layer!r})")
         if layer not in sites:
             raise LayerNotFoundError(_no_site(layer, sites, path))
         coords = _stimulus_coords(h5)
@@ -182,6 +195,117 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
         if not keep.all():
             da = da.isel(stimulus=np.flatnonzero(keep))
     return da
+
+
+def load_summary(path: str | os.PathLike, layer: str) -> xr.Dataset:
+    """A site's summary (``keep: summary`` or ``both``) as a labelled Dataset.
+
+    Parameters
+    ----------
+    path
+        A recording (a ``.partial.h5`` file of a run in progress gives the summary
+        of the rows saved so far).
+    layer
+        A site kept as a summary.
+
+    Returns
+    -------
+    xarray.Dataset
+        Over the site's unit dims (``channel, y, x``; ``channel``; or ``unit``) with
+        their coordinates (``source``, ``rf_center_y``/``rf_center_x``, ...):
+        ``count`` (stimuli summarised), ``mean``, ``std`` (ddof=0), ``min``, ``max``,
+        ``sparseness`` (Vinje–Gallant lifetime sparseness of the rectified
+        responses, as ``analysis.lifetime_sparseness``); over ``(rank, *unit dims)``:
+        ``top_response`` (highest first), ``top_stimulus`` (labels), ``top_index``
+        (rows of the file's ``stimulus``), and ``top_<coordinate>`` for every
+        stimulus coordinate (``top_label``, ``top_orientation``, ...); the same for
+        the lowest responses as ``bottom_*`` (lowest first). Ties rank the earlier
+        stimulus first. Ranks past the number of stimuli are NaN / ``""`` / −1.
+    """
+    from . import summary as summaries
+
+    path = _check_file(path)
+    _plugins()
+    with _open_h5(path) as h5:
+        names = _summary_names(h5)
+        if layer not in names:
+            stored = [k for k, v in h5.items() if isinstance(v, h5py.Group) and "activation" in v]
+            if layer in stored:
+                raise LayerNotFoundError(f"site {layer!r} of {path} was stored in full, without a summary: load "
+                                         "it with ur.load_layer (analysis.top_stimuli ranks it), or record it "
+                                         "with keep: summary (or both)")
+            raise LayerNotFoundError(f"no summary {layer!r} in {path}; summaries: {', '.join(names) or 'none'}")
+        group = h5[layer]
+        top = int(group.attrs["top"])
+        unit_shape = tuple(int(v) for v in group["mean"].shape) if "mean" in group else None
+        if summaries.STATE_GROUP in group:  # unfinished: the newest state every summary has whole
+            groups = {k: h5[k] for k in names}
+            _, states, _ = summaries.restore_slots(groups, {k: int(h5[k].attrs["top"]) for k in names})
+            dims = _unit_dims(group)
+            unit_shape = tuple(group[d].shape[0] for d in dims)
+            data = states[layer].finals(top, unit_shape)
+        else:
+            dims = _unit_dims(group, group["mean"])
+            data = {name: group[name][()] for name in summaries.FINALS}
+        stimuli = _stimulus_coords(h5)
+        unit_coords = {}
+        for name, ds in group.items():
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or name == "rank":
+                continue
+            dim = name if h5py.h5ds.is_scale(ds.id) else _dims_of(ds)[0]
+            if dim in dims and name not in summaries.FINALS and not name.startswith("rectified"):
+                unit_coords[name] = (dim, _text_array(ds[...]))
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in group.attrs.items()
+                 if k not in ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST")}
+        attrs.update(_root_attrs(h5))
+    ranked = ("rank", *dims)
+    variables: dict[str, Any] = {"count": ((), data["count"])}
+    for name in ("mean", "std", "min", "max", "sparseness"):
+        variables[name] = (dims, data[name])
+    for side in ("top", "bottom"):
+        index = np.asarray(data[f"{side}_stimulus"], dtype=np.int64)
+        variables[f"{side}_response"] = (ranked, data[f"{side}_response"])
+        variables[f"{side}_index"] = (ranked, index)
+        for coord, (_, values) in stimuli.items():
+            if coord == "done":
+                continue
+            name = f"{side}_stimulus" if coord == "stimulus" else f"{side}_{coord}"
+            variables[name] = (ranked, _pick(np.asarray(values), index))
+    ds = xr.Dataset(variables, coords={"rank": np.arange(top), **unit_coords}, attrs=attrs)
+    return ds
+
+
+def _dims_of(ds: h5py.Dataset) -> list[str]:
+    return [ds.dims[i][0].name.rsplit("/", 1)[-1] if len(ds.dims[i]) else f"dim_{i}" for i in range(ds.ndim)]
+
+
+def _unit_dims(group: h5py.Group, ds: h5py.Dataset | None = None) -> list[str]:
+    """The site's unit dims: the mean's dims when finished, else the group's scales in order."""
+    if ds is not None:
+        return _dims_of(ds)
+    return [name for name, v in group.items() if isinstance(v, h5py.Dataset) and h5py.h5ds.is_scale(v.id)
+            and name != "rank"]
+
+
+def _text_array(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "OS":
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=str)
+    return values
+
+
+def _pick(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[index]`` where index ≥ 0; NaN, "" or −1 where it is −1 (no stimulus)."""
+    if values.dtype.kind == "O":
+        values = values.astype(str)
+    picked = values[np.clip(index, 0, None)] if values.size else np.zeros(index.shape, values.dtype)
+    missing = index < 0
+    if not missing.any():
+        return picked
+    if picked.dtype.kind in "US":
+        return np.where(missing, "", picked)
+    if picked.dtype.kind in "iub":
+        picked = picked.astype(np.float64)
+    return np.where(missing, np.nan, picked)
 
 
 def _no_site(layer: str, sites: list[str], path: str) -> str:

@@ -38,6 +38,7 @@ from .provenance import file_attrs, run_key
 from .recorder import Recorder
 from .schema import parse_layers
 from .sites import Site, resolve_sites
+from .summary import Accumulator
 from .stimuli.dataset import StimulusSet, as_stimulus_set, collate
 from .writer import (AsyncWriter, RecordingFile, check_finished, creating_path, human_size,
                      partial_path, reserve_margin, reserved_names)
@@ -47,6 +48,8 @@ __all__ = ["Job", "record"]
 _QUEUE = 2  # batches waiting for the disk; the ring holds _QUEUE + 2 buffers
 _FLOAT16_LIMIT = 65520.0  # |v| ≥ this rounds to ±inf in float16 (65504 is the largest finite)
 _WARN_SKIPPED = 10  # undecodable images named one by one; the rest are counted
+_SAVE_ALWAYS_BYTES = 16 << 20  # summaries up to this size are saved with every batch
+_SAVE_SECONDS = 30.0  # larger ones every this many seconds
 
 
 @dataclass(frozen=True)
@@ -314,8 +317,11 @@ def _stream(model, sites: list[Site], trace, stim: StimulusSet, rec_file: Record
         worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if job.num_workers else None,
     )
     torch_dtype = torch.float16 if job.dtype == "float16" else torch.float32
-    ring = [{s.key: torch.empty((batch_size, *s.shape), dtype=torch_dtype, pin_memory=cuda) for s in sites}
-            for _ in range(_QUEUE + 2)]
+    ring = [{s.key: torch.empty((batch_size, *s.shape), dtype=torch_dtype, pin_memory=cuda) for s in sites
+             if s.stored} for _ in range(_QUEUE + 2)]
+    accumulators = {s.key: Accumulator(rec_file.summary_states[s.key], s.top, device) for s in sites
+                    if s.summarised}
+    saving = _SummarySaving(accumulators)
     writer = AsyncWriter(maxsize=_QUEUE)
     bar = _progress(job.progress, len(stim), len(stim) - len(todo))
     recorder = Recorder.from_sites(model, sites, trace)
@@ -336,12 +342,17 @@ def _stream(model, sites: list[Site], trace, stim: StimulusSet, rec_file: Record
                 slots = [r - block[0] for r in rows]  # each good image keeps its place in the block
                 buffers = {k: v[: len(rows)] for k, v in ring[step % len(ring)].items()}
                 pick = None if slots == list(range(len(rows))) else torch.tensor(slots, device=device)
-                overflow = {s.key: torch.zeros((), dtype=torch.int64, device=device) for s in sites
+                overflow = {s.key: torch.zeros((), dtype=torch.int64, device=device) for s in sites if s.stored
                             } if torch_dtype == torch.float16 else None
+                file_rows = torch.tensor(rows, dtype=torch.int64)
 
                 def sink(site: Site, value: torch.Tensor, buffers=buffers, n=len(rows), pick=pick,
-                         overflow=overflow) -> None:
+                         overflow=overflow, file_rows=file_rows) -> None:
                     value = value[:n] if pick is None else value.index_select(0, pick)
+                    if site.summarised:  # from the model's own values, before any float16 rounding
+                        accumulators[site.key].add(value, file_rows)
+                    if not site.stored:
+                        return
                     if overflow is not None:
                         overflow[site.key] += torch.count_nonzero(value.abs() >= _FLOAT16_LIMIT)
                     buffers[site.key].copy_(value, non_blocking=cuda)
@@ -353,8 +364,10 @@ def _stream(model, sites: list[Site], trace, stim: StimulusSet, rec_file: Record
                 read = {k: int(v) for k, v in overflow.items()} if overflow is not None else {}
                 counts = {k: n for k, n in read.items() if n}  # one device read per site, not two
                 writer.submit(rec_file.write, np.asarray(rows), {k: v.numpy() for k, v in buffers.items()},
-                              digests, counts)
+                              digests, counts, saving.due(block[-1] + 1, last=step == len(blocks) - 1))
                 bar.update(n_new)
+        if saving.unsaved:  # the last blocks were undecodable: save what the summaries hold
+            writer.submit(rec_file.write, np.zeros(0, dtype=np.int64), {}, None, None, saving.due(None, last=True))
         writer.close()
     except BaseException:
         with contextlib.suppress(BaseException):
@@ -369,6 +382,30 @@ def _stream(model, sites: list[Site], trace, stim: StimulusSet, rec_file: Record
         warnings.warn(f"{n_skipped} undecodable images skipped in all; `unitrec info {rec_file.final.name}` "
                       "lists them (they are in the file's 'skipped' attribute)", UnitrecWarning, stacklevel=3)
     return time.perf_counter() - start
+
+
+class _SummarySaving:
+    """When to save the summaries: after every batch while they are small, else every
+    ``_SAVE_SECONDS`` and after the last batch (a crash loses the rows since the last save)."""
+
+    def __init__(self, accumulators: dict[str, Accumulator]) -> None:
+        self.accumulators = accumulators
+        units = sum(a.snapshot()[1]["mean"].numel() * (6 + 4 * a.top) for a in accumulators.values())
+        self.every = 0.0 if units * 8 <= _SAVE_ALWAYS_BYTES else _SAVE_SECONDS
+        self.last = time.monotonic()
+        self.through = 0
+        self.unsaved = False
+
+    def due(self, through: int | None, *, last: bool) -> tuple[int, dict[str, Any]] | None:
+        """``(through, snapshots)`` to save with this batch, or None."""
+        if not self.accumulators:
+            return None
+        self.through = through if through is not None else self.through
+        if not last and time.monotonic() - self.last < self.every:
+            self.unsaved = True
+            return None
+        self.last, self.unsaved = time.monotonic(), False
+        return self.through, {k: a.snapshot() for k, a in self.accumulators.items()}
 
 
 def _blocks(todo: np.ndarray, n: int, batch_size: int) -> list[list[int]]:
@@ -489,7 +526,7 @@ def _check_space(folder: Path, sites: list[Site], n_rows: int, job: Job) -> None
     """Refuse to start what cannot fit: the uncompressed size of the rows still to record."""
     itemsize = 2 if job.dtype == "float16" else 4
     data = 0 if job.compression is not None else \
-        n_rows * sum(int(np.prod(s.shape, dtype=np.int64)) for s in sites) * itemsize
+        n_rows * sum(int(np.prod(s.shape, dtype=np.int64)) for s in sites if s.stored) * itemsize
     # what the writer reserves per batch (data + 1/16 + 1 MiB), plus room for the layout;
     # compressed data has no honest estimate: only the margin is checked
     need = data + data // 16 + reserve_margin(n_rows, len(sites))

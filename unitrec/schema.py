@@ -62,6 +62,8 @@ class LayerSpec(_Strict):
     sample: Optional[int] = None
     seed: int = 0
     store_as: Optional[str] = Field(default=None, alias="as")
+    keep: Literal["full", "summary", "both"] = "full"
+    top: Optional[int] = None
 
     @field_validator("units")
     @classmethod
@@ -85,6 +87,10 @@ class LayerSpec(_Strict):
             raise ValueError(f"choose one of units / positions / pool / sample, not {' and '.join(modes)}")
         if self.sample is not None and self.channels is not None:
             raise ValueError("sample draws from every unit; it cannot be combined with channels")
+        if self.top is not None and self.keep == "full":
+            raise ValueError("top: sets how many preferred stimuli a summary keeps; add keep: summary (or both)")
+        if self.top is not None and (isinstance(self.top, bool) or self.top < 1):
+            raise ValueError(f"top must be a positive integer, got {self.top!r}")
         return self
 
     @model_validator(mode="after")

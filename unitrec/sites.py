@@ -44,6 +44,23 @@ class Site:
         return self.selection.shape
 
     @property
+    def stored(self) -> bool:
+        """Every response is stored (``keep: full`` or ``both``)."""
+        return self.spec.keep != "summary"
+
+    @property
+    def summarised(self) -> bool:
+        """A running summary is kept (``keep: summary`` or ``both``)."""
+        return self.spec.keep != "full"
+
+    @property
+    def top(self) -> int:
+        """Preferred (and least-driving) stimuli a summary keeps per unit."""
+        from .summary import DEFAULT_TOP
+
+        return self.spec.top or DEFAULT_TOP
+
+    @property
     def field(self) -> Field | None:
         return self.call.input_field if self.capture == "input" else self.call.output_field
 

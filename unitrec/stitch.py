@@ -21,6 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import summary as summaries
 from .errors import RecordingError
 from .shards import Part, job_key
 
@@ -29,6 +30,7 @@ __all__ = ["is_current", "missing_sources", "open_file", "source_chunks", "stitc
 _DIMENSION_ATTRS = ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST")  # remade, never copied
 _RUN_ONLY = ("shard", "last_run_seconds", "last_run_images_per_second")  # describe one shard's run
 _COPY_BYTES = 64 << 20
+_SUMMARY = {*summaries.FINALS, "rank", "rectified_sum", "rectified_sum_sq"}  # a summary site's own datasets
 
 
 def open_file(path: Path) -> h5py.File:
@@ -95,6 +97,7 @@ def _write(dst: h5py.File, shards: list[h5py.File], listing: list[dict], out: Pa
     elif "skipped" in dst.attrs:
         del dst.attrs["skipped"]
     datasets: list[str] = []
+    summarised: list[str] = []
     for name, obj in first.items():
         if isinstance(obj, h5py.Dataset):  # per stimulus: the shards' rows one after another
             _concatenate(dst, name, [s[name] for s in shards])
@@ -102,8 +105,12 @@ def _write(dst: h5py.File, shards: list[h5py.File], listing: list[dict], out: Pa
         elif isinstance(obj, h5py.Group):
             group = dst.create_group(name, track_order=True)
             _copy_attrs(obj, group)
+            if obj.attrs.get("keep") in ("summary", "both"):
+                summarised.append(name)
             for child, ds in obj.items():
                 path = f"{name}/{child}"
+                if name in summarised and child in _SUMMARY:
+                    continue  # merged below, once the site's dimension scales exist
                 if child == "activation":
                     _activation(group, [s[path] for s in shards], listing, out, copy)
                 else:
@@ -112,10 +119,24 @@ def _write(dst: h5py.File, shards: list[h5py.File], listing: list[dict], out: Pa
     if "file_sha256" in dst:  # over every file's hash, as a one-process run computes it
         dst.attrs["stimulus_content_sha256"] = hashlib.sha256(dst["file_sha256"][...].tobytes()).hexdigest()
     _dimension_scales(first, dst, datasets)
+    for name in summarised:
+        _merge_summary(dst[name], [s[name] for s in shards], listing)
     dst.attrs["status"] = "complete"
     dst.attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
     dst.attrs["stitched"] = "copy" if copy else "virtual"
     dst.attrs["shards"] = json.dumps(listing)
+
+
+def _merge_summary(group: h5py.Group, parts: list[h5py.Group], listing: list[dict]) -> None:
+    """The shards' summaries combined in row order: what one process would have summarised."""
+    ref = parts[0]["mean"]
+    top = int(parts[0].attrs["top"])
+    state = summaries.State.merged([summaries.read_finals(p).shifted(entry["rows"][0])
+                                    for p, entry in zip(parts, listing)], top)
+    dims = [ref.dims[i][0].name.rsplit("/", 1)[-1] for i in range(ref.ndim)]
+    coordinates = ref.attrs.get("coordinates", "")
+    summaries.write_finals(group, state, top, ref.shape, [group[d] for d in dims],
+                           coordinates.decode() if isinstance(coordinates, bytes) else str(coordinates))
 
 
 def _copy_attrs(src, dst) -> None:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 import h5py
 import numpy as np
 
+from . import summary as summaries
 from .errors import RecordingError
 from .sites import Site
 from .stimuli.dataset import file_sha256
@@ -124,10 +125,15 @@ class RecordingFile:
 
     def __init__(self, h5: h5py.File, path: Path, final: Path, sites: list[Site]) -> None:
         self.h5, self.path, self.final, self.sites = h5, path, final, sites
-        self._datasets = {s.key: h5[s.key]["activation"] for s in sites}
+        self._datasets = {s.key: h5[s.key]["activation"] for s in sites if s.stored}
+        self._summarised = [s for s in sites if s.summarised]
         self._done = h5["done"]
         self._digests = h5["file_sha256"] if "file_sha256" in h5 else None
         self._unsynced = 0  # bytes written since the last fdatasync
+        self._pending: list[np.ndarray] = []  # rows written whose summaries are not saved yet
+        # the summaries saved in the file (all empty in a new one), and the slot to save into next
+        self.summary_through, self.summary_states, self._slot = summaries.restore_slots(
+            {s.key: h5[s.key] for s in self._summarised}, {s.key: s.top for s in self._summarised})
 
     def __repr__(self) -> str:
         return f"<RecordingFile {self.path.name} ({'open' if self.h5 else 'closed'})>"
@@ -205,17 +211,22 @@ class RecordingFile:
         for dim, size in zip(dims, site.shape):
             values = coords[dim][1] if dim in coords else np.arange(size)
             g.create_dataset(dim, data=values).make_scale(dim)
+        extra = [k for k, (dim, _) in coords.items() if k not in dims]
+        for name in extra:
+            dim, values = coords[name]
+            ds = g.create_dataset(name, data=_column(values))
+            ds.dims[0].attach_scale(g[dim])
+        if site.summarised:  # the site's description on the group, where its summary will be
+            g.attrs.update({**site.attrs(), "keep": site.spec.keep, "top": site.top})
+            summaries.create_slots(g, int(np.prod(site.shape, dtype=np.int64)), site.top)
+        if not site.stored:
+            return
         shape = (n, *site.shape)
         act = g.create_dataset("activation", shape=shape, dtype=dtype, fillvalue=np.nan,
                                chunks=chunk_shape(shape, batch_size, dtype.itemsize), **filters)
         act.dims[0].attach_scale(h5["stimulus"])
         for i, dim in enumerate(dims):
             act.dims[i + 1].attach_scale(g[dim])
-        extra = [k for k, (dim, _) in coords.items() if k not in dims]
-        for name in extra:
-            dim, values = coords[name]
-            ds = g.create_dataset(name, data=_column(values))
-            ds.dims[0].attach_scale(g[dim])
         if extra:
             act.attrs["coordinates"] = " ".join(extra)
         for key, value in site.attrs().items():
@@ -233,7 +244,8 @@ class RecordingFile:
         _release_reserved(path)  # blocks a crashed run reserved past the end of the file
         h5 = open_existing(path, "r+", unfinished=True)
         try:
-            missing = [s.key for s in sites if s.key not in h5 or "activation" not in h5[s.key]]
+            missing = [s.key for s in sites if s.key not in h5 or ("activation" not in h5[s.key] and s.stored)
+                       or (summaries.STATE_GROUP not in h5[s.key] and s.summarised)]
             if "done" not in h5 or missing:
                 raise RecordingError(f"the unfinished recording {path} is damaged (no "
                                      f"{'done mask' if 'done' not in h5 else repr(missing[0])}); start over with "
@@ -242,10 +254,15 @@ class RecordingFile:
                           "another job; it differs in {what}. Rerun with --overwrite (overwrite=True) to start "
                           "over, or choose another output")
             check_stimulus_files(h5, stimuli, path, update=True)
+            rec = cls(h5, path, final, sites)
+            if rec.summary_through:  # killed after saving summaries, before marking their rows done
+                done = rec._done[: rec.summary_through]
+                rec._done[: rec.summary_through] = np.where(done == TODO, DONE, done)
+                h5.flush()
         except BaseException:
             h5.close()
             raise
-        return cls(h5, path, final, sites)
+        return rec
 
     # ---------------------------------------------------------------- rows
     def todo(self) -> np.ndarray:
@@ -253,13 +270,18 @@ class RecordingFile:
         return np.flatnonzero(self._done[...] == TODO)
 
     def write(self, rows: np.ndarray, values: dict[str, np.ndarray], digests: list[str | None] | None = None,
-              overflow: dict[str, int] | None = None) -> None:
+              overflow: dict[str, int] | None = None, summary: tuple[int, dict[str, Any]] | None = None) -> None:
         """Write one batch: every site and file hash, flush, then the done mask, flush.
 
         `digests` are the rows' files' SHA-256 (None for stimuli that are not files);
-        `overflow` counts per site the values that float16 could not hold.
+        `overflow` counts per site the values that float16 could not hold. In a file
+        with summaries, rows are marked done only once a summary holding them is
+        saved: `summary` is ``(through, {site: Accumulator.snapshot()})``, saved into
+        the next slot after the values and before the done mask.
         """
-        nbytes = sum(v.nbytes for v in values.values())
+        states = {k: summaries.to_state(v) for k, v in summary[1].items()} if summary is not None else {}
+        nbytes = sum(v.nbytes for v in values.values()) + sum(
+            st.mean.nbytes * (6 + 2 * 2 * len(st.top_value)) for st in states.values())
         try:
             self._reserve(nbytes)
             for start, stop, offset in _runs(rows):
@@ -271,6 +293,15 @@ class RecordingFile:
                 attrs = self._datasets[key].attrs
                 attrs["float16_overflow"] = int(attrs.get("float16_overflow", 0)) + count
             self.h5.flush()
+            if self._summarised:
+                self._pending.append(np.asarray(rows))
+                if summary is None:
+                    return
+                for key, state in states.items():
+                    summaries.save_slot(self.h5[key], self._slot, state, summary[0])
+                self.h5.flush()
+                self._slot, self.summary_through = 1 - self._slot, summary[0]
+                rows, self._pending = np.concatenate(self._pending), []
             for start, stop, _ in _runs(rows):
                 self._done[start:stop] = DONE
             self.h5.flush()
@@ -319,6 +350,7 @@ class RecordingFile:
         import datetime as _dt
 
         try:
+            self._finish_summaries()
             self.h5.attrs["status"] = "complete"
             self.h5.attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
             if self._digests is not None:  # the stimulus set's content, for provenance
@@ -332,6 +364,19 @@ class RecordingFile:
         except (OSError, RuntimeError) as exc:
             raise _disk_error(exc, self.path) from None
         return self.final
+
+    def _finish_summaries(self) -> None:
+        """Replace each summary's state slots by its finished datasets."""
+        if self._pending:
+            raise RecordingError(f"internal error: rows of {self.path} were written but their summaries "
+                                 "were never saved")
+        groups = {s.key: self.h5[s.key] for s in self._summarised}
+        _, states, _ = summaries.restore_slots(groups, {s.key: s.top for s in self._summarised})
+        for site in self._summarised:
+            g = groups[site.key]
+            dims = site.selection.dims
+            extra = [k for k, (dim, _) in site.coords().items() if k not in dims]
+            summaries.finish_site(g, states[site.key], site.top, site.shape, [g[d] for d in dims], " ".join(extra))
 
     def close(self, quiet: bool = False) -> None:
         """Close the file (safe twice). `quiet`: after a disk error, closing may fail too; ignore it."""
