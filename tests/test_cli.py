@@ -133,6 +133,6 @@ def test_public_names_are_pinned():
     assert set(ur.__all__) == {
         "ConfigError", "LayerNotFoundError", "ModelError", "Recorder", "RecordingError", "SelectionError",
         "StimulusError", "UnitrecError", "UnitrecWarning", "__version__", "analysis", "list_layers", "load_layer",
-        "load_model", "load_population", "merge", "open_recording", "record", "run_config", "stimuli",
+        "load_model", "load_population", "load_summary", "merge", "open_recording", "record", "run_config", "stimuli",
     }
     assert issubclass(ur.LayerNotFoundError, KeyError) and issubclass(ur.ConfigError, ValueError)
