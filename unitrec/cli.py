@@ -85,11 +85,19 @@ def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> No
     print(f"model: {info.get('model')} — {info.get('model_description')}")
     for site in info["sites"]:
         dims = ", ".join(f"{d}={n}" for d, n in zip(site["dims"], site["shape"]))
-        print(f"  {site['name']:<28} ({dims})  {site.get('selection', '')}")
+        print(f"  {site['name']:<28} ({dims})  {site.get('selection', '')}{_kept(site)}")
     rate = info.get("last_run_images_per_second")
     if rate:
         print(f"{rate:.1f} images/s (this run: {info.get('last_run_seconds', 0):.1f} s; wall time "
               f"including model set-up {seconds:.1f} s)")
+
+
+def _kept(site: dict) -> str:
+    """What a summary site holds, for the site lines of `info` and of a run's report."""
+    if site.get("keep", "full") == "full":
+        return ""
+    what = "summary" if site["keep"] == "summary" else "+ summary"
+    return f"  {what} of {site['summary_of']} stimuli (top/bottom {site['top']})"
 
 
 def _stitching(info: dict) -> str:
@@ -159,7 +167,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for site in info["sites"]:
         dims = ", ".join(f"{d}={n}" for d, n in zip(site["dims"], site["shape"]))
         rf = f"  rf {_rows_by_cols(site['rf_size'].tolist())} px" if "rf_size" in site else ""
-        print(f"  {site['name']:<28} {site.get('module_type', ''):<18} ({dims}) {site['dtype']}{rf}")
+        print(f"  {site['name']:<28} {site.get('module_type', ''):<18} ({dims}) {site['dtype']}{rf}{_kept(site)}")
     for reason in info["skipped"][:10]:
         print(f"skipped: {reason}")
     if len(info["skipped"]) > 10:

@@ -275,6 +275,17 @@ def load_summary(path: str | os.PathLike, layer: str) -> xr.Dataset:
     return ds
 
 
+def _summary_count(h5: h5py.File, group: h5py.Group) -> int:
+    """How many stimuli a summary holds (finished, or saved so far in a partial file)."""
+    from . import summary as summaries
+
+    if "count" in group:
+        return int(group["count"][()])
+    names = _summary_names(h5)
+    through, states, _ = summaries.restore_slots({k: h5[k] for k in names}, {k: int(h5[k].attrs["top"]) for k in names})
+    return int(states[group.name.lstrip("/")].count)
+
+
 def _dims_of(ds: h5py.Dataset) -> list[str]:
     return [ds.dims[i][0].name.rsplit("/", 1)[-1] if len(ds.dims[i]) else f"dim_{i}" for i in range(ds.ndim)]
 
@@ -383,12 +394,26 @@ def recording_info(path: str | os.PathLike) -> dict[str, Any]:
         info["n_skipped"] = int((done == 2).sum())
         info["sites"] = []
         for key, group in h5.items():
-            if isinstance(group, h5py.Group) and "activation" in group:
+            if not isinstance(group, h5py.Group):
+                continue
+            keep = group.attrs.get("keep", "full")
+            if "activation" in group:
                 act = group["activation"]
                 dims = [act.dims[i][0].name.rsplit("/", 1)[-1] for i in range(act.ndim)]
-                info["sites"].append({"name": key, "dims": dims, "shape": act.shape, "dtype": str(act.dtype),
-                                      **{k: act.attrs[k] for k in ("module_type", "selection", "rf_size")
-                                         if k in act.attrs}})
+                entry = {"name": key, "dims": dims, "shape": act.shape, "dtype": str(act.dtype),
+                         **{k: act.attrs[k] for k in ("module_type", "selection", "rf_size") if k in act.attrs}}
+            elif keep == "summary":
+                dims = _unit_dims(group, group["mean"] if "mean" in group else None)
+                entry = {"name": key, "dims": dims, "shape": tuple(group[d].shape[0] for d in dims),
+                         "dtype": "float64", **{k: group.attrs[k] for k in ("module_type", "selection", "rf_size")
+                                                if k in group.attrs}}
+            else:
+                continue
+            entry["keep"] = str(keep)
+            if keep != "full":
+                entry["top"] = int(group.attrs["top"])
+                entry["summary_of"] = _summary_count(h5, group)
+            info["sites"].append(entry)
         info["skipped"] = json.loads(info.get("skipped", "[]"))
         if "shards" in info:  # stitched: where the data lives
             info["shards"] = json.loads(info["shards"])

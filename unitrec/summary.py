@@ -171,8 +171,8 @@ class Accumulator:
         t = self._t
         v = values.reshape(values.shape[0], -1).to(torch.float64)
         n_b = v.shape[0]
-        b_mean = v.mean(0)
-        b_m2 = ((v - b_mean) ** 2).sum(0)
+        b_var, b_mean = torch.var_mean(v, dim=0, correction=0)
+        b_m2 = b_var * n_b
         if self.count == 0:
             t["mean"], t["m2"] = b_mean, b_m2
         else:
@@ -186,17 +186,49 @@ class Accumulator:
         t["min"] = torch.fmin(t["min"], v.amin(0))
         t["max"] = torch.fmax(t["max"], v.amax(0))
         index = rows.to(device=self.device, dtype=torch.int64).view(-1, 1).expand_as(v)
-        for name, descending in (("top", True), ("bottom", False)):
-            candidates = torch.cat([t[f"{name}_value"], v])
-            keys = torch.nan_to_num(candidates, nan=-torch.inf if descending else torch.inf)
-            order = torch.sort(keys, dim=0, descending=descending, stable=True).indices[: self.top]
-            t[f"{name}_value"] = candidates.gather(0, order)
-            t[f"{name}_index"] = torch.cat([t[f"{name}_index"], index]).gather(0, order)
+        self._rank("top", v, index, descending=True)
+        self._rank("bottom", v, index, descending=False)
         self.count += n_b
+
+    def _rank(self, side: str, v: torch.Tensor, index: torch.Tensor, *, descending: bool) -> None:
+        """Merge a batch into one side's ranks: a stable sort of the ranks, then the batch.
+
+        Once a unit holds `top` ranks, only a batch value strictly beyond its last rank
+        can enter (an equal one comes from a later row and loses the tie), so only
+        the units where one does are sorted.
+        """
+        t = self._t
+        values, rows = t[f"{side}_value"], t[f"{side}_index"]
+        cols = None
+        if values.shape[0] == self.top:
+            fill = -torch.inf if descending else torch.inf
+            last = torch.nan_to_num(values[-1], nan=fill)
+            keys = torch.nan_to_num(v, nan=fill)
+            beyond = (keys > last) if descending else (keys < last)
+            cols = beyond.any(0).nonzero().squeeze(1)
+            if cols.numel() == 0:
+                return
+            if cols.numel() == values.shape[1]:
+                cols = None
+        if cols is None:
+            t[f"{side}_value"], t[f"{side}_index"] = _sorted(torch.cat([values, v]), torch.cat([rows, index]),
+                                                             self.top, descending)
+            return
+        best, best_rows = _sorted(torch.cat([values[:, cols], v[:, cols]]),
+                                  torch.cat([rows[:, cols], index[:, cols]]), self.top, descending)
+        t[f"{side}_value"] = values.index_copy(1, cols, best)  # new tensors: snapshots stay valid
+        t[f"{side}_index"] = rows.index_copy(1, cols, best_rows)
 
     def snapshot(self) -> tuple[int, dict[str, torch.Tensor]]:
         """The current state as references (cheap): turn into a :class:`State` with :func:`to_state`."""
         return self.count, dict(self._t)
+
+
+def _sorted(values: torch.Tensor, rows: torch.Tensor, top: int, descending: bool):
+    """The `top` best of candidates listed in row order, ties to the earlier row (a stable sort)."""
+    keys = torch.nan_to_num(values, nan=-torch.inf if descending else torch.inf)
+    order = torch.sort(keys, dim=0, descending=descending, stable=True).indices[:top]
+    return values.gather(0, order), rows.gather(0, order)
 
 
 def to_state(snapshot: tuple[int, dict[str, torch.Tensor]]) -> State:
