@@ -69,9 +69,10 @@ def _check_against_numpy(path, site: str) -> None:
     top = s.sizes["rank"]
     m = min(top, x.shape[0])
     labels = full["stimulus"].values
+    rows = np.flatnonzero(ur.load_layer(path, site, include_missing=True)["done"].values == 1)
     for side, order in (("top", np.argsort(-x, axis=0, kind="stable")), ("bottom", np.argsort(x, axis=0, kind="stable"))):
         index = s[f"{side}_index"].values.reshape(top, -1)
-        np.testing.assert_array_equal(index[:m], order[:m], err_msg=side)
+        np.testing.assert_array_equal(index[:m], rows[order[:m]], err_msg=side)  # rows of the file
         np.testing.assert_array_equal(s[f"{side}_response"].values.reshape(top, -1)[:m],
                                       np.take_along_axis(x, order[:m], 0), err_msg=side)
         np.testing.assert_array_equal(s[f"{side}_stimulus"].values.reshape(top, -1)[:m], labels[order[:m]])
@@ -314,3 +315,24 @@ def test_memory_does_not_grow_with_the_stimuli(tmp_path):
                              capture_output=True, text=True, check=True)
         peak[n] = int(out.stdout.split()[-1]) * 1024
     assert peak[20_000] - peak[200] < 16 << 20  # 100× the stimuli; full storage would add 123 MB
+
+
+def test_a_recorder_in_memory_refuses_keep_summary():
+    with pytest.raises(ur.ConfigError, match="ur.record"):
+        with ur.Recorder(_model(), [{"name": "1", "keep": "summary"}], input_size=(3, 12, 12)):
+            pass
+
+
+def test_undecodable_images_are_left_out_of_the_summary_also_in_the_last_block(tmp_path):
+    from .conftest import make_images
+
+    folder = make_images(tmp_path / "stim", n=10, size=16)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    for bad in (files[4], files[9]):  # mid-block, and the whole last block (rows 9 of blocks of 3)
+        bad.write_bytes(b"not an image")
+    layers = [{"name": "1", "keep": "both", "top": 3}]
+    with pytest.warns(ur.UnitrecWarning, match="skipped"):
+        path = ur.record(_model(), folder, layers, tmp_path / "a.h5", batch_size=3, progress=False,
+                         transform=lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1))
+    assert int(ur.load_summary(path, "1")["count"]) == 8
+    _check_against_numpy(path, "1")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import RecordingError
+from .errors import ConfigError, RecordingError
 from .sites import Site, resolve_sites
 from .trace import _first_tensor
 
@@ -103,6 +103,10 @@ class Recorder:
                 gen = torch.Generator().manual_seed(0)
                 example = torch.randn((1, *self._input_size), generator=gen).to(device)
             self.sites, self.trace = resolve_sites(self.model, self._layers, example)
+            summarised = [s.key for s in self.sites if s.summarised]
+            if summarised:
+                raise ConfigError(f"keep: summary/both ({', '.join(summarised)}) is for ur.record, which writes "
+                                  "the summary to its file; a Recorder keeps every value in memory")
         modules = dict(self.model.named_modules())
         by_module: dict[tuple[str, str], list[Site]] = {}
         for site in self.sites:
