@@ -38,7 +38,7 @@ from .provenance import file_attrs, run_key
 from .recorder import Recorder
 from .schema import parse_layers
 from .sites import Site, resolve_sites
-from .summary import Accumulator
+from .accumulate import Accumulator
 from .stimuli.dataset import StimulusSet, as_stimulus_set, collate
 from .writer import (AsyncWriter, RecordingFile, check_finished, creating_path, human_size,
                      partial_path, reserve_margin, reserved_names)

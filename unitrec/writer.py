@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from . import summary as summaries
+from .accumulate import to_state
 from .errors import RecordingError
 from .sites import Site
 from .stimuli.dataset import file_sha256
@@ -279,7 +280,7 @@ class RecordingFile:
         saved: `summary` is ``(through, {site: Accumulator.snapshot()})``, saved into
         the next slot after the values and before the done mask.
         """
-        states = {k: summaries.to_state(v) for k, v in summary[1].items()} if summary is not None else {}
+        states = {k: to_state(v) for k, v in summary[1].items()} if summary is not None else {}
         nbytes = sum(v.nbytes for v in values.values()) + sum(
             st.mean.nbytes * (6 + 2 * 2 * len(st.top_value)) for st in states.values())
         try:
