@@ -336,3 +336,17 @@ def test_undecodable_images_are_left_out_of_the_summary_also_in_the_last_block(t
                          transform=lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1))
     assert int(ur.load_summary(path, "1")["count"]) == 8
     _check_against_numpy(path, "1")
+
+
+def test_a_large_summary_leaves_out_per_rank_labels_but_top_stimuli_still_gives_them(both, monkeypatch):
+    from unitrec import load
+
+    labelled = ur.load_summary(both, "1")
+    monkeypatch.setattr(load, "_LABELLED_MAX", 10)
+    with pytest.warns(ur.UnitrecWarning, match="left out of the Dataset to save memory"):
+        bare = ur.load_summary(both, "1")
+    assert "top_stimulus" not in bare and "top_index" in bare
+    np.testing.assert_array_equal(bare.stimulus.values[bare.top_index.values], labelled.top_stimulus.values)
+    import xarray as xr
+
+    xr.testing.assert_equal(A.top_stimuli(bare, 3), A.top_stimuli(labelled, 3))

@@ -20,7 +20,7 @@ __all__ = ["main"]
 
 
 def _size(n: float) -> str:
-    from .writer import human_size
+    from .text import human_size
 
     return human_size(n)
 

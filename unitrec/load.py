@@ -13,19 +13,23 @@ import difflib
 import json
 import os
 import re
-from typing import Any, Iterator, Sequence
+import warnings
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import h5py
 import numpy as np
-import xarray as xr
 
-from .errors import LayerNotFoundError, RecordingError
+from .errors import LayerNotFoundError, RecordingError, UnitrecWarning
 from .stitch import missing_sources, source_chunks
+
+if TYPE_CHECKING:
+    import xarray as xr  # imported where used: `unitrec info` reads the file with h5py alone
 
 __all__ = ["load_layer", "load_population", "load_summary", "open_recording", "recording_info", "summaries_in"]
 
 _PROVENANCE = ("model", "model_description", "weights", "weights_sha256", "preprocessing", "run_id",
-               "unitrec_version", "status", "stimulus_set_sha256")
+               "unitrec_version", "status", "stimulus_set_sha256", "stimulus_root")
+_LABELLED_MAX = 4_000_000  # ranked responses per side that load_summary labels one by one
 
 
 def _plugins() -> None:
@@ -112,6 +116,8 @@ def open_recording(path: str | os.PathLike, *, chunks: Any = None) -> xr.DataTre
     _plugins()
     with _open_h5(path):  # a clear error for anything that is not a readable recording
         pass
+    import xarray as xr
+
     return xr.open_datatree(os.fspath(path), engine="h5netcdf", chunks=chunks)
 
 
@@ -186,6 +192,8 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
         attrs = _root_attrs(h5)
         if isinstance(chunks, dict) and not chunks:  # the file's own chunks; a virtual dataset has none
             chunks = source_chunks(h5[layer]["activation"]) or chunks
+    import xarray as xr
+
     ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=chunks)
     da = ds["activation"].assign_coords(coords)
     da.attrs.update(attrs)
@@ -221,6 +229,11 @@ def load_summary(path: str | os.PathLike, layer: str) -> xr.Dataset:
         stimulus coordinate (``top_label``, ``top_orientation``, ...); the same for
         the lowest responses as ``bottom_*`` (lowest first). Ties rank the earlier
         stimulus first. Ranks past the number of stimuli are NaN / ``""`` / −1.
+        The stimuli themselves are the ``stimulus`` dim, with their coordinates, so
+        ``s.stimulus[s.top_index]`` looks any rank up. Above 4 million ranked
+        responses per side (e.g. 250,000 units × 16 ranks) the per-rank labels and
+        coordinates are left out, with a warning, to save memory; ``top_index``
+        and :func:`unitrec.analysis.top_stimuli` on a selection still give them.
     """
     from . import summary as summaries
 
@@ -258,21 +271,30 @@ def load_summary(path: str | os.PathLike, layer: str) -> xr.Dataset:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in group.attrs.items()
                  if k not in ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST")}
         attrs.update(_root_attrs(h5))
+    import xarray as xr
+
     ranked = ("rank", *dims)
     variables: dict[str, Any] = {"count": ((), data["count"])}
     for name in ("mean", "std", "min", "max", "sparseness"):
         variables[name] = (dims, data[name])
+    entries = int(np.prod(data["top_stimulus"].shape))
+    labelled = entries <= _LABELLED_MAX
+    if not labelled:
+        warnings.warn(f"{layer}: {entries:,} ranked responses per side; their stimulus labels and coordinates "
+                      "are left out of the Dataset to save memory. Look them up for the units you want: "
+                      "A.top_stimuli(s.isel(channel=[3, 7]), k), or s.stimulus[s.top_index]", UnitrecWarning,
+                      stacklevel=2)
     for side in ("top", "bottom"):
         index = np.asarray(data[f"{side}_stimulus"], dtype=np.int64)
         variables[f"{side}_response"] = (ranked, data[f"{side}_response"])
         variables[f"{side}_index"] = (ranked, index)
         for coord, (_, values) in stimuli.items():
-            if coord == "done":
+            if coord == "done" or not labelled:
                 continue
             name = f"{side}_stimulus" if coord == "stimulus" else f"{side}_{coord}"
             variables[name] = (ranked, _pick(np.asarray(values), index))
-    ds = xr.Dataset(variables, coords={"rank": np.arange(top), **unit_coords}, attrs=attrs)
-    return ds
+    table = {name: ("stimulus", _text_array(np.asarray(values))) for name, (_, values) in stimuli.items()}
+    return xr.Dataset(variables, coords={"rank": np.arange(top), **unit_coords, **table}, attrs=attrs)
 
 
 def _summary_count(h5: h5py.File, group: h5py.Group) -> int:
@@ -371,6 +393,8 @@ def load_population(path: str | os.PathLike, layers: Sequence[str] | None = None
         parts.append(flat.drop_vars(extra).transpose("stimulus", "unit"))
     if not parts:
         raise RecordingError(f"{path} holds no sites")
+    import xarray as xr
+
     pop = xr.concat(parts, dim="unit", coords="different", compat="equals", join="exact",
                     combine_attrs="drop_conflicts")
     pop = pop.assign_coords(unit=np.arange(pop.sizes["unit"]))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .text import shorten
 
 __all__ = ["load_model", "model_description", "state_dict_sha256", "zoo_names"]
 
@@ -111,8 +112,7 @@ def _build_factory(spec: str, weights: Any) -> nn.Module:
 
 
 def _short(value: Any) -> str:
-    text = repr(value).replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shorten(repr(value))
 
 
 def load_model(

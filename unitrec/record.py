@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .accumulate import Accumulator
 from .errors import ConfigError, RecordingError, StimulusError, UnitrecWarning
 from .lock import output_lock
 from .model import state_dict_sha256
@@ -38,9 +39,9 @@ from .provenance import file_attrs, run_key
 from .recorder import Recorder
 from .schema import parse_layers
 from .sites import Site, resolve_sites
-from .accumulate import Accumulator
 from .stimuli.dataset import StimulusSet, as_stimulus_set, collate
-from .writer import (AsyncWriter, RecordingFile, check_finished, creating_path, human_size,
+from .text import human_size
+from .writer import (AsyncWriter, RecordingFile, check_finished, creating_path,
                      partial_path, reserve_margin, reserved_names)
 
 __all__ = ["Job", "record"]

@@ -3,6 +3,9 @@
 Per recording: tuning curves of the most selective units of each site (when the
 stimuli carry a parameter such as ``orientation``), an RDM per site, layer × layer
 CKA and RSA matrices, and a montage of the preferred stimuli of a few units.
+Sites kept as summaries (``keep: summary`` or ``both``) get a table of their
+statistics and montages drawn from their stored ranks; a summary-only site has no
+full array and appears nowhere else.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import numpy as np
 
 from . import analysis as A
 from .errors import UnitrecError
-from .load import load_layer, recording_info
+from .load import load_layer, load_summary, recording_info
 
 __all__ = ["write_report"]
 
 _MAX_RDM_STIMULI = 200  # an RDM of more stimuli is unreadable as a picture
+_MOST_DRIVEN = 3  # units per summary site named in the table and drawn as montages
 
 
 def _chunks() -> Any:
@@ -51,6 +55,15 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     -------
     pathlib.Path
         The ``index.html`` file.
+
+    Notes
+    -----
+    Tuning curves, RDMs, layer similarity and participation ratios need every
+    response: they cover the sites stored in full (``keep: full`` or ``both``).
+    Each site kept as a summary gets a row in the summaries table (units, stimuli
+    summarised, mean of the units' means, median lifetime sparseness, the
+    preferred stimulus of its most driven units) and montages of those units'
+    preferred stimuli, from the summary.
     """
     try:
         import matplotlib  # noqa: F401
@@ -59,11 +72,17 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = recording_info(path)
-    sites = [s["name"] for s in info["sites"]]
+    # a summary-only site has no full array: load_layer would refuse it
+    sites = [s["name"] for s in info["sites"] if s.get("keep", "full") in ("full", "both")]
+    summarised = [s["name"] for s in info["sites"] if s.get("keep", "full") in ("summary", "both")]
     layers = {name: load_layer(path, name, chunks=_chunks()) for name in sites}
-    first = next(iter(layers.values()))
-    coords = [c for c in first.coords if c != "stimulus" and first[c].dims == ("stimulus",) and c != "done"]
-    if by is None and "orientation" in coords:
+    summaries = {name: load_summary(path, name) for name in summarised}
+    first = next(iter(layers.values()), None)
+    coords = [] if first is None else [c for c in first.coords
+                                       if c != "stimulus" and first[c].dims == ("stimulus",) and c != "done"]
+    if first is None:
+        by = None  # tuning curves need full responses
+    elif by is None and "orientation" in coords:
         by = "orientation"
     sections: list[tuple[str, list[tuple[str, str]]]] = []
 
@@ -77,7 +96,8 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
         sparse = np.asarray(A.lifetime_sparseness(da).values, dtype=float)
         median = f"{np.nanmedian(sparse):.2f}" if np.isfinite(sparse).any() else "-"  # NaN: no unit defined
         summary_rows.append((name, "×".join(map(str, da.shape)), f"{pr:.1f}", median))
-    safe = {name: name.replace("/", "_").replace(":", "-").replace("@", "_at_") for name in layers}
+    safe = {name: name.replace("/", "_").replace(":", "-").replace("@", "_at_") for name in [*layers, *summaries]}
+    summary_table = [_summary_row(name, ds) for name, ds in summaries.items()]
 
     if by is not None:
         figs = []
@@ -98,17 +118,18 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
             figs.append((f"{name}", save(fig, f"tuning_{safe[name]}.png")))
         sections.append((f"Tuning curves by {by}", figs))
 
-    n = first.sizes["stimulus"]
-    step = max(1, int(np.ceil(n / _MAX_RDM_STIMULI)))
-    figs = []
-    for name, da in layers.items():
-        sub = da.isel(stimulus=slice(None, None, step))
-        if by is not None:
-            sub = sub.sortby(by)
-        fig = A.plot_rdm(A.rdm(sub, metric="correlation"))
-        fig.suptitle(f"{name}: RDM (1 − Pearson r)" + (f", stimuli sorted by {by}" if by else ""))
-        figs.append((name, save(fig, f"rdm_{safe[name]}.png")))
-    sections.append(("Representational dissimilarity matrices", figs))
+    if first is not None:
+        n = first.sizes["stimulus"]
+        step = max(1, int(np.ceil(n / _MAX_RDM_STIMULI)))
+        figs = []
+        for name, da in layers.items():
+            sub = da.isel(stimulus=slice(None, None, step))
+            if by is not None:
+                sub = sub.sortby(by)
+            fig = A.plot_rdm(A.rdm(sub, metric="correlation"))
+            fig.suptitle(f"{name}: RDM (1 − Pearson r)" + (f", stimuli sorted by {by}" if by else ""))
+            figs.append((name, save(fig, f"rdm_{safe[name]}.png")))
+        sections.append(("Representational dissimilarity matrices", figs))
 
     if len(layers) > 1:
         figs = []
@@ -121,23 +142,72 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
 
     root = info.get("stimulus_root")
     if root and Path(root).is_dir():
-        name, da = list(layers.items())[-1]
-        conv = [(n, d) for n, d in layers.items() if d.ndim > 2 or "unit" in d.dims]
-        if conv:
-            name, da = conv[-1]
-        figs = []
-        flat = A.top_stimuli(da, k=1)["response"].values.reshape(-1)
-        for unit in np.argsort(np.nan_to_num(flat, nan=-np.inf))[::-1][:3]:
-            fig = A.plot_montage(da, int(unit), root, k=9)
-            figs.append((f"{name} unit {int(unit)}", save(fig, f"montage_{safe[name]}_{int(unit)}.png")))
-        sections.append((f"Preferred stimuli ({name})", figs))
+        if layers:
+            name, da = list(layers.items())[-1]
+            conv = [(n, d) for n, d in layers.items() if d.ndim > 2 or "unit" in d.dims]
+            if conv:
+                name, da = conv[-1]
+            if name not in summaries:  # a summary site gets its montages from the summary, below
+                figs = []
+                flat = A.top_stimuli(da, k=1)["response"].values.reshape(-1)
+                for unit in np.argsort(np.nan_to_num(flat, nan=-np.inf))[::-1][:3]:
+                    fig = A.plot_montage(da, int(unit), root, k=min(9, da.sizes["stimulus"]))
+                    figs.append((f"{name} unit {int(unit)}", save(fig, f"montage_{safe[name]}_{int(unit)}.png")))
+                sections.append((f"Preferred stimuli ({name})", figs))
+        for name, ds in summaries.items():
+            k = min(9, int(ds.sizes["rank"]), int(ds["count"]))
+            if k < 1:
+                continue
+            figs = []
+            for unit in _most_driven(ds):
+                fig = A.plot_montage(ds, unit, root, k=k)
+                figs.append((f"{name} unit {unit}", save(fig, f"montage_{safe[name]}_{unit}.png")))
+            sections.append((f"Preferred stimuli ({name}, from its summary)", figs))
 
     index = out / "index.html"
-    index.write_text(_html(info, summary_rows, sections), encoding="utf-8")
+    index.write_text(_html(info, summary_rows, sections, summary_table), encoding="utf-8")
     return index
 
 
-def _html(info: dict[str, Any], rows, sections) -> str:
+def _most_driven(ds, n: int = _MOST_DRIVEN) -> list[int]:
+    """Flat positions of the units with the highest best response, highest first."""
+    best = np.asarray(ds["top_response"].isel(rank=0).values, dtype=float).reshape(-1)
+    if not np.isfinite(best).any():
+        return []
+    order = np.argsort(-np.nan_to_num(best, nan=-np.inf), kind="stable")  # ties: the first unit first
+    return [int(u) for u in order[:n] if np.isfinite(best[u])]
+
+
+def _unit_label(ds, unit: int) -> str:
+    """``channel=3, y=1, x=2`` of a flat unit position in a summary."""
+    dims = list(ds["mean"].dims)
+    shape = tuple(ds.sizes[d] for d in dims)
+    position = np.unravel_index(unit, shape) if shape else ()
+    parts = []
+    for d, i in zip(dims, position):
+        value = ds[d].values[i] if d in ds.coords else i
+        parts.append(f"{d}={value}")
+    return ", ".join(parts) or "unit"
+
+
+def _summary_row(name: str, ds) -> tuple[str, str, str, str, str, list[str]]:
+    """A row of the summaries table (plain text; escaped when written)."""
+    units = int(np.prod([ds.sizes[d] for d in ds["mean"].dims])) if ds["mean"].dims else 1
+    shape = "×".join(str(ds.sizes[d]) for d in ds["mean"].dims) or "1"
+    count = int(ds["count"])
+    means = np.asarray(ds["mean"].values, dtype=float)
+    mean = f"{np.nanmean(means):.3g}" if np.isfinite(means).any() else "-"
+    sparse = np.asarray(A.lifetime_sparseness(ds).values, dtype=float)
+    median = f"{np.nanmedian(sparse):.2f}" if np.isfinite(sparse).any() else "-"
+    preferred = []
+    best = ds["top_stimulus"].isel(rank=0).values.reshape(-1)
+    response = np.asarray(ds["top_response"].isel(rank=0).values, dtype=float).reshape(-1)
+    for unit in _most_driven(ds):
+        preferred.append(f"{_unit_label(ds, unit)}: {best[unit]} ({response[unit]:.3g})")
+    return name, f"{units} ({shape})", str(count), mean, median, preferred
+
+
+def _html(info: dict[str, Any], rows, sections, summary_table=()) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><meta charset='utf-8'><title>unitrec report</title>",
@@ -153,6 +223,18 @@ def _html(info: dict[str, Any], rows, sections) -> str:
         *[f"<tr><td>{esc(a)}</td><td>{b}</td><td>{c}</td><td>{d}</td></tr>" for a, b, c, d in rows],
         "</table>",
     ]
+    if summary_table:
+        parts += [
+            "<h2>Summaries</h2>",
+            "<p>Sites kept as summaries (<code>keep: summary</code> or <code>both</code>): running statistics "
+            "over every stimulus; the preferred stimulus of the most driven units (highest best response).</p>",
+            "<table class='summaries'><tr><th>site</th><th>units</th><th>stimuli summarised</th>"
+            "<th>mean of means</th><th>median lifetime sparseness</th><th>most-preferred stimulus "
+            "of the most driven units</th></tr>",
+            *[f"<tr><td>{esc(a)}</td><td>{esc(b)}</td><td>{esc(c)}</td><td>{esc(d)}</td><td>{esc(e)}</td>"
+              f"<td>{'<br>'.join(esc(x) for x in f) or '-'}</td></tr>" for a, b, c, d, e, f in summary_table],
+            "</table>",
+        ]
     for title, figs in sections:
         parts.append(f"<h2>{esc(title)}</h2>")
         for caption, file in figs:

@@ -37,6 +37,7 @@ from . import summary as summaries
 from .accumulate import to_state
 from .errors import RecordingError
 from .sites import Site
+from .text import human_size, shorten
 from .stimuli.dataset import file_sha256
 
 __all__ = ["FORMAT_VERSION", "AsyncWriter", "RecordingFile", "check_finished", "chunk_shape", "creating_path",
@@ -70,15 +71,6 @@ def creating_path(out: Path) -> Path:
 def reserved_names() -> tuple[str, ...]:
     """Names at the root of every recording that a site cannot be stored under."""
     return ("stimulus", "done", *_FILE_COLUMNS)
-
-
-def human_size(n: float) -> str:
-    """``35.4 MB``: bytes in decimal units, as ``ls -h --si`` and disk vendors count."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _no_space(exc: BaseException) -> bool:
@@ -560,8 +552,7 @@ def _text(value: Any) -> str:
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = _text(value) if value is not None else "none"
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return shorten(_text(value) if value is not None else "none", width)
 
 
 def _where_they_differ(a: str, b: str, width: int = 48) -> tuple[str, str]:

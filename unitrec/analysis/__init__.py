@@ -2,7 +2,10 @@
 
 Every function takes recordings as :class:`xarray.DataArray` with first dim
 ``"stimulus"`` (other dims: ``unit``; ``channel``; or ``channel, y, x``) and works on
-dask-backed arrays without loading them whole. Figures need the ``plots`` extra.
+dask-backed arrays without loading them whole. :func:`top_stimuli`,
+:func:`lifetime_sparseness` and :func:`plot_montage` also take a site's summary
+(:func:`unitrec.load_summary`, for sites recorded with ``keep: summary`` or
+``both``). Figures need the ``plots`` extra.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from unitrec.analysis._units import STIMULUS, UNIT, as_population
+from unitrec.analysis._units import STIMULUS, as_population
 from unitrec.analysis.preferred import top_stimuli
 from unitrec.errors import ConfigError, SelectionError, StimulusError, UnitrecError
 
@@ -158,81 +158,325 @@ def plot_rdm(
 
 
 def plot_montage(
-    da: xr.DataArray,
+    da: xr.DataArray | xr.Dataset,
     unit: int | Mapping[str, int],
-    stimulus_root: str | Path,
+    stimulus_root: str | Path | None = None,
     k: int = 9,
+    *,
+    outline: bool = True,
+    input_size: int | Sequence[int] | None = None,
 ) -> Figure:
-    """A unit's ``k`` preferred stimuli as an image grid, best first.
+    """A unit's ``k`` preferred stimuli as the network saw them, best first.
+
+    Each image is shown after the recording's geometric preprocessing (resize and
+    centre crop, rebuilt from the file's ``preprocessing`` attribute), at the
+    network's input size, with the unit's receptive field outlined.
 
     Parameters
     ----------
-    da : xarray.DataArray
+    da : xarray.DataArray or xarray.Dataset
         Recording with first dim ``"stimulus"`` whose labels are image paths
-        relative to ``stimulus_root``.
+        relative to ``stimulus_root`` (as from :func:`unitrec.load_layer`), or a
+        site's summary from :func:`unitrec.load_summary` (its stored ranks are
+        used: a site recorded with ``keep: summary`` has no full array).
     unit : int or mapping of str to int
         The unit: a position in the flattened (C-order) unit dims, or positions
         per unit dim, e.g. ``{"channel": 3, "y": 2, "x": 2}``.
-    stimulus_root : str or pathlib.Path
-        Folder the labels are relative to.
+    stimulus_root : str or pathlib.Path, optional
+        Folder the labels are relative to. Default: the recording's
+        ``stimulus_root`` (from ``da.attrs``, or the root attribute of the file
+        named in ``da.attrs["recording"]``).
     k : int
-        Number of stimuli to show (see :func:`unitrec.analysis.top_stimuli`).
+        Number of stimuli to show (see :func:`unitrec.analysis.top_stimuli`; for
+        a summary at most its ``top``).
+    outline : bool
+        Draw the unit's receptive field: a rectangle of ``attrs["rf_size"]``
+        (rows, columns of input pixels) centred on its ``rf_center_y`` and
+        ``rf_center_x`` coordinates. Units without a centre (2-D and pooled sites)
+        get none.
+    input_size : int or (int, int), optional
+        The network's input height and width, used only when the preprocessing
+        cannot be rebuilt (see Notes): the original image is then scaled to it and
+        the receptive field drawn on it.
 
     Returns
     -------
     matplotlib.figure.Figure
-        One axes per shown image, titled with its rank and response.
+        One axes per shown image, titled with its rank and response; the
+        receptive field is a :class:`matplotlib.patches.Rectangle` in each axes'
+        ``patches``, in input pixel coordinates (pixel centres at integers).
 
     Raises
     ------
+    ConfigError
+        If ``da`` is neither a recording nor a summary, ``k`` is out of range, or
+        no ``stimulus_root`` is given or stored (tensor stimuli have no images).
     SelectionError
         If ``unit`` is out of range.
     StimulusError
         If an image cannot be read.
-    """
-    from PIL import Image
 
-    series = _select_unit(da, unit)
-    top = top_stimuli(series, k)
+    Notes
+    -----
+    The images are decoded as the recording did (transparent pixels over its
+    background colour) and passed through the ``Resize`` and ``CenterCrop`` steps
+    the file's ``preprocessing`` text names, with their size, interpolation and
+    ``max_size``, in the same torchvision functions: the pixels the network saw,
+    before ``ToTensor`` and normalisation (which are not shown). torchvision's
+    ``ImageClassification`` (the weights' own preprocessing) is rebuilt the same
+    way. Any other step (a custom callable, a random or colour transform) cannot be
+    rebuilt from the text: the original image is then shown, scaled to
+    ``input_size`` when given (the outline drawn on it), else as stored and
+    without outline, and the figure's title says so. An array without a
+    ``preprocessing`` attribute is taken to hold images at the input size.
+    """
+    from unitrec.analysis.preferred import is_summary
+
+    summary = is_summary(da)
+    if not summary and not isinstance(da, xr.DataArray):
+        raise ConfigError(
+            "plot_montage needs a recording (ur.load_layer) or a summary (ur.load_summary), "
+            f"got {type(da).__name__}"
+        )
+    if summary:
+        dims = tuple(str(d) for d in da["mean"].dims)
+        shape = tuple(int(da.sizes[d]) for d in dims)
+    else:
+        dims = tuple(as_population(da).unit_dims)
+        shape = tuple(int(da.sizes[d]) for d in dims)
+    where = _unit_position(dims, shape, unit)
+    chosen = da.isel(where)
+    top = top_stimuli(chosen, k)
     labels = [str(v) for v in top[STIMULUS].values if str(v)]
     responses = np.asarray(top["response"].values, dtype=float)
+
+    attrs = dict(da.attrs)
+    stored = _recording_attrs(attrs)
+    if stimulus_root is None:
+        stimulus_root = attrs.get("stimulus_root") or stored.get("stimulus_root")
+        if not stimulus_root:
+            raise ConfigError(
+                "plot_montage needs stimulus_root, the folder the stimulus labels are relative to: "
+                "this recording stores none (tensor stimuli have no images to show)"
+            )
+    root = Path(str(stimulus_root))
+    background = _background(stored.get("run_key", ""))
+    preprocessing = attrs.get("preprocessing")
+    steps = _geometry(str(preprocessing)) if preprocessing is not None else []
+    size = _size_pair(input_size)
+    rf = _receptive_field(chosen, attrs) if outline else None
+    if steps is None and size is None:
+        rf = None  # the original image's pixels are not the input's
     ncols = max(1, math.ceil(math.sqrt(len(labels))))
     nrows = max(1, math.ceil(len(labels) / ncols))
     fig = _new_figure(figsize=(1.8 * ncols, 1.9 * nrows + 0.3), layout="constrained")
-    root = Path(stimulus_root)
     for i, label in enumerate(labels):
-        path = root / label
-        try:
-            with Image.open(path) as img:
-                pixels = np.asarray(img.convert("RGB"))
-        except OSError as exc:
-            raise StimulusError(f"cannot read stimulus image {path}: {exc}") from exc
+        pixels = _network_image(root / label, steps, size, background)
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ax.imshow(pixels)
+        if rf is not None:
+            _outline(ax, rf, pixels.shape[:2])
         ax.set_title(f"#{i + 1}  {responses[i]:.3g}", fontsize=7)
         ax.set_axis_off()
-    fig.suptitle(f"unit {unit}", fontsize=9)
+    title = f"unit {unit}"
+    if not isinstance(unit, Mapping) and len(where) > 1:
+        title += " (" + ", ".join(f"{d}={i}" for d, i in where.items()) + ")"
+    site = attrs.get("site") or getattr(da, "name", None)
+    if site:
+        title = f"{site}: {title}"
+    if steps is None:
+        title += " (original images: preprocessing not rebuilt" + (
+            ", scaled to the input size)" if size is not None else ")")
+    fig.suptitle(title, fontsize=9)
     return fig
 
 
-def _select_unit(da: xr.DataArray, unit: int | Mapping[str, int]) -> xr.DataArray:
-    pop = as_population(da)
+#: Preprocessing steps that leave the geometry alone (tensor conversion, dtype, normalisation).
+_NON_GEOMETRIC = frozenset({"ToTensor", "PILToTensor", "ConvertImageDtype", "Normalize", "ToImage",
+                            "ToDtype", "ToPureTensor", "ToImageTensor"})
+_STEP = r"(\w+)\(((?:[^()]|\([^()]*\))*)\)"
+
+
+def _geometry(text: str) -> list[tuple] | None:
+    """The resize / centre-crop steps of a recording's ``preprocessing`` text.
+
+    ``[]`` keeps the image as it is; None: a step that cannot be rebuilt.
+    """
+    import re
+
+    text = " ".join(text.split())
+    if text.startswith("none"):  # tensor stimuli: nothing was decoded
+        return []
+    whole = re.fullmatch(r"ImageClassification\((.*)\)", text)
+    if whole:
+        resize, crop = _arg(whole[1], "resize_size"), _arg(whole[1], "crop_size")
+        interpolation = _arg(whole[1], "interpolation") or "bilinear"
+        if crop is None:
+            return None
+        steps: list[tuple] = []
+        if resize is not None:
+            steps.append(("resize", resize, interpolation, None))
+        return [*steps, ("crop", crop)]
+    inner = text[len("Compose("):-1] if text.startswith("Compose(") and text.endswith(")") else text
+    steps, position = [], 0
+    for match in re.finditer(_STEP, inner):
+        if inner[position:match.start()].strip():
+            return None  # text that is not a step
+        position = match.end()
+        name, args = match[1], match[2]
+        if name == "Resize":
+            size = _arg(args, "size")
+            if size is None:
+                return None
+            steps.append(("resize", size, _arg(args, "interpolation") or "bilinear", _arg(args, "max_size")))
+        elif name == "CenterCrop":
+            size = _arg(args, "size")
+            if size is None:
+                return None
+            steps.append(("crop", size))
+        elif name not in _NON_GEOMETRIC:
+            return None
+    if inner[position:].strip():
+        return None
+    return steps
+
+
+def _arg(args: str, key: str) -> Any:
+    """One ``key=value`` of a transform's repr: a list of int, an int, a word, or None."""
+    import re
+
+    match = re.search(rf"(?<![\w.]){key}=(\([^()]*\)|\[[^\]]*\]|[^\s,()\[\]]+)", args)
+    if match is None:
+        return None
+    value = match[1]
+    if value == "None":
+        return None
+    if value[0] in "([":
+        items = [v.strip() for v in value[1:-1].split(",") if v.strip()]
+        try:
+            return [int(v) for v in items]
+        except ValueError:
+            return None
+    try:
+        return [int(value)]
+    except ValueError:
+        return value
+
+
+def _interpolation(name: str) -> Any:
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(str(name).rsplit(".", 1)[-1].lower())
+
+
+def _size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = [size, size] if isinstance(size, (int, np.integer)) else list(size)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
+        raise ConfigError(f"input_size must be a positive int or (height, width), got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _network_image(path: Path, steps: list[tuple] | None, size: tuple[int, int] | None,
+                   background: tuple[int, int, int]) -> np.ndarray:
+    """An RGB ``(h, w, 3)`` uint8 image as the network saw it (see :func:`plot_montage`)."""
+    from unitrec.stimuli.decode import load_rgb
+
+    try:
+        image = load_rgb(path, background)
+    except StimulusError as exc:
+        raise StimulusError(f"cannot read stimulus image {path}: {exc}") from exc
+    if steps is None:
+        if size is not None:
+            from PIL import Image
+
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        return np.asarray(image)
+    if steps:
+        from torchvision.transforms import functional as F
+
+        for step in steps:
+            if step[0] == "resize":
+                _, target, interpolation, max_size = step
+                image = F.resize(image, target, interpolation=_interpolation(interpolation),
+                                 max_size=max_size[0] if max_size else None, antialias=True)
+            else:
+                image = F.center_crop(image, step[1])
+    return np.asarray(image)
+
+
+def _recording_attrs(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """``stimulus_root`` and ``run_key`` of the file named in ``attrs["recording"]``, if readable."""
+    path = attrs.get("recording")
+    if not path or not Path(str(path)).is_file():
+        return {}
+    try:
+        import h5py
+
+        with h5py.File(str(path), "r") as h5:
+            return {key: (v.decode() if isinstance(v, bytes) else str(v))
+                    for key in ("stimulus_root", "run_key") if (v := h5.attrs.get(key)) is not None}
+    except (OSError, KeyError):
+        return {}
+
+
+def _background(run_key: str) -> tuple[int, int, int]:
+    """The colour transparent pixels were composited on (``"background"`` in the run key)."""
+    import json
+    import re
+
+    try:
+        text = json.loads(run_key).get("background", "") if run_key else ""
+    except (ValueError, AttributeError):
+        text = ""
+    values = re.findall(r"\d+", str(text))
+    return tuple(int(v) for v in values) if len(values) == 3 else (255, 255, 255)  # type: ignore[return-value]
+
+
+def _receptive_field(unit: xr.DataArray | xr.Dataset, attrs: Mapping[str, Any]) -> tuple[float, ...] | None:
+    """``(centre y, centre x, rows, columns)`` of a selected unit, or None without a centre."""
+    size = attrs.get("rf_size")
+    if size is None or "rf_center_y" not in unit.coords or "rf_center_x" not in unit.coords:
+        return None
+    cy, cx = (unit.coords[c].values for c in ("rf_center_y", "rf_center_x"))
+    if np.ndim(cy) or np.ndim(cx):
+        return None
+    size = np.asarray(size, dtype=float).reshape(-1)
+    if size.size == 1:
+        size = np.repeat(size, 2)
+    values = (float(cy), float(cx), float(size[0]), float(size[1]))
+    return values if all(np.isfinite(values)) else None
+
+
+def _outline(ax: Any, rf: tuple[float, ...], shape: tuple[int, int]) -> None:
+    """The receptive field as a rectangle over pixels ``centre ± size / 2``."""
+    from matplotlib.patches import Rectangle
+
+    cy, cx, h, w = rf
+    ax.add_patch(Rectangle((cx - w / 2, cy - h / 2), w, h, fill=False, edgecolor="#ff2a2a", linewidth=1.2,
+                           label="receptive field"))
+    ax.set_xlim(-0.5, shape[1] - 0.5)
+    ax.set_ylim(shape[0] - 0.5, -0.5)
+
+
+def _unit_position(dims: tuple[str, ...], shape: tuple[int, ...],
+                   unit: int | Mapping[str, int]) -> dict[str, int]:
+    """``{dim: position}`` of a unit given flat (C-order) or per dim."""
     if isinstance(unit, Mapping):
-        missing = set(pop.unit_dims) - set(unit)
-        if missing or set(unit) - set(pop.unit_dims):
-            raise SelectionError(
-                f"unit {dict(unit)!r} must give a position for each of {pop.unit_dims}"
-            )
-        position = [unit[d] for d in pop.unit_dims]
-        for p, d, size in zip(position, pop.unit_dims, pop.unit_shape):
-            if not isinstance(p, (int, np.integer)) or not 0 <= p < size:
+        if set(unit) != set(dims):
+            raise SelectionError(f"unit {dict(unit)!r} must give a position for each of {dims}")
+        for d, size in zip(dims, shape):
+            p = unit[d]
+            if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p < size:
                 raise SelectionError(f"{d}={p!r} is outside 0..{size - 1}")
-        unit = int(np.ravel_multi_index(position, pop.unit_shape))
+        return {d: int(unit[d]) for d in dims}
     if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)):
         raise SelectionError(f"unit must be an int or a mapping, got {unit!r}")
-    if not 0 <= unit < pop.n_units:
-        raise SelectionError(f"unit {unit} is outside 0..{pop.n_units - 1}")
-    return pop.data.isel({UNIT: int(unit)}, drop=True)
+    total = int(np.prod(shape)) if shape else 1
+    if not 0 <= unit < total:
+        raise SelectionError(f"unit {unit} is outside 0..{total - 1}")
+    return {d: int(i) for d, i in zip(dims, np.unravel_index(int(unit), shape))} if shape else {}
 
 
 def plot_layer_matrix(

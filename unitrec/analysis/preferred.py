@@ -17,22 +17,85 @@ from unitrec.errors import ConfigError
 __all__ = ["top_stimuli"]
 
 RANK = "rank"
+#: The variables of a summary that rank stimuli (``top_*``), besides the parameters.
+_TOP = "top_"
+
+
+def is_summary(obj: object) -> bool:
+    """Whether ``obj`` is a site's summary (:func:`unitrec.load_summary`)."""
+    return isinstance(obj, xr.Dataset) and "top_response" in obj.data_vars
+
+
+def summary_ranks(ds: xr.Dataset) -> int:
+    """How many ranks a summary can give: its ``top``, at most the stimuli summarised."""
+    return min(int(ds.sizes[RANK]), int(ds["count"]))
+
+
+def _summary_top(ds: xr.Dataset, k: int) -> xr.Dataset:
+    """:func:`top_stimuli` from a summary's ``top_*`` variables (no response read)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    top, count = int(ds.sizes[RANK]), int(ds["count"])
+    site = ds.attrs.get("site", "")
+    if k > top:
+        raise ConfigError(
+            f"k={k} is more than the {top} ranks the summary of site {site!r} kept; "
+            f"pass k <= {top}, or record it again with a larger `top:` in its layer entry"
+        )
+    if k > count:
+        raise ConfigError(
+            f"k must be an integer between 1 and {count} (the stimuli summarised), got {k!r}"
+        )
+    k = int(k)
+    index = ds["top_index"].isel({RANK: slice(0, k)})
+    rows = np.asarray(index.values)
+    missing = rows < 0
+    out = {
+        STIMULUS: index.copy(data=_lookup(np.asarray(ds[STIMULUS].values).astype(str), rows)),
+        "response": ds["top_response"].isel({RANK: slice(0, k)}).astype(np.float64),
+    }
+    # every stimulus coordinate (and the done flag a full array carries), looked up by row
+    for name, coord in ds.coords.items():
+        if coord.dims == (STIMULUS,) and name != STIMULUS:
+            out[str(name)] = index.copy(data=_lookup(np.asarray(coord.values), rows))
+    order = [STIMULUS, "response", *[n for n in out if n not in (STIMULUS, "response")]]
+    result = xr.Dataset({
+        name: out[name].transpose(..., RANK).drop_attrs().rename(None) for name in order
+    })
+    return result.drop_attrs()
+
+
+def _lookup(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]``, blank where a row is −1 (no stimulus): "" for text, NaN else."""
+    if values.dtype.kind == "O":
+        values = values.astype(str)
+    picked = values[np.clip(rows, 0, None)]
+    missing = rows < 0
+    if not missing.any():
+        return picked
+    if picked.dtype.kind in "US":
+        return np.where(missing, "", picked)
+    return np.where(missing, np.nan, picked.astype(np.float64))
 
 
 def top_stimuli(
-    da: xr.DataArray, k: int = 9, *, chunk_size: int | None = None
+    da: xr.DataArray | xr.Dataset, k: int = 9, *, chunk_size: int | None = None
 ) -> xr.Dataset:
     """The ``k`` stimuli that drive each unit most, in decreasing order.
 
     Parameters
     ----------
-    da : xarray.DataArray
+    da : xarray.DataArray or xarray.Dataset
         Recording with first dim ``"stimulus"``; may be dask-backed and larger
-        than memory (it is read once, in blocks of stimuli).
+        than memory (it is read once, in blocks of stimuli). Or a site's summary
+        from :func:`unitrec.load_summary` (a site recorded with ``keep: summary``
+        or ``both``): its ranks are read, no response is needed.
     k : int
-        How many stimuli to keep per unit, at most the number of stimuli.
+        How many stimuli to keep per unit, at most the number of stimuli (for a
+        summary, also at most its ranks: the ``top:`` of the layer entry).
     chunk_size : int, optional
         Stimuli per block (default: blocks of a sixteenth of the machine's memory, 128 MiB to 1 GiB).
+        Not used for a summary.
 
     Returns
     -------
@@ -45,7 +108,8 @@ def top_stimuli(
     Raises
     ------
     ConfigError
-        If ``k`` is not an integer between 1 and the number of stimuli.
+        If ``k`` is not an integer between 1 and the number of stimuli, or, for a
+        summary, is more than the ranks it kept.
 
     Notes
     -----
@@ -53,7 +117,19 @@ def top_stimuli(
     (skipped stimuli) are never ranked: a unit with fewer than ``k`` non-NaN
     responses gets ``stimulus = ""`` and ``response = NaN`` in its last ranks, and
     NaN/empty values in the parameter variables there.
+
+    A summary ranks with the same rules, on the float64 responses before any
+    storage rounding: on a ``keep: both`` recording stored as float32 (the
+    default) the result equals that of the full array.
+
+    Examples
+    --------
+    >>> top = top_stimuli(ur.load_layer("acts.h5", "layer3"), k=5)  # doctest: +SKIP
+    >>> top = top_stimuli(ur.load_summary("acts.h5", "layer3"), k=5)  # doctest: +SKIP
+    >>> top["stimulus"].sel(channel=7, y=3, x=3).values  # doctest: +SKIP
     """
+    if is_summary(da):
+        return _summary_top(da, k)
     pop = as_population(da)
     n = pop.n_stimuli
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
@@ -80,6 +156,8 @@ def top_stimuli(
         if coord.dims != (STIMULUS,) or name == STIMULUS or name in variables:
             continue
         values = np.asarray(coord.values)[order]
+        if values.dtype.kind == "O" and all(isinstance(v, str) for v in values.flat):
+            values = values.astype(str)  # text (labels decoded from the file): blank where missing
         if values.dtype.kind in "iub" and missing.any():
             values = values.astype(np.float64)
         if values.dtype.kind == "f":

@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 
 from unitrec.analysis._units import STIMULUS, UNIT, as_population, check_choice
+from unitrec.analysis.preferred import is_summary
 from unitrec.errors import ConfigError
 
 __all__ = ["lifetime_sparseness", "population_sparseness"]
@@ -13,14 +14,16 @@ __all__ = ["lifetime_sparseness", "population_sparseness"]
 _NEGATIVE = ("clip", "raise", "keep")
 
 
-def lifetime_sparseness(da: xr.DataArray, *, negative: str = "clip") -> xr.DataArray:
+def lifetime_sparseness(da: xr.DataArray | xr.Dataset, *, negative: str = "clip") -> xr.DataArray:
     """Sparseness of each unit across stimuli.
 
     Parameters
     ----------
-    da : xarray.DataArray
+    da : xarray.DataArray or xarray.Dataset
         Recording with first dim ``"stimulus"``; may be dask-backed (the result
         then stays lazy, except that ``negative="raise"`` computes one check).
+        Or a site's summary from :func:`unitrec.load_summary` (``keep: summary``
+        or ``both``), which holds the sums the measure is made of.
     negative : {"clip", "raise", "keep"}
         What to do with negative responses, which the measure is not defined for
         (it assumes firing rates): ``"clip"`` (default) sets them to 0, i.e.
@@ -45,10 +48,42 @@ def lifetime_sparseness(da: xr.DataArray, *, negative: str = "clip") -> xr.DataA
 
     over the ``n`` stimuli. NaN responses (skipped stimuli) are ignored: ``n`` is
     the number of non-NaN responses of each unit.
+
+    From a summary, ``"clip"`` gives its stored ``sparseness`` (accumulated in
+    float64 before any storage rounding: equal to the full array's to rounding on a
+    ``keep: both`` recording); ``"raise"`` checks its ``min``; ``"keep"`` is
+    computed from its ``mean`` and ``std`` (``Σr²/n = std² + mean²``).
+
+    Examples
+    --------
+    >>> s = lifetime_sparseness(ur.load_layer("acts.h5", "layer3"))  # doctest: +SKIP
+    >>> s = lifetime_sparseness(ur.load_summary("acts.h5", "layer3"))  # same values  # doctest: +SKIP
     """
+    if is_summary(da):
+        return _summary_sparseness(da, negative)
     pop = as_population(da)
     values = _treat_negative(pop.data, negative)
     return pop.restore(_sparseness(values, STIMULUS))
+
+
+def _summary_sparseness(ds: xr.Dataset, negative: str) -> xr.DataArray:
+    """:func:`lifetime_sparseness` from a summary's statistics."""
+    check_choice("negative", negative, _NEGATIVE)
+    lowest = float(ds["min"].min(skipna=True)) if ds["min"].size else 0.0
+    if negative == "raise" and lowest < 0:
+        raise ConfigError(
+            f"responses go down to {lowest:g} but sparseness needs r >= 0; "
+            "pass negative='clip' to rectify or negative='keep' to use them as is"
+        )
+    if negative == "keep" and lowest < 0:
+        n = int(ds["count"])
+        mean = ds["mean"]
+        mean_sq = ds["std"] ** 2 + mean**2
+        ratio = mean**2 / mean_sq.where(mean_sq != 0)
+        result = (1 - ratio) / (1 - 1 / n) if n > 1 else xr.full_like(mean, np.nan)
+    else:  # no negative response, or clipped: the stored measure of max(r, 0)
+        result = ds["sparseness"]
+    return result.drop_attrs(deep=False).rename("sparseness").astype(np.float64)
 
 
 def population_sparseness(da: xr.DataArray, *, negative: str = "clip") -> xr.DataArray:
@@ -80,6 +115,9 @@ def population_sparseness(da: xr.DataArray, *, negative: str = "clip") -> xr.Dat
 
 def _treat_negative(values: xr.DataArray, negative: str) -> xr.DataArray:
     check_choice("negative", negative, _NEGATIVE)
+    if values.dtype.kind == "f" and values.dtype.itemsize < 8:
+        # a lazily read file array is still float32/16 here: sum in float64 (lazy for dask)
+        values = values.astype(np.float64)
     if negative == "clip":
         return values.clip(min=0)
     if negative == "raise":
