@@ -286,11 +286,26 @@ def _one_line_warnings(show):
     return showwarning
 
 
+def _log_to_stdout() -> None:
+    """unitrec's own messages (``logging``, level INFO) on stdout, as plain lines."""
+    import logging
+
+    class Stdout(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(self.format(record), file=sys.stdout)  # today's sys.stdout, also when it was replaced
+
+    logger = logging.getLogger("unitrec")
+    if not any(type(h).__name__ == "Stdout" for h in logger.handlers):
+        logger.addHandler(Stdout())
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``unitrec`` and ``python -m unitrec``."""
     from .errors import UnitrecError
 
     args = _parser().parse_args(argv)
+    _log_to_stdout()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)

@@ -138,12 +138,14 @@ def _summary_names(h5: h5py.File) -> list[str]:
 
 
 def _stimulus_coords(h5: h5py.File) -> dict[str, tuple[str, np.ndarray]]:
-    names = ["stimulus", "done"] + [n for n in h5["done"].attrs.get("coordinates", "").split() if n]
+    listed = h5["done"].attrs.get("coordinates", "")
+    names = ["stimulus", "done"] + [n for n in (listed.decode() if isinstance(listed, bytes) else listed).split()
+                                    if n]
     out = {}
     for name in names:
         values = h5[name][...]
         if values.dtype.kind in "OS":
-            values = np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
+            values = np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=str)
         out[name] = ("stimulus", values)
     return out
 
@@ -195,7 +197,7 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
     import xarray as xr
 
     ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=chunks)
-    da = ds["activation"].assign_coords(coords)
+    da = _text_coords(ds["activation"].assign_coords(coords))
     da.attrs.update(attrs)
     da.name = layer
     if not include_missing:
@@ -341,6 +343,12 @@ def _pick(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.where(missing, np.nan, picked)
 
 
+def _text_coords(da: xr.DataArray) -> xr.DataArray:
+    """Text coordinates as fixed-width unicode, not Python objects: plotting and sorting need it."""
+    fix = {name: (c.dims, np.asarray(c.values).astype(str)) for name, c in da.coords.items() if c.dtype == object}
+    return da.assign_coords(fix) if fix else da
+
+
 def _no_site(layer: str, sites: list[str], path: str) -> str:
     """Every recorded site when there are few; else the closest names and how to list all."""
     if len(sites) <= 20:
@@ -386,8 +394,8 @@ def load_population(path: str | os.PathLike, layers: Sequence[str] | None = None
             if coord not in flat.coords:
                 flat = flat.assign_coords({coord: ("unit", np.full(n, np.nan))})
         if "source" not in flat.coords:
-            flat = flat.assign_coords(source=("unit", np.full(n, "", dtype=object)))
-        flat = flat.assign_coords(layer=("unit", np.full(n, name, dtype=object)))
+            flat = flat.assign_coords(source=("unit", np.full(n, "")))
+        flat = flat.assign_coords(layer=("unit", np.full(n, name)))
         extra = [c for c in flat.coords if "unit" in flat[c].dims and c not in
                  ("channel", "y", "x", "rf_center_y", "rf_center_x", "source", "source_index", "layer")]
         parts.append(flat.drop_vars(extra).transpose("stimulus", "unit"))

@@ -22,12 +22,13 @@ def output_lock(out: Path, *, wait: bool = False) -> Iterator[None]:
     was removed meanwhile (the inode no longer at the path) has locked nothing, and
     tries again on the new file.
     """
+    lock_path = out.with_name(out.name + ".lock")
     try:
         import fcntl
-    except ImportError:  # Windows: no advisory locks; HDF5's own locking still applies
-        yield
+    except ImportError:  # Windows: no fcntl; filelock's lock, with the same refusal
+        with _portable_lock(out, lock_path, wait):
+            yield
         return
-    lock_path = out.with_name(out.name + ".lock")
     for _ in range(100 if wait else 5):
         fh = open(lock_path, "a+")
         try:
@@ -52,3 +53,21 @@ def output_lock(out: Path, *, wait: bool = False) -> Iterator[None]:
     finally:
         lock_path.unlink(missing_ok=True)  # while still holding the lock
         fh.close()
+
+
+@contextlib.contextmanager
+def _portable_lock(out: Path, lock_path: Path, wait: bool) -> Iterator[None]:
+    import filelock
+
+    lock = filelock.FileLock(lock_path, timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise RecordingError(f"another process is writing {out} right now (lock {lock_path}); wait for it or "
+                             "choose another output") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        with contextlib.suppress(OSError):
+            lock_path.unlink()

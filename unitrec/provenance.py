@@ -68,6 +68,7 @@ def file_attrs(*, model: dict[str, Any], weights_sha256: str, preprocessing: str
     from .writer import FORMAT_VERSION
 
     key_text = json.dumps(key, sort_keys=True)
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return {
         "format": "unitrec",
         "format_version": FORMAT_VERSION,
@@ -85,5 +86,8 @@ def file_attrs(*, model: dict[str, Any], weights_sha256: str, preprocessing: str
         "run_key": key_text,
         "run_id": hashlib.sha256(key_text.encode()).hexdigest()[:16],
         "library_versions": json.dumps(library_versions()),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
+        "Conventions": "CF-1.10",
+        "title": f"unitrec recording: {model.get('name', '')} responses to {stimuli_description}",
+        "history": f"{created} unitrec {__version__}: recorded",
     }

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UnitrecWarning
 from .schema import Config, OutputSpec, parse
 
 __all__ = ["load_config", "run_config"]
+
+_log = logging.getLogger(__name__)
 
 
 def load_config(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Config, dict[str, Any], Path]:
@@ -96,10 +100,11 @@ def _report(path: Path, folder: Path) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("report skipped: figures need matplotlib (pip install 'unitrec[plots]')")
+        warnings.warn("report skipped: figures need matplotlib (pip install 'unitrec[plots]')", UnitrecWarning,
+                      stacklevel=3)
         return
     index = write_report(path, folder)
-    print(f"report: {index}")
+    _log.info("report: %s", index)
 
 
 def _stimuli(cfg: Config, base: Path, out: Path) -> Path:

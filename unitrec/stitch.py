@@ -124,6 +124,8 @@ def _write(dst: h5py.File, shards: list[h5py.File], listing: list[dict], out: Pa
     dst.attrs["status"] = "complete"
     dst.attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
     dst.attrs["stitched"] = "copy" if copy else "virtual"
+    dst.attrs["history"] = (f"{first.attrs.get('history', '')}\n{dst.attrs['finished']} stitched from "
+                            f"{len(shards)} shards ({dst.attrs['stitched']})").lstrip()
     dst.attrs["shards"] = json.dumps(listing)
 
 

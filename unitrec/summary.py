@@ -221,7 +221,7 @@ def write_finals(group: h5py.Group, state: State, top: int, unit_shape: tuple[in
         for axis, scale in enumerate(([rank] if ranked else []) + (scales if np.ndim(data) else [])):
             ds.dims[axis].attach_scale(scale)
         if coordinates and np.ndim(data):
-            ds.attrs["coordinates"] = coordinates
+            ds.attrs["coordinates"] = np.bytes_(coordinates.encode())  # NC_CHAR, as CF wants
     for name, field in (("rectified_sum", "pos_sum"), ("rectified_sum_sq", "pos_sq")):
         # what sparseness is made of, kept so that shards merge exactly
         ds = group.create_dataset(name, data=getattr(state, field).reshape(unit_shape))

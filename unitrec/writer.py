@@ -104,6 +104,26 @@ def chunk_shape(shape: tuple[int, ...], batch_size: int, itemsize: int) -> tuple
     return (max(rows, 1), *inner)
 
 
+_COORDINATE_NAMES = {  # CF long_name and units of the unit coordinates a site may carry
+    "rf_center_y": ("receptive field centre: row in input pixels", "1"),
+    "rf_center_x": ("receptive field centre: column in input pixels", "1"),
+    "source": ("module whose output these channels are, in a concatenation",),
+    "source_index": ("sources numbered in channel order",),
+}
+
+
+def _char(text: str) -> np.bytes_:
+    """A fixed-length string attribute (netCDF NC_CHAR, as CF wants for ``coordinates``)."""
+    return np.bytes_(text.encode())
+
+
+def _describe(ds: h5py.Dataset, long_name: str, units: str | None = None) -> None:
+    """CF ``long_name`` and ``units`` (``"1"``: a number without unit)."""
+    ds.attrs["long_name"] = long_name
+    if units is not None:
+        ds.attrs["units"] = units
+
+
 def _strings(values) -> np.ndarray:
     return np.array([str(v) for v in values], dtype=h5py.string_dtype())
 
@@ -176,19 +196,26 @@ class RecordingFile:
         done.attrs["flag_values"] = np.array([TODO, DONE, SKIPPED], dtype="u1")
         done.attrs["flag_meanings"] = "todo recorded skipped_undecodable"
         done.dims[0].attach_scale(stim)
+        _describe(stim, "stimulus: path relative to the stimulus folder, or position")
+        _describe(done, "recording state of each stimulus")
+        from .stimuli.generate import PARAMETER_UNITS
+
         for name, values in coords.items():
             ds = h5.create_dataset(name, data=_column(values))
             ds.dims[0].attach_scale(stim)
+            if name in PARAMETER_UNITS:
+                _describe(ds, PARAMETER_UNITS[name][1], PARAMETER_UNITS[name][0])
         if coords:
-            done.attrs["coordinates"] = " ".join(coords)
+            done.attrs["coordinates"] = _char(" ".join(coords))
         if files is not None:
             size, mtime = files
-            columns = {"file_size": (np.asarray(size, dtype=np.int64), "bytes"),
-                       "file_mtime_ns": (np.asarray(mtime, dtype=np.int64), "nanoseconds since 1970-01-01"),
-                       "file_sha256": (np.zeros(n, dtype="S64"), "hex SHA-256 of the bytes recorded")}
-            for name, (values, units) in columns.items():
+            columns = {"file_size": (np.asarray(size, dtype=np.int64), "byte", "size of the image file"),
+                       "file_mtime_ns": (np.asarray(mtime, dtype=np.int64), "nanoseconds since 1970-01-01",
+                                         "modification time of the image file"),
+                       "file_sha256": (np.zeros(n, dtype="S64"), None, "hex SHA-256 of the bytes recorded")}
+            for name, (values, units, long_name) in columns.items():
                 ds = h5.create_dataset(name, data=values)
-                ds.attrs["units"] = units
+                _describe(ds, long_name, units)
                 ds.dims[0].attach_scale(stim)
         for key, value in attrs.items():
             h5.attrs[key] = value
@@ -209,6 +236,8 @@ class RecordingFile:
             dim, values = coords[name]
             ds = g.create_dataset(name, data=_column(values))
             ds.dims[0].attach_scale(g[dim])
+            if name in _COORDINATE_NAMES:
+                _describe(ds, *_COORDINATE_NAMES[name])
         if site.summarised:  # the site's description on the group, where its summary will be
             g.attrs.update({**site.attrs(), "keep": site.spec.keep, "top": site.top})
             summaries.create_slots(g, int(np.prod(site.shape, dtype=np.int64)), site.top)
@@ -221,9 +250,11 @@ class RecordingFile:
         for i, dim in enumerate(dims):
             act.dims[i + 1].attach_scale(g[dim])
         if extra:
-            act.attrs["coordinates"] = " ".join(extra)
+            act.attrs["coordinates"] = _char(" ".join(extra))
         for key, value in site.attrs().items():
             act.attrs[key] = value
+        _describe(act, f"response of {site.module} ({site.call.type}, {site.capture}"
+                       f"{', call %d' % site.index if site.index else ''}): {site.selection.description}", "1")
 
     # ---------------------------------------------------------------- resume
     @classmethod

@@ -162,7 +162,7 @@ def rsa(rdm_a: xr.DataArray, rdm_b: xr.DataArray, method: str = "spearman") -> f
         from scipy import stats
     except ImportError as exc:
         raise UnitrecError(
-            "scipy is needed for method='kendall': pip install scipy "
+            "method='kendall' needs scipy: pip install 'unitrec[analysis]' "
             "(or use method='spearman')"
         ) from exc
     return float(stats.kendalltau(x, y).statistic)

@@ -22,6 +22,15 @@ from unitrec.errors import ConfigError
 
 __all__ = ["gabors", "gratings"]
 
+#: CF ``units`` and ``long_name`` of the parameters these generators write to metadata.csv.
+PARAMETER_UNITS = {
+    "orientation": ("degree", "orientation: 0 gives vertical bars, angles turn counter-clockwise"),
+    "spatial_frequency": ("1", "spatial frequency in cycles per image"),
+    "phase": ("degree", "phase of the sine at the image centre"),
+    "contrast": ("1", "Michelson contrast (peak contrast for Gabors)"),
+    "sigma": ("1", "Gaussian envelope sigma as a fraction of the image size"),
+}
+
 METADATA = "metadata.csv"
 MARKER = ".unitrec-generated"  # hidden, so find_stimuli skips it
 _OURS = re.compile(r"(grating|gabor)_ori\S*\.(png|bmp|tiff|jpg)")  # the images _filename names
