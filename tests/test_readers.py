@@ -68,3 +68,65 @@ def test_stitched_history_says_so(tmp_path):
     with h5py.File(path) as h5:
         lines = h5.attrs["history"].splitlines()
     assert lines[0].endswith("recorded") and lines[1].endswith("stitched from 2 shards (virtual)")
+
+
+# ------------------------------------------------------------------ readers × storage
+_READERS = {
+    "h5py": "import h5py; print(h5py.File(PATH)['0/activation'][:].shape)",
+    "h5netcdf": "import xarray as xr; print(xr.open_datatree(PATH, engine='h5netcdf')['0'].activation.values.shape)",
+    "netCDF4": "import netCDF4; print(netCDF4.Dataset(PATH).groups['0'].variables['activation'][:].shape)",
+    "xarray-netcdf4": "import xarray as xr; print(xr.open_datatree(PATH, engine='netcdf4')['0'].activation.values.shape)",
+}
+
+
+def _read(reader: str, path, env=None) -> int:
+    import os
+    import subprocess
+    import sys
+
+    code = _READERS[reader].replace("PATH", repr(str(path)))
+    clean = {k: v for k, v in os.environ.items() if k != "HDF5_PLUGIN_PATH"}  # as a fresh shell has it
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **(env or {})})
+    if res.returncode == 0:
+        assert res.stdout.strip() == "(4, 2, 6, 6)"
+    return res.returncode
+
+
+@pytest.fixture(scope="module")
+def storages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("storage")
+    model = nn.Sequential(nn.Conv2d(3, 2, 3)).eval()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name, kwargs in {"float32": {}, "float16": {"dtype": "float16"}, "zstd": {"compression": "zstd"}}.items():
+        out[name] = ur.record(model, x, ["0"], root / f"{name}.h5", progress=False, **kwargs)
+    return out
+
+
+@pytest.mark.slow  # a fresh interpreter per reader and storage
+def test_which_reader_reads_which_storage(storages):
+    """The table in the README ("Reading the file elsewhere"), reader by reader."""
+    pytest.importorskip("netCDF4")
+    import hdf5plugin
+
+    plugins = {"HDF5_PLUGIN_PATH": hdf5plugin.PLUGIN_PATH}
+    for reader in _READERS:
+        assert _read(reader, storages["float32"]) == 0, reader
+    assert _read("h5py", storages["float16"]) == 0 and _read("h5netcdf", storages["float16"]) == 0
+    assert _read("netCDF4", storages["float16"]) != 0  # netCDF has no half-float type: netCDF-C crashes
+    assert _read("xarray-netcdf4", storages["float16"]) != 0
+    assert _read("h5py", storages["zstd"]) != 0  # no filter without hdf5plugin ...
+    for reader in ("h5py", "h5netcdf", "netCDF4"):  # ... found through HDF5_PLUGIN_PATH
+        assert _read(reader, storages["zstd"], plugins) == 0, reader
+    assert _read("netCDF4", storages["zstd"]) == 0  # the netCDF4 wheel brings its own Zstd filter
+
+
+def test_unitrec_reads_every_storage_and_info_warns_about_float16(storages, capsys):
+    from unitrec.cli import main
+
+    for path in storages.values():
+        assert ur.load_layer(path, "0").shape == (4, 2, 6, 6)
+    main(["info", str(storages["float16"]), "--no-config"])
+    assert "netCDF-C readers" in capsys.readouterr().out
+    main(["info", str(storages["zstd"]), "--no-config"])
+    assert "HDF5_PLUGIN_PATH" in capsys.readouterr().out

@@ -92,6 +92,18 @@ def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> No
               f"including model set-up {seconds:.1f} s)")
 
 
+def _reader_notes(info: dict) -> list[str]:
+    """What other programs need to read this file's storage (the README's reader table)."""
+    notes = []
+    if any(site.get("dtype") == "float16" for site in info["sites"]):
+        notes.append("note: float16 data: netCDF-C readers (netCDF4-python, xarray engine='netcdf4', ncdump) "
+                     "crash on it; read it with unitrec, h5py or xarray engine='h5netcdf'")
+    if any(site.get("compression") == "zstd" for site in info["sites"]):
+        notes.append("note: zstd-compressed: h5py/xarray need `import hdf5plugin`, other HDF5 programs "
+                     "HDF5_PLUGIN_PATH=$(python -c 'import hdf5plugin; print(hdf5plugin.PLUGIN_PATH)')")
+    return notes
+
+
 def _kept(site: dict) -> str:
     """What a summary site holds, for the site lines of `info` and of a run's report."""
     if site.get("keep", "full") == "full":
@@ -168,6 +180,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         dims = ", ".join(f"{d}={n}" for d, n in zip(site["dims"], site["shape"]))
         rf = f"  rf {_rows_by_cols(site['rf_size'].tolist())} px" if "rf_size" in site else ""
         print(f"  {site['name']:<28} {site.get('module_type', ''):<18} ({dims}) {site['dtype']}{rf}{_kept(site)}")
+    print(*_reader_notes(info), sep="\n", end="\n" if _reader_notes(info) else "")
     for reason in info["skipped"][:10]:
         print(f"skipped: {reason}")
     if len(info["skipped"]) > 10:

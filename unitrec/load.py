@@ -299,6 +299,14 @@ def load_summary(path: str | os.PathLike, layer: str) -> xr.Dataset:
     return xr.Dataset(variables, coords={"rank": np.arange(top), **unit_coords, **table}, attrs=attrs)
 
 
+def _zstd(ds: h5py.Dataset) -> bool:
+    """Whether a dataset (or, virtual, its first source) is stored with the Zstd filter (id 32015)."""
+    if ds.is_virtual:
+        return False  # the shards say; their compression is the recording's
+    plist = ds.id.get_create_plist()
+    return any(plist.get_filter(i)[0] == 32015 for i in range(plist.get_nfilters()))
+
+
 def _summary_count(h5: h5py.File, group: h5py.Group) -> int:
     """How many stimuli a summary holds (finished, or saved so far in a partial file)."""
     from . import summary as summaries
@@ -434,6 +442,8 @@ def recording_info(path: str | os.PathLike) -> dict[str, Any]:
                 dims = [act.dims[i][0].name.rsplit("/", 1)[-1] for i in range(act.ndim)]
                 entry = {"name": key, "dims": dims, "shape": act.shape, "dtype": str(act.dtype),
                          **{k: act.attrs[k] for k in ("module_type", "selection", "rf_size") if k in act.attrs}}
+                if _zstd(act):
+                    entry["compression"] = "zstd"
             elif keep == "summary":
                 dims = _unit_dims(group, group["mean"] if "mean" in group else None)
                 entry = {"name": key, "dims": dims, "shape": tuple(group[d].shape[0] for d in dims),
