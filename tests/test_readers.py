@@ -130,3 +130,23 @@ def test_unitrec_reads_every_storage_and_info_warns_about_float16(storages, caps
     assert "netCDF-C readers" in capsys.readouterr().out
     main(["info", str(storages["zstd"]), "--no-config"])
     assert "HDF5_PLUGIN_PATH" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ converters
+def test_to_rsatoolbox_keeps_every_label_and_gives_our_rdm(gratings_file):
+    rsatoolbox = pytest.importorskip("rsatoolbox")
+    from unitrec.convert import to_rsatoolbox
+
+    da = ur.load_layer(gratings_file, "1")
+    data = to_rsatoolbox(da)
+    assert data.measurements.shape == (4, 4 * 14 * 14)
+    assert list(data.obs_descriptors["stimulus"]) == list(da.stimulus.values)
+    np.testing.assert_array_equal(data.obs_descriptors["orientation"], da.orientation.values)
+    assert {"channel", "y", "x", "rf_center_y", "rf_center_x"} <= set(data.channel_descriptors)
+    np.testing.assert_array_equal(data.channel_descriptors["channel"][:3], [0, 0, 0])  # C order: x fastest
+    np.testing.assert_array_equal(data.channel_descriptors["x"][:3], [0, 1, 2])
+    assert data.descriptors["site"] == "1" and data.descriptors["run_id"]
+    theirs = rsatoolbox.rdm.calc_rdm(data, method="correlation").get_matrices()[0]
+    np.testing.assert_allclose(theirs, A.rdm(da).values, atol=1e-12)
+    pop = to_rsatoolbox(ur.load_population(gratings_file))
+    assert set(pop.channel_descriptors["layer"]) == {"1", "3"}
