@@ -64,3 +64,10 @@ def test_every_public_name_still_resolves():
         assert getattr(ur, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ur.nope  # noqa: B018
+
+
+def test_the_record_submodule_does_not_hide_the_record_function():
+    code = ("import unitrec.run, unitrec.record, unitrec as ur; "
+            "print(callable(ur.record) and ur.record.__module__ == 'unitrec.record')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

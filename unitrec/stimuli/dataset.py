@@ -304,24 +304,27 @@ def _coord_name(col: str) -> str:
 
 
 def _typed(values: list[str | None]) -> tuple[np.ndarray, int]:
-    """Numbers if every filled cell is one, else text; also how many cells are empty.
+    """Numbers if every filled cell is one (pandas' parser), else text; also how many cells are empty.
 
     Empty cells (``""``, blanks, or ``None`` for a row shorter than the header) are
     NaN in numbers (so integers become floats) and ``""`` in text.
     """
-    empty = np.array([v is None or not v.strip() for v in values], dtype=bool)
+    import pandas as pd
+
+    cells = pd.Series(["" if v is None else v for v in values], dtype=object).str.strip()
+    empty = cells.eq("").to_numpy()
     n_empty = int(empty.sum())
-    filled = [v for v, e in zip(values, empty) if not e]
-    for kind in (int, float) if filled else ():
+    if n_empty < len(values):
         try:
-            numbers = np.array([kind(v) for v in filled])
-        except ValueError:
-            continue
-        if not n_empty:
-            return numbers, 0
-        column = np.full(len(values), np.nan)
-        column[~empty] = numbers
-        return column, n_empty
+            numbers = pd.to_numeric(cells[~empty], errors="raise").to_numpy()
+        except (ValueError, TypeError):
+            numbers = None
+        if numbers is not None and numbers.dtype.kind in "iuf":
+            if not n_empty:
+                return numbers, 0
+            column = np.full(len(values), np.nan)
+            column[~empty] = numbers
+            return column, n_empty
     return np.array(["" if e else v for v, e in zip(values, empty)], dtype=object), n_empty
 
 
