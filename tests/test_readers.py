@@ -150,3 +150,26 @@ def test_to_rsatoolbox_keeps_every_label_and_gives_our_rdm(gratings_file):
     np.testing.assert_allclose(theirs, A.rdm(da).values, atol=1e-12)
     pop = to_rsatoolbox(ur.load_population(gratings_file))
     assert set(pop.channel_descriptors["layer"]) == {"1", "3"}
+
+
+def test_a_site_opened_alone_has_every_stimulus_coordinate(gratings_file, tmp_path):
+    for path in (gratings_file, _stitched_gratings(gratings_file, tmp_path)):
+        alone = xr.open_dataset(path, group="1", engine="h5netcdf")
+        want = ur.load_layer(path, "1")
+        np.testing.assert_array_equal(alone["stimulus_id"].astype(str).values, want["stimulus"].values)
+        np.testing.assert_array_equal(alone["orientation"].values, want["orientation"].values)
+        site = xr.open_datatree(path, engine="h5netcdf")["1"]
+        assert {"orientation", "spatial_frequency", "stimulus_id"} <= set(site.coords)
+        assert "stimulus_id" not in want.coords  # load_layer has them as the stimulus index already
+
+
+def _stitched_gratings(single, tmp_path):
+    """The same recording in 2 shards, stitched."""
+    stim = single.parent / "stim"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3)).eval()
+    transform = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)  # noqa: E731
+    for i in range(2):
+        path = ur.record(model, stim, ["1", "3"], tmp_path / "st.h5", batch_size=2, progress=False,
+                         transform=transform, shard=(i, 2))
+    return path

@@ -113,6 +113,8 @@ def _write(dst: h5py.File, shards: list[h5py.File], listing: list[dict], out: Pa
                     continue  # merged below, once the site's dimension scales exist
                 if child == "activation":
                     _activation(group, [s[path] for s in shards], listing, out, copy)
+                elif _on_stimulus(ds):  # a site's copy of a stimulus coordinate: every shard's rows
+                    _concatenate(group, child, [s[path] for s in shards])
                 else:
                     _copy_attrs(ds, group.create_dataset(child, data=ds[...], dtype=ds.dtype))
                 datasets.append(path)
@@ -139,6 +141,11 @@ def _merge_summary(group: h5py.Group, parts: list[h5py.Group], listing: list[dic
     coordinates = ref.attrs.get("coordinates", "")
     summaries.write_finals(group, state, top, ref.shape, [group[d] for d in dims],
                            coordinates.decode() if isinstance(coordinates, bytes) else str(coordinates))
+
+
+def _on_stimulus(ds: h5py.Dataset) -> bool:
+    """A dataset whose first dim is the file's stimulus dim (one value per row)."""
+    return ds.ndim >= 1 and any(scale.name == "/stimulus" for scale in ds.dims[0].values())
 
 
 def _copy_attrs(src, dst) -> None:

@@ -112,6 +112,28 @@ _COORDINATE_NAMES = {  # CF long_name and units of the unit coordinates a site m
 }
 
 
+#: The stimulus labels as a site group's copy names them (a group cannot hold the root's `stimulus` scale).
+STIMULUS_ID = "stimulus_id"
+
+
+def _stimulus_copies(h5: h5py.File, group: h5py.Group) -> list[str]:
+    """Copy the stimulus labels and coordinates into a site group, on the root's `stimulus` dim.
+
+    netCDF readers open a group without its parents' variables (and xarray's
+    DataTree passes only indexed coordinates down), so a site opened alone would
+    otherwise have no labels. Returns the names, for the `coordinates` attribute.
+    """
+    names = [n for n in _text(h5["done"].attrs.get("coordinates", "")).split() if n]
+    copies = {STIMULUS_ID: h5["stimulus"], **{n: h5[n] for n in names}}
+    for name, src in copies.items():
+        ds = group.create_dataset(name, data=src[...], dtype=src.dtype)
+        for key in ("long_name", "units"):
+            if key in src.attrs:
+                ds.attrs[key] = src.attrs[key]
+        ds.dims[0].attach_scale(h5["stimulus"])
+    return list(copies)
+
+
 def _char(text: str) -> np.bytes_:
     """A fixed-length string attribute (netCDF NC_CHAR, as CF wants for ``coordinates``)."""
     return np.bytes_(text.encode())
@@ -249,8 +271,9 @@ class RecordingFile:
         act.dims[0].attach_scale(h5["stimulus"])
         for i, dim in enumerate(dims):
             act.dims[i + 1].attach_scale(g[dim])
-        if extra:
-            act.attrs["coordinates"] = _char(" ".join(extra))
+        per_stimulus = _stimulus_copies(h5, g)
+        if extra or per_stimulus:
+            act.attrs["coordinates"] = _char(" ".join(extra + per_stimulus))
         for key, value in site.attrs().items():
             act.attrs[key] = value
         _describe(act, f"response of {site.module} ({site.call.type}, {site.capture}"
