@@ -14,7 +14,7 @@ import json
 import os
 import re
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence, Union
 
 import h5py
 import numpy as np
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     import xarray as xr  # imported where used: `unitrec info` reads the file with h5py alone
 
 __all__ = ["load_layer", "load_population", "load_summary", "open_recording", "recording_info", "summaries_in"]
+
+#: What ``chunks=`` accepts (as xarray's ``open_dataset``): None for lazy numpy-backed
+#: arrays, or dask chunks: ``"auto"``, an int, or a mapping of dim name to chunk size
+#: (``{}``: the file's own chunks).
+Chunks = Union[int, Literal["auto"], Mapping[str, Union[int, Literal["auto"], tuple[int, ...], None]], None]
 
 _PROVENANCE = ("model", "model_description", "weights", "weights_sha256", "preprocessing", "run_id",
                "unitrec_version", "status", "stimulus_set_sha256", "stimulus_root")
@@ -97,7 +102,7 @@ def _unreadable(path: str, exc: OSError) -> str:
             "copy it again or record it again")
 
 
-def open_recording(path: str | os.PathLike, *, chunks: Any = None) -> xr.DataTree:
+def open_recording(path: str | os.PathLike, *, chunks: Chunks = None) -> xr.DataTree:
     """Open a recording lazily as a DataTree: one child per site.
 
     Parameters
@@ -156,7 +161,7 @@ def _root_attrs(h5: h5py.File) -> dict[str, Any]:
     return attrs
 
 
-def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
+def load_layer(path: str | os.PathLike, layer: str, *, chunks: Chunks = None,
                include_missing: bool = False) -> xr.DataArray:
     """One site's responses as a labelled DataArray.
 
@@ -197,7 +202,8 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Any = None,
     import xarray as xr
 
     ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=chunks)
-    da = _text_coords(ds["activation"].assign_coords(coords))
+    da = ds["activation"].drop_vars([c for c in ds["activation"].coords if c == "stimulus_id"])
+    da = _text_coords(da.assign_coords(coords))
     da.attrs.update(attrs)
     da.name = layer
     if not include_missing:
@@ -367,7 +373,7 @@ def _no_site(layer: str, sites: list[str], path: str) -> str:
 
 
 def load_population(path: str | os.PathLike, layers: Sequence[str] | None = None, *,
-                    chunks: Any = None, include_missing: bool = False) -> xr.DataArray:
+                    chunks: Chunks = None, include_missing: bool = False) -> xr.DataArray:
     """Sites side by side as one population: dims ``(stimulus, unit)``.
 
     Every unit carries ``layer``, ``channel``, ``y`` and ``x`` coordinates (``-1``

@@ -14,7 +14,7 @@ import datetime as _dt
 import hashlib
 import json
 import platform
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -41,10 +41,10 @@ def library_versions() -> dict[str, str]:
 
 def run_key(*, model: dict[str, Any], weights_sha256: str, preprocessing: str, sites: list[dict],
             stimuli_sha256: str, n_stimuli: int, dtype: str, device: str,
-            background: tuple[int, int, int] | None = None,
+            background: Sequence[int] | None = None,
             stimuli_description: str | None = None) -> dict[str, Any]:
     """The facts that must match for a partial recording to be resumed (or a finished one reused)."""
-    key = {
+    key: dict[str, Any] = {
         "model": model.get("name"),
         "weights": weights_sha256,
         "preprocessing": preprocessing,

@@ -144,7 +144,7 @@ def propagate(
         first_shape, first_field = inputs[0]
         if len(first_shape) < 3:
             return None
-        return _window(name, _bind(name, args, kwargs), first_field, tuple(first_shape[-2:]))
+        return _window(name, _bind(name, args, kwargs), first_field, (first_shape[-2], first_shape[-1]))
     spatial = [(s, f) for s, f in inputs if len(s) >= 3]
     if not spatial or any(tuple(s[-2:]) != tuple(out_shape[-2:]) for s, _ in spatial):
         return None  # reshapes, interpolation, ...: unknown geometry

@@ -24,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, cast
 
 import numpy as np
 import torch
@@ -37,9 +37,9 @@ from .model import state_dict_sha256
 from .preprocess import build_transform, describe_transform
 from .provenance import file_attrs, run_key
 from .recorder import Recorder
-from .schema import parse_layers
+from .schema import Layers, parse_layers
 from .sites import Site, resolve_sites
-from .stimuli.dataset import StimulusSet, as_stimulus_set, collate
+from .stimuli.dataset import Stimuli, StimulusSet, as_stimulus_set, collate
 from .text import human_size
 from .writer import (AsyncWriter, RecordingFile, check_finished, creating_path,
                      partial_path, reserve_margin, reserved_names)
@@ -58,18 +58,20 @@ class Job:
     """How a recording is made: the settings that travel together through ``record``.
 
     Built once from ``record()``'s arguments (or a config's ``record`` section) and
-    checked here, so every later function receives one validated object.
+    checked here, so every later function receives one validated object. `device`
+    may be given as a str (``"cuda:1"``); it is stored as a :class:`torch.device`.
+    `background` is an RGB colour, checked when the images are loaded.
     """
 
     batch_size: int = 32
     device: torch.device = torch.device("cpu")
     num_workers: int = 0
     progress: bool = True
-    dtype: str = "float32"
-    compression: str | None = None
+    dtype: Literal["float32", "float16"] = "float32"
+    compression: Literal["zstd"] | None = None
     stop_early: bool = True
-    on_error: str = "skip"
-    background: tuple[int, int, int] = (255, 255, 255)
+    on_error: Literal["skip", "raise"] = "skip"
+    background: tuple[int, ...] = (255, 255, 255)
     overwrite: bool = False
     shard: tuple[int, int] | None = None  # (index, count): record one contiguous part of the rows
 
@@ -104,19 +106,19 @@ class Job:
 
 def record(
     model: nn.Module,
-    stimuli: Any,
-    layers: Any,
-    out: str | os.PathLike,
+    stimuli: Stimuli,
+    layers: Layers,
+    out: str | os.PathLike[str],
     *,
-    transform: Callable | None = None,
+    transform: Callable[[Any], torch.Tensor] | None = None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     progress: bool = True,
-    dtype: str = "float32",
-    compression: str | None = None,
+    dtype: Literal["float32", "float16"] = "float32",
+    compression: Literal["zstd"] | None = None,
     stop_early: bool = True,
-    on_error: str = "skip",
+    on_error: Literal["skip", "raise"] = "skip",
     background: Sequence[int] = (255, 255, 255),
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
@@ -134,7 +136,7 @@ def record(
     layers
         Site names (``"layer3.5"``, ``"layer1.0.relu:2"``, ``"fc@input"``) or layer
         entries (dicts with ``name`` and ``units``/``channels``/``positions``/``pool``/
-        ``sample``), see docs/design.md.
+        ``sample``), see docs/design.md, "Layer entries".
     out
         Path of the finished file. Until it is finished the data lives in
         ``<out>.partial.h5``; rerunning the same job resumes it.
@@ -189,7 +191,8 @@ def record(
     from .shards import launched_shard
 
     shard, device, progress = launched_shard(shard, device, progress)
-    job = Job(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress, dtype=dtype,
+    # Job.__post_init__ turns a str device into a torch.device (and a bad one into ConfigError)
+    job = Job(batch_size=batch_size, device=cast(torch.device, device), num_workers=num_workers, progress=progress, dtype=dtype,
               compression=compression, stop_early=stop_early, on_error=on_error,
               background=tuple(background), overwrite=overwrite, shard=shard)
     out = _check_output(out)
@@ -223,6 +226,7 @@ def record(
         return path
     from .shards import stitch_if_complete
 
+    assert job.shard is not None  # only a shard records into another file than `out`
     return stitch_if_complete(out, job.shard[1]) or path
 
 

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, RecordingError
+from .schema import Layers
 from .sites import Site, resolve_sites
-from .trace import _first_tensor
+from .trace import Trace, _first_tensor
 
 __all__ = ["Recorder"]
 
@@ -43,7 +44,8 @@ class Recorder:
         The network.
     layers
         Site names or layer entries (dicts with ``name``, ``units``, ``channels``,
-        ``positions``, ``pool``, ``sample``, ``capture``).
+        ``positions``, ``pool``, ``sample``, ``capture``), see docs/design.md,
+        "Layer entries".
     input_size
         ``(channels, height, width)`` of one input, used once to map the model
         (call counts, shapes, receptive fields) when the block is entered.
@@ -58,15 +60,15 @@ class Recorder:
     torch.Size([2, 64, 16, 16])
     """
 
-    def __init__(self, model: nn.Module, layers: Any, *, input_size: Sequence[int] = (3, 224, 224),
+    def __init__(self, model: nn.Module, layers: Layers, *, input_size: Sequence[int] = (3, 224, 224),
                  example: torch.Tensor | None = None) -> None:
         self.model = model
         self._layers = layers
         self._input_size = tuple(input_size)
         self._example = example
         self.sites: list[Site] = []
-        self.trace = None
-        self._handles: list[Any] = []
+        self.trace: Trace | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._counts: dict[str, int] = {}
         self._seen: set[str] = set()
         self._stop_at: Site | None = None
@@ -74,7 +76,7 @@ class Recorder:
         self._batches: dict[str, list[torch.Tensor]] = {}
 
     @classmethod
-    def from_sites(cls, model: nn.Module, sites: list[Site], trace: Any) -> Recorder:
+    def from_sites(cls, model: nn.Module, sites: list[Site], trace: Trace) -> Recorder:
         """A recorder for sites already resolved against `model` (no second trace)."""
         rec = cls(model, [s.spec for s in sites])
         rec.sites, rec.trace = sites, trace

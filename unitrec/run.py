@@ -6,7 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 
 import yaml
 
@@ -48,6 +48,12 @@ def load_config(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Config, 
     return parse(Config, raw), raw, base
 
 
+@overload
+def _resolve(base: Path, value: str) -> Path: ...
+@overload
+def _resolve(base: Path, value: None) -> None: ...
+@overload
+def _resolve(base: Path, value: str | None) -> Path | None: ...
 def _resolve(base: Path, value: str | None) -> Path | None:
     if value is None:
         return None
@@ -110,6 +116,7 @@ def _report(path: Path, folder: Path) -> None:
 def _stimuli(cfg: Config, base: Path, out: Path) -> Path:
     spec = cfg.stimuli
     if spec.generate is None:
+        assert spec.path is not None  # StimuliSpec asks for path or generate
         return _resolve(base, spec.path)
     from .stimuli import generate
 

@@ -7,7 +7,7 @@ and lists the valid keys. :func:`parse` turns pydantic's report into a short
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Type, TypeVar, Union
+from typing import Any, Literal, Mapping, Optional, Sequence, Type, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -109,6 +109,13 @@ class LayerSpec(_Strict):
         return self.name + ("@input" if self.capture == "input" and "@" not in self.name else "")
 
 
+#: One layer entry: a site name, a mapping of :class:`LayerSpec`'s keys (see
+#: docs/design.md, "Layer entries") or a LayerSpec.
+LayerEntry = Union[str, Mapping[str, Any], LayerSpec]
+#: What ``layers=`` accepts: one entry (a name, a dict or a LayerSpec) or a sequence of entries.
+Layers = Union[str, dict[str, Any], LayerSpec, Sequence[LayerEntry]]
+
+
 class ModelSpec(_Strict):
     name: str
     weights: Optional[str] = None
@@ -153,9 +160,9 @@ class PreprocessSpec(_Strict):
 
 
 class RecordSpec(_Strict):
-    batch_size: int = Field(32, gt=0, strict=True)
+    batch_size: int = Field(default=32, gt=0, strict=True)
     device: str = "cpu"
-    num_workers: int = Field(0, ge=0, strict=True)
+    num_workers: int = Field(default=0, ge=0, strict=True)
     dtype: Literal["float32", "float16"] = "float32"
     compression: Optional[Literal["zstd"]] = None
     stop_early: bool = True
@@ -238,7 +245,7 @@ def parse(model: Type[T], data: Any, what: str = "config") -> T:
         raise ConfigError(_message(exc, what, model)) from None
 
 
-def parse_layers(layers: Any) -> list[LayerSpec]:
+def parse_layers(layers: Layers) -> list[LayerSpec]:
     """Layer entries (names or dicts) to validated :class:`LayerSpec` objects."""
     if isinstance(layers, (str, dict, LayerSpec)):
         layers = [layers]

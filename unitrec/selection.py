@@ -8,7 +8,7 @@ selection knows the labels of what it keeps, so the file can say which unit is w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ class Selection:
     channel: np.ndarray | None = None
     y: np.ndarray | None = None
     x: np.ndarray | None = None
-    pool: str | None = None
+    pool: Literal["mean", "max"] | None = None
     description: str = "all units"
     _channels: np.ndarray | None = None  # channel subset to take first (dense/pooled)
     _flat: np.ndarray | None = None  # flattened unit indices (units)
@@ -50,6 +50,7 @@ class Selection:
         """Reduce a batch ``(N, *site_shape)`` to ``(N, *self.shape)`` on its device."""
         channels, flat = self._indices(t.device)
         if self.kind == "units":
+            assert flat is not None  # a "units" selection always has its flat indices
             return t.reshape(t.shape[0], -1).index_select(1, flat)
         if channels is not None:
             t = t.index_select(1, channels)
@@ -66,7 +67,7 @@ def _dims(shape: Sequence[int]) -> tuple[str, ...]:
     return tuple(f"dim_{i + 1}" for i in range(len(shape)))
 
 
-def _check(name: str, what: str, values: Sequence[int], size: int) -> np.ndarray:
+def _check(name: str, what: str, values: Iterable[int], size: int) -> np.ndarray:
     arr = np.asarray(list(values), dtype=np.int64).reshape(-1)
     bad = arr[(arr < 0) | (arr >= size)]
     if bad.size:
@@ -95,7 +96,7 @@ def make_selection(
     units: str | None = None,
     channels: Sequence[int] | None = None,
     positions: Sequence[Sequence[int]] | None = None,
-    pool: str | None = None,
+    pool: Literal["mean", "max"] | None = None,
     sample: int | None = None,
     seed: int = 0,
 ) -> Selection:
@@ -152,6 +153,7 @@ def make_selection(
         what = "centre position" if units == "center" else f"{len(pos)} positions"
         return _units(shape, flat, f"{len(kept)} channels × {what}")
     # channels alone: every position of those channels, kept as a dense map
+    assert ch is not None  # no other mode was asked for, so channels were
     return Selection("dense", _dims(shape), (len(ch),) + shape[1:], channel=ch,
                      description=f"{len(ch)} channels, all positions", _channels=ch)
 

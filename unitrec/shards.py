@@ -20,13 +20,18 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from .errors import ConfigError, RecordingError, UnitrecWarning
 from .lock import output_lock
+
+if TYPE_CHECKING:
+    import torch
+
+    from .record import Job
 
 __all__ = ["Part", "check_counts", "check_shard", "job_key", "launched_shard", "merge", "parse_shard", "plan",
            "shard_folder", "shard_part", "shard_path", "stitch_if_complete"]
@@ -118,10 +123,11 @@ class Part:
         return cls(d["index"], d["count"], d["rows"][0], d["rows"][1], d["of"], d["batch_size"])
 
 
-def shard_part(path: Path, n_stimuli: int, job: Any) -> Part:
+def shard_part(path: Path, n_stimuli: int, job: Job) -> Part:
     """This shard's rows. The batch size is the one the shard's own file (finished or
     unfinished), else a finished sibling, was recorded with, so that every shard of a
     job cuts the list at the same places; otherwise the one asked for."""
+    assert job.shard is not None  # called for a shard's job only
     index, count = job.shard
     batch = job.batch_size
     if not job.overwrite:
@@ -153,7 +159,8 @@ def _stored_batch_size(path: Path) -> int | None:
 
 
 # ------------------------------------------------------------------ torchrun
-def launched_shard(shard: Any, device: Any, progress: bool) -> tuple[Any, Any, bool]:
+def launched_shard(shard: tuple[int, int] | None, device: str | torch.device,
+                   progress: bool) -> tuple[tuple[int, int] | None, str | torch.device, bool]:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1): this process's shard, device and progress bar.
 
     Rank ``RANK`` of ``WORLD_SIZE`` records that shard, on ``cuda:LOCAL_RANK`` when the

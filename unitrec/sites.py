@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import LayerNotFoundError, RecordingError
 from .receptive_field import Field, finite
-from .schema import LayerSpec, parse_layers
+from .schema import Layers, LayerSpec, parse_layers
 from .selection import Selection, make_selection
 from .trace import Call, Trace, trace_model
 
@@ -98,12 +98,14 @@ class Site:
         if src is not None:
             dim = "unit" if sel.kind == "units" else "channel"
             # sources numbered in channel order (of the whole site), for groupby in that order
+            assert self.call.sources is not None  # src is None without them
             order = {label: i for i, label in enumerate(dict.fromkeys(s for s, _ in self.call.sources))}
             out["source"] = (dim, np.array(src, dtype=object))
             out["source_index"] = (dim, np.array([order[s] for s in src], dtype=np.int64))
         fld = self.field
         if fld is not None and sel.kind != "pooled" and len(full) == 3:
             if sel.kind == "units":
+                assert sel.y is not None and sel.x is not None  # units of a (channel, y, x) site
                 out["rf_center_y"] = ("unit", np.array([fld.y.center(v) for v in sel.y], float))
                 out["rf_center_x"] = ("unit", np.array([fld.x.center(v) for v in sel.x], float))
             else:
@@ -155,7 +157,7 @@ def _not_found(name: str, trace: Trace, model_name: str | None) -> LayerNotFound
 
 def resolve_sites(
     model: nn.Module,
-    layers: Any,
+    layers: Layers,
     example: torch.Tensor | None = None,
     *,
     trace: Trace | None = None,
@@ -291,8 +293,8 @@ def list_layers(
             name=name, type=call.type, output_shape=shape,
             units=int(np.prod(shape)) if shape is not None else 0,
             calls=trace.counts[call.module],
-            rf_size=tuple(map(finite, fld.size)) if fld else None,
-            rf_stride=tuple(map(finite, fld.stride)) if fld else None,
+            rf_size=(finite(fld.size[0]), finite(fld.size[1])) if fld else None,
+            rf_stride=(finite(fld.stride[0]), finite(fld.stride[1])) if fld else None,
             sources=call.sources,
         ))
     return rows

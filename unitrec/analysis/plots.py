@@ -9,7 +9,7 @@ it with ``fig.savefig(path)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,12 +101,12 @@ def plot_tuning_curves(
             ax.axvline(float(preferred), ls="--", lw=0.8, color="grey")
         sel = float(tuning_ds["selectivity"].isel(where).values)
         ax.set_title(f"{_unit_name(mean.isel(where), where)}  SI={sel:.2f}", fontsize=8)
-        ax.set_xlabel(by, fontsize=8)
+        ax.set_xlabel(str(by), fontsize=8)  # a dim name; matplotlib shows str() of it anyway
         ax.tick_params(labelsize=7)
     return fig
 
 
-def _unit_name(curve: xr.DataArray, where: dict[str, Any]) -> str:
+def _unit_name(curve: xr.DataArray, where: Mapping[Hashable, Any]) -> str:
     """``channel=3, y=1, x=2`` from the unit's coords, else from its positions."""
     # the unit's identity, not every scalar coordinate it carries
     shown = ("channel", "y", "x", "unit")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import numpy as np
 import xarray as xr
 
@@ -21,7 +23,7 @@ RANK = "rank"
 _TOP = "top_"
 
 
-def is_summary(obj: object) -> bool:
+def is_summary(obj: object) -> TypeGuard[xr.Dataset]:
     """Whether ``obj`` is a site's summary (:func:`unitrec.load_summary`)."""
     return isinstance(obj, xr.Dataset) and "top_response" in obj.data_vars
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -23,10 +23,14 @@ __all__ = ["rdm", "rsa"]
 STIMULUS_2 = "stimulus_2"
 _METRICS = ("correlation", "euclidean", "cosine")
 _METHODS = ("spearman", "pearson", "kendall")
+#: The dissimilarities :func:`rdm` computes (as ``_METRICS``).
+Metric = Literal["correlation", "euclidean", "cosine"]
+#: The RDM comparisons :func:`rsa` makes (as ``_METHODS``).
+Method = Literal["spearman", "pearson", "kendall"]
 
 
 def rdm(
-    da: xr.DataArray, metric: str = "correlation", *, chunk_size: int | None = None
+    da: xr.DataArray, metric: Metric = "correlation", *, chunk_size: int | None = None
 ) -> xr.DataArray:
     """Representational dissimilarity matrix between the stimuli of a recording.
 
@@ -99,7 +103,7 @@ def _as_rdm(values: np.ndarray, flat: xr.DataArray, metric: str) -> xr.DataArray
     return out
 
 
-def rsa(rdm_a: xr.DataArray, rdm_b: xr.DataArray, method: str = "spearman") -> float:
+def rsa(rdm_a: xr.DataArray, rdm_b: xr.DataArray, method: Method = "spearman") -> float:
     """Compare two RDMs over the same stimuli (representational similarity).
 
     Parameters

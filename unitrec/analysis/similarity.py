@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import xarray as xr
@@ -15,7 +16,7 @@ from unitrec.analysis._units import (
     stimulus_gram,
 )
 from unitrec.analysis.cka import cka_from_grams
-from unitrec.analysis.rsa import rdm, rsa
+from unitrec.analysis.rsa import Method, Metric, rdm, rsa
 from unitrec.errors import ConfigError
 
 __all__ = ["layer_similarity"]
@@ -26,10 +27,10 @@ LAYER_2 = "layer_2"
 
 def layer_similarity(
     populations: Mapping[str, xr.DataArray],
-    method: str = "cka",
+    method: Literal["cka", "rsa"] = "cka",
     *,
-    metric: str = "correlation",
-    rsa_method: str = "spearman",
+    metric: Metric = "correlation",
+    rsa_method: Method = "spearman",
     chunk_size: int | None = None,
 ) -> xr.DataArray:
     """Similarity between every pair of recorded layers.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import xarray as xr
 
@@ -12,9 +14,11 @@ from unitrec.errors import ConfigError
 __all__ = ["lifetime_sparseness", "population_sparseness"]
 
 _NEGATIVE = ("clip", "raise", "keep")
+#: Treatments of negative responses (as ``_NEGATIVE``).
+Negative = Literal["clip", "raise", "keep"]
 
 
-def lifetime_sparseness(da: xr.DataArray | xr.Dataset, *, negative: str = "clip") -> xr.DataArray:
+def lifetime_sparseness(da: xr.DataArray | xr.Dataset, *, negative: Negative = "clip") -> xr.DataArray:
     """Sparseness of each unit across stimuli.
 
     Parameters
@@ -66,7 +70,7 @@ def lifetime_sparseness(da: xr.DataArray | xr.Dataset, *, negative: str = "clip"
     return pop.restore(_sparseness(values, STIMULUS))
 
 
-def _summary_sparseness(ds: xr.Dataset, negative: str) -> xr.DataArray:
+def _summary_sparseness(ds: xr.Dataset, negative: Negative) -> xr.DataArray:
     """:func:`lifetime_sparseness` from a summary's statistics."""
     check_choice("negative", negative, _NEGATIVE)
     lowest = float(ds["min"].min(skipna=True)) if ds["min"].size else 0.0
@@ -86,7 +90,7 @@ def _summary_sparseness(ds: xr.Dataset, negative: str) -> xr.DataArray:
     return result.drop_attrs(deep=False).rename("sparseness").astype(np.float64)
 
 
-def population_sparseness(da: xr.DataArray, *, negative: str = "clip") -> xr.DataArray:
+def population_sparseness(da: xr.DataArray, *, negative: Negative = "clip") -> xr.DataArray:
     """Sparseness of the population response to each stimulus, across units.
 
     Parameters
@@ -113,7 +117,7 @@ def population_sparseness(da: xr.DataArray, *, negative: str = "clip") -> xr.Dat
     return _sparseness(values, UNIT)
 
 
-def _treat_negative(values: xr.DataArray, negative: str) -> xr.DataArray:
+def _treat_negative(values: xr.DataArray, negative: Negative) -> xr.DataArray:
     check_choice("negative", negative, _NEGATIVE)
     if values.dtype.kind == "f" and values.dtype.itemsize < 8:
         # a lazily read file array is still float32/16 here: sum in float64 (lazy for dask)

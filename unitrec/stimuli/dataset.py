@@ -17,7 +17,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ class StimulusSet:
     labels: list[str]
     coords: dict[str, np.ndarray] = field(default_factory=dict)
     root: Path | None = None
-    source: Any = None  # tensor or Dataset when not files
+    source: torch.Tensor | torch.utils.data.Dataset[Any] | None = None  # tensor or Dataset when not files
     description: str = ""
     _sha256: str | None = field(default=None, repr=False)
 
@@ -100,17 +100,19 @@ class StimulusSet:
 
     def subset(self, start: int, stop: int) -> StimulusSet:
         """Rows ``start:stop`` as a set of their own (one shard); labels and coordinates unchanged."""
+        source: torch.Tensor | torch.utils.data.Dataset[Any] | None
         if self.root is not None:
             source = None
         elif isinstance(self.source, torch.Tensor):
             source = self.source[start:stop]
         else:
+            assert self.source is not None  # a set without files has a tensor or a Dataset
             source = torch.utils.data.Subset(self.source, range(start, stop))
         return StimulusSet(self.labels[start:stop], {k: v[start:stop] for k, v in self.coords.items()},
                            root=self.root, source=source, description=self.description)
 
-    def dataset(self, transform: Callable | None, background=(255, 255, 255),
-                rows: Sequence[int] | None = None) -> torch.utils.data.Dataset:
+    def dataset(self, transform: Callable | None, background: Sequence[int] = (255, 255, 255),
+                rows: Sequence[int] | None = None) -> torch.utils.data.Dataset[Item]:
         """A torch Dataset over `rows` (default: all) that yields :class:`Item` objects."""
         return _Loading(self, transform, background, list(range(len(self)) if rows is None else rows))
 
@@ -146,8 +148,10 @@ class _Loading(torch.utils.data.Dataset):
         """Every stimulus must give the shape of the set's first good one (batches are stacked)."""
         if self._reference is None:  # the same in every worker: the set's first good stimulus
             first = next(it for it in map(self._load, range(len(self.stimuli))) if it.tensor is not None)
+            assert first.tensor is not None  # picked for it
             self._reference = (self.stimuli.labels[first.index], tuple(first.tensor.shape))
         label, shape = self._reference
+        assert item.tensor is not None  # only loaded items are checked
         if tuple(item.tensor.shape) != shape:
             raise _SizeError(
                 f"stimuli differ in size after preprocessing: {label} gives {_dims(shape)}, "
@@ -167,6 +171,7 @@ class _Loading(torch.utils.data.Dataset):
             elif isinstance(s.source, torch.Tensor):
                 return Item(index, s.source[index])
             else:
+                assert s.source is not None  # a set without files has a tensor or a Dataset
                 x = s.source[index]
                 if isinstance(x, (tuple, list)):  # (image, target) datasets
                     x = x[0]
@@ -190,7 +195,7 @@ def collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[Ite
     """Stack the loaded items; keep the failed ones aside (rows, batch, failures, file hashes)."""
     good = [it for it in items if it.tensor is not None]
     bad = [it for it in items if it.tensor is None]
-    batch = torch.stack([it.tensor for it in good]) if good else None
+    batch = torch.stack([it.tensor for it in good if it.tensor is not None]) if good else None
     return [it.index for it in good], batch, bad, [it.digest for it in good]
 
 
@@ -277,7 +282,9 @@ def _coord_names(path: Path, header: list[str], key: int, rows) -> list[tuple[in
     becomes ``column_<position>``, with one warning. An unnamed column without
     values (a trailing comma) is dropped.
     """
-    pairs, renamed, seen = [], [], {}
+    pairs: list[tuple[int, str]] = []
+    renamed: list[str] = []
+    seen: dict[str, str] = {}
     for i, col in enumerate(header):
         if i == key or (not col.strip() and not any((r[i] or "").strip() for r in rows)):
             continue
@@ -328,7 +335,13 @@ def _typed(values: list[str | None]) -> tuple[np.ndarray, int]:
     return np.array(["" if e else v for v, e in zip(values, empty)], dtype=object), n_empty
 
 
-def as_stimulus_set(stimuli: Any) -> StimulusSet:
+#: What ``stimuli=`` accepts: a folder, a list of image paths, a tensor ``(N, C, H, W)``,
+#: a Dataset, or a :class:`StimulusSet` (see :func:`as_stimulus_set`).
+Stimuli = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]], torch.Tensor,
+                "torch.utils.data.Dataset[Any]", StimulusSet]
+
+
+def as_stimulus_set(stimuli: Stimuli) -> StimulusSet:
     """Accept a folder, a list of image paths, a tensor ``(N, C, H, W)`` or a Dataset."""
     if isinstance(stimuli, StimulusSet):
         return stimuli

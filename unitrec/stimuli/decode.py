@@ -198,12 +198,12 @@ def _to_rgb(image: Image.Image, bg: tuple[int, int, int]) -> Image.Image:
     """Convert a loaded image of any PIL mode to 8-bit RGB over `bg`."""
     mode = image.mode
     if mode == "I" or mode.startswith("I;16"):
-        values = np.asarray(image.convert("I"), dtype=np.int64)
+        values: np.ndarray = np.asarray(image.convert("I"), dtype=np.int64)
         # PIL's convert("L") would clip at 255; scale the full 16-bit range instead.
         grey = np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)
         trns = image.info.get("transparency")
         if isinstance(trns, Integral):  # 16-bit PNG tRNS: one fully transparent value
-            alpha = np.where(values == trns, 0, 255).astype(np.uint8)
+            alpha: np.ndarray = np.where(values == trns, 0, 255).astype(np.uint8)
             image = Image.fromarray(np.stack([grey, alpha], axis=-1))  # LA
         else:
             image = Image.fromarray(grey)  # L
@@ -214,8 +214,8 @@ def _to_rgb(image: Image.Image, bg: tuple[int, int, int]) -> Image.Image:
         image = Image.fromarray(np.rint(np.clip(values, 0, 255)).astype(np.uint8))
     elif mode == "La":
         # PIL cannot convert premultiplied "La"; widen to "RGBa", which it can.
-        lum, alpha = image.split()
-        image = Image.merge("RGBa", (lum, lum, lum, alpha))
+        lum, lum_alpha = image.split()
+        image = Image.merge("RGBa", (lum, lum, lum, lum_alpha))
 
     if not image.has_transparency_data:
         return image.convert("RGB")
