@@ -110,3 +110,15 @@ def test_missing_matplotlib_is_a_clear_error(grating_recording, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(UnitrecError, match=r"unitrec\[plots\]"):
         plot_rdm(rdm(da))
+
+
+def test_rdm_and_layer_matrix_scales_say_what_they_show(grating_recording):
+    from unitrec.analysis import layer_similarity
+
+    da, _ = grating_recording
+    fig = plot_rdm(rdm(da), vmin=0, vmax=2)
+    matrix_ax, bar_ax = fig.axes
+    assert bar_ax.get_ylabel() == "dissimilarity: 1 − Pearson r"
+    assert matrix_ax.get_xlabel() == "stimulus" and matrix_ax.images[0].get_clim() == (0, 2)
+    fig = plot_layer_matrix(layer_similarity({"a": da, "b": da.clip(min=0)}, "cka"))
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)  # CKA on its own scale, not the data's range

@@ -120,8 +120,16 @@ def _unit_name(curve: xr.DataArray, where: Mapping[Hashable, Any]) -> str:
     return ", ".join(parts) if parts else "unit"
 
 
+_DISSIMILARITY = {
+    "correlation": "dissimilarity: 1 − Pearson r",
+    "cosine": "dissimilarity: 1 − cosine similarity",
+    "euclidean": "dissimilarity: Euclidean distance",
+}
+
+
 def plot_rdm(
-    rdm_da: xr.DataArray, *, max_labels: int = 30, cmap: str = "viridis"
+    rdm_da: xr.DataArray, *, max_labels: int = 30, cmap: str = "viridis",
+    vmin: float | None = None, vmax: float | None = None,
 ) -> Figure:
     """Heatmap of an RDM with stimulus labels (every n-th when there are many).
 
@@ -133,6 +141,9 @@ def plot_rdm(
         At most this many tick labels per axis.
     cmap : str
         Colormap name.
+    vmin, vmax : float, optional
+        Colour scale limits; give the same ones to several RDMs to compare them on
+        one scale (default: each RDM's own range).
 
     Returns
     -------
@@ -144,8 +155,11 @@ def plot_rdm(
     n = rdm_da.shape[0]
     fig = _new_figure(figsize=(6, 5), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(np.asarray(rdm_da.values, dtype=float), cmap=cmap)
-    fig.colorbar(image, ax=ax, label=rdm_da.attrs.get("metric", "dissimilarity"))
+    image = ax.imshow(np.asarray(rdm_da.values, dtype=float), cmap=cmap, vmin=vmin, vmax=vmax)
+    metric = str(rdm_da.attrs.get("metric", ""))
+    fig.colorbar(image, ax=ax, label=_DISSIMILARITY.get(metric, "dissimilarity"))
+    ax.set_xlabel("stimulus")
+    ax.set_ylabel("stimulus")
     labels = (
         np.asarray(rdm_da[STIMULUS].values).astype(str)
         if STIMULUS in rdm_da.coords
@@ -511,10 +525,11 @@ def plot_layer_matrix(
     side = 1.2 + 0.6 * max(values.shape)
     fig = _new_figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(values, cmap=cmap, vmin=np.nanmin(values), vmax=np.nanmax(values))
+    low = 0.0 if np.nanmin(values) >= 0 else -1.0  # CKA and RSA live in [0, 1] (RSA down to −1)
+    image = ax.imshow(values, cmap=cmap, vmin=low, vmax=1.0)
     label = matrix_da.attrs.get("method", matrix_da.name or "")
     fig.colorbar(image, ax=ax, label=label)
-    middle = (np.nanmin(values) + np.nanmax(values)) / 2
+    middle = (low + 1.0) / 2
     for (i, j), value in np.ndenumerate(values):
         color = "black" if value > middle else "white"
         ax.text(
