@@ -132,7 +132,11 @@ def test_summary_only_stores_no_responses_and_says_how_to_read_it(tmp_path):
 
 @pytest.mark.parametrize("entry, message", [
     ({"name": "1", "top": 5}, "keep: summary"),
-    ({"name": "1", "keep": "summary", "top": 0}, "positive"),
+    ({"name": "1", "keep": "summary", "top": 0}, "from 1 to 10,000"),
+    ({"name": "1", "keep": "summary", "top": 10**12}, "from 1 to 10,000"),
+    ({"name": "1", "keep": "summary", "top": True}, "valid integer"),
+    ({"name": "1", "keep": "summary", "top": "5"}, "valid integer"),
+    ({"name": "1", "keep": "summary", "top": 5.0}, "valid integer"),
     ({"name": "1", "keep": "some"}, "full.*summary.*both"),
 ])
 def test_bad_summary_entries_are_one_line_errors(tmp_path, entry, message):
@@ -350,3 +354,72 @@ def test_a_large_summary_leaves_out_per_rank_labels_but_top_stimuli_still_gives_
     import xarray as xr
 
     xr.testing.assert_equal(A.top_stimuli(bare, 3), A.top_stimuli(labelled, 3))
+
+
+def test_top_written_out_or_not_is_the_same_job(tmp_path):
+    out = tmp_path / "a.h5"
+    ur.record(_model(), _stimuli(), [{"name": "1", "keep": "summary"}], out, progress=False)
+    before = out.stat().st_mtime_ns
+    ur.record(_model(), _stimuli(), [{"name": "1", "keep": "summary", "top": 16}], out, progress=False)
+    assert out.stat().st_mtime_ns == before  # nothing to record, not "another job"
+
+
+def test_resuming_with_another_keep_names_the_difference(tmp_path):
+    out = tmp_path / "acts.h5"
+    with pytest.raises(KeyboardInterrupt):
+        ur.record(_model(), _Data(stop_at=13), [{"name": "1", "keep": "summary"}], out, batch_size=4, progress=False)
+    for keep in ("both", "full"):
+        with pytest.raises(ur.RecordingError, match="differs in sites"):
+            ur.record(_model(), _Data(), [{"name": "1", "keep": keep}], out, batch_size=4, progress=False)
+
+
+def test_the_space_check_counts_summaries(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, 20 << 20))  # 20 MiB free
+    layers = [{"name": "1", "keep": "summary", "top": 2000}]  # 864 units × ~16k float64 each: ~110 MB
+    with pytest.raises(ur.RecordingError, match="needs about"):
+        ur.record(_model(), _stimuli(), layers, tmp_path / "a.h5", progress=False)
+    assert not (tmp_path / "a.h5.partial.h5").exists()
+
+
+def test_metadata_columns_named_like_summary_variables_are_prefixed(tmp_path):
+    from .conftest import make_images
+
+    folder = make_images(tmp_path / "stim", n=6, size=16)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    names = ["mean", "response", "index", "activation", "top_x", "rank"]
+    rows = [",".join(["path", *names])] + [",".join([f, *[str(100 + i)] * len(names)]) for i, f in enumerate(files)]
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    to_tensor = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)  # noqa: E731
+    path = ur.record(_model(), folder, [{"name": "1", "keep": "both", "top": 2}, {"name": "3", "keep": "summary",
+                                                                                 "pool": "max", "top": 2}],
+                     tmp_path / "a.h5", batch_size=3, progress=False, transform=to_tensor)
+    _check_against_numpy(path, "1")
+    s = ur.load_summary(path, "3")
+    assert "top_meta_response" in s and float(s["top_response"].max()) < 100  # the responses, not the column
+    assert A.top_stimuli(s, 2)["meta_index"].shape == (8, 2)
+
+
+def test_nan_responses_are_summarised_as_numpy_does(tmp_path):
+    class Holes(nn.Module):
+        def forward(self, x):
+            y = x.mean(dim=(2, 3))  # (n, 3)
+            y = torch.cat([y, torch.full_like(y[:, :1], float("nan"))], 1)  # channel 3: always NaN
+            y[::3, 0] = float("nan")  # channel 0: NaN on every third stimulus
+            return y
+
+    model = nn.Sequential(Holes()).eval()
+    path = ur.record(model, _stimuli(), [{"name": "0", "keep": "both", "top": 4}], tmp_path / "a.h5", batch_size=4,
+                     progress=False)
+    full = ur.load_layer(path, "0")
+    s = ur.load_summary(path, "0")
+    x = full.values.astype(np.float64)
+    for name, want in (("min", x.min(0)), ("max", x.max(0))):
+        np.testing.assert_array_equal(s[name].values, want, err_msg=name)  # NaN where numpy has NaN
+    np.testing.assert_allclose(s["mean"].values, x.mean(0), rtol=1e-12)  # NaN where numpy has NaN
+    import xarray as xr
+
+    xr.testing.assert_equal(A.top_stimuli(s, 4), A.top_stimuli(full, 4))  # NaN ranks nowhere

@@ -47,8 +47,8 @@ class Accumulator:
         pos = v.clamp(min=0)
         t["pos_sum"] = t["pos_sum"] + pos.sum(0)
         t["pos_sq"] = t["pos_sq"] + (pos * pos).sum(0)
-        t["min"] = torch.fmin(t["min"], v.amin(0))
-        t["max"] = torch.fmax(t["max"], v.amax(0))
+        t["min"] = torch.minimum(t["min"], v.amin(0))  # NaN propagates, as in numpy
+        t["max"] = torch.maximum(t["max"], v.amax(0))
         index = rows.to(device=self.device, dtype=torch.int64).view(-1, 1).expand_as(v)
         self._rank("top", v, index, descending=True)
         self._rank("bottom", v, index, descending=False)

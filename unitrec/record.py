@@ -533,8 +533,11 @@ def _check_space(folder: Path, sites: list[Site], n_rows: int, job: Job) -> None
     data = 0 if job.compression is not None else \
         n_rows * sum(int(np.prod(s.shape, dtype=np.int64)) for s in sites if s.stored) * itemsize
     # what the writer reserves per batch (data + 1/16 + 1 MiB), plus room for the layout;
-    # compressed data has no honest estimate: only the margin is checked
-    need = data + data // 16 + reserve_margin(n_rows, len(sites))
+    # compressed data has no honest estimate: only the margin is checked. Summaries are
+    # never compressed: two save slots and the finished datasets, float64.
+    summaries = sum(int(np.prod(s.shape, dtype=np.int64)) * 8 * (2 * (6 + 4 * s.top) + 9 + 4 * s.top)
+                    for s in sites if s.summarised)
+    need = data + data // 16 + summaries + reserve_margin(n_rows, len(sites))
     free = shutil.disk_usage(folder).free
     if need > free:
         raise RecordingError(f"this recording needs about {human_size(need)} more and {folder} has "

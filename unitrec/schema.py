@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping, Optional, Sequence, Type, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .summary import DEFAULT_TOP, MAX_TOP
 
 __all__ = [
     "Config",
@@ -63,7 +64,7 @@ class LayerSpec(_Strict):
     seed: int = 0
     store_as: Optional[str] = Field(default=None, alias="as")
     keep: Literal["full", "summary", "both"] = "full"
-    top: Optional[int] = None
+    top: Optional[StrictInt] = None
 
     @field_validator("units")
     @classmethod
@@ -89,8 +90,10 @@ class LayerSpec(_Strict):
             raise ValueError("sample draws from every unit; it cannot be combined with channels")
         if self.top is not None and self.keep == "full":
             raise ValueError("top: sets how many preferred stimuli a summary keeps; add keep: summary (or both)")
-        if self.top is not None and (isinstance(self.top, bool) or self.top < 1):
-            raise ValueError(f"top must be a positive integer, got {self.top!r}")
+        if self.top is not None and not 1 <= self.top <= MAX_TOP:
+            raise ValueError(f"top must be an integer from 1 to {MAX_TOP:,}, got {self.top!r}")
+        if self.keep != "full" and self.top is None:  # written out, so that `top: 16` is the same job
+            self.top = DEFAULT_TOP
         return self
 
     @model_validator(mode="after")

@@ -30,10 +30,13 @@ from dataclasses import dataclass, fields, replace
 import h5py
 import numpy as np
 
+#: Preferred stimuli a summary keeps per unit unless `top:` says; the most it may say.
+DEFAULT_TOP = 16
+MAX_TOP = 10_000
+
 __all__ = ["DEFAULT_TOP", "FINALS", "State", "create_slots", "finish_site", "read_finals", "restore_slots",
            "save_slot", "write_finals"]
 
-DEFAULT_TOP = 16
 STATE_GROUP = "summary_state"
 #: The datasets a finished summary site holds, in this order.
 FINALS = ("count", "mean", "std", "min", "max", "sparseness", "top_response", "top_stimulus",
@@ -91,8 +94,8 @@ class State:
                                                  np.concatenate([out.bottom_index, s.bottom_index]), top,
                                                  descending=False)
             out = State(n, out.mean + delta * (s.count / n), out.m2 + s.m2 + delta * delta * (out.count * s.count / n),
-                        out.pos_sum + s.pos_sum, out.pos_sq + s.pos_sq, np.fmin(out.min, s.min),
-                        np.fmax(out.max, s.max), top_value, top_index, bottom_value, bottom_index)
+                        out.pos_sum + s.pos_sum, out.pos_sq + s.pos_sq, np.minimum(out.min, s.min),
+                        np.maximum(out.max, s.max), top_value, top_index, bottom_value, bottom_index)
         return out
 
     def finals(self, top: int, unit_shape: tuple[int, ...]) -> dict[str, np.ndarray]:

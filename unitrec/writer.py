@@ -291,15 +291,17 @@ class RecordingFile:
         _release_reserved(path)  # blocks a crashed run reserved past the end of the file
         h5 = open_existing(path, "r+", unfinished=True)
         try:
-            missing = [s.key for s in sites if s.key not in h5 or ("activation" not in h5[s.key] and s.stored)
-                       or (summaries.STATE_GROUP not in h5[s.key] and s.summarised)]
-            if "done" not in h5 or missing:
-                raise RecordingError(f"the unfinished recording {path} is damaged (no "
-                                     f"{'done mask' if 'done' not in h5 else repr(missing[0])}); start over with "
-                                     "--overwrite (overwrite=True)")
+            if "done" not in h5:
+                raise RecordingError(f"the unfinished recording {path} is damaged (no done mask); start over "
+                                     "with --overwrite (overwrite=True)")
             check_run_key(h5, run_key, path, stimuli.labels, "the unfinished recording {path} was started by "
                           "another job; it differs in {what}. Rerun with --overwrite (overwrite=True) to start "
                           "over, or choose another output")
+            missing = [s.key for s in sites if s.key not in h5 or ("activation" not in h5[s.key] and s.stored)
+                       or (summaries.STATE_GROUP not in h5[s.key] and s.summarised)]
+            if missing:
+                raise RecordingError(f"the unfinished recording {path} is damaged (no {missing[0]!r}); start "
+                                     "over with --overwrite (overwrite=True)")
             check_stimulus_files(h5, stimuli, path, update=True)
             rec = cls(h5, path, final, sites)
             if rec.summary_through:  # killed after saving summaries, before marking their rows done

@@ -50,11 +50,13 @@ def _summary_top(ds: xr.Dataset, k: int) -> xr.Dataset:
         )
     k = int(k)
     index = ds["top_index"].isel({RANK: slice(0, k)})
-    rows = np.asarray(index.values)
+    response = ds["top_response"].isel({RANK: slice(0, k)})
+    # a NaN response ranks nowhere, as in a full array (the summary keeps it last)
+    rows = np.where(np.isnan(np.asarray(response.values)), -1, np.asarray(index.values))
     missing = rows < 0
     out = {
         STIMULUS: index.copy(data=_lookup(np.asarray(ds[STIMULUS].values).astype(str), rows)),
-        "response": ds["top_response"].isel({RANK: slice(0, k)}).astype(np.float64),
+        "response": response.astype(np.float64),
     }
     # every stimulus coordinate (and the done flag a full array carries), looked up by row
     for name, coord in ds.coords.items():

@@ -305,9 +305,15 @@ def _coord_names(path: Path, header: list[str], key: int, rows) -> list[tuple[in
 
 def _coord_name(col: str) -> str:
     # names that would clash with our own dims get a prefix
+    # (a site group holds copies of the stimulus coordinates beside its own datasets, and
+    # load_summary names a coordinate of the ranked stimuli top_<name>)
     own = ("stimulus", "unit", "channel", "y", "x", "done", "file_size", "file_mtime_ns", "file_sha256",
-           "source", "source_index", "rf_center_y", "rf_center_x", "layer")
-    return f"meta_{col}" if col in own else col
+           "source", "source_index", "rf_center_y", "rf_center_x", "layer", "activation", "stimulus_id",
+           "count", "mean", "std", "min", "max", "sparseness", "rank", "rectified_sum", "rectified_sum_sq",
+           "summary_state", "response", "index")
+    if col in own or col.startswith(("top_", "bottom_")):
+        return f"meta_{col}"
+    return col
 
 
 def _typed(values: list[str | None]) -> tuple[np.ndarray, int]:
