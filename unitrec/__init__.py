@@ -9,8 +9,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -32,7 +30,7 @@ _WHERE = {
     "load_summary": "load",
     "open_recording": "load",
     "load_model": "model",
-    "record": "record",
+    "record": "recording",
     "Recorder": "recorder",
     "run_config": "run",
     "merge": "shards",
@@ -44,7 +42,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported here
     from . import analysis, stimuli
     from .load import load_layer, load_population, load_summary, open_recording
     from .model import load_model
-    from .record import record
+    from .recording import record
     from .recorder import Recorder
     from .run import run_config
     from .shards import merge
@@ -63,22 +61,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Importing the submodule ``unitrec.record`` must not hide the function ``unitrec.record``.
-
-    Python sets a package attribute for each submodule it imports; the function of
-    the same name then comes from :func:`__getattr__` instead.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _WHERE and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

@@ -76,7 +76,7 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
     """
     from .model import load_model
     from .preprocess import build_transform
-    from .record import record
+    from .recording import record
 
     cfg, raw, base = load_config(source)
     out_spec = cfg.output if isinstance(cfg.output, OutputSpec) else OutputSpec(path=cfg.output)

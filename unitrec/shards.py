@@ -31,7 +31,7 @@ from .lock import output_lock
 if TYPE_CHECKING:
     import torch
 
-    from .record import Job
+    from .recording import Job
 
 __all__ = ["Part", "check_counts", "check_shard", "job_key", "launched_shard", "merge", "parse_shard", "plan",
            "shard_folder", "shard_part", "shard_path", "stitch_if_complete"]
