@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +81,34 @@ def image_batch(folder: Path, transform) -> tuple[list[str], torch.Tensor]:
 
     labels = find_stimuli(folder)
     return labels, torch.stack([transform(load_rgb(folder / lab)) for lab in labels])
+
+
+_RUN_CONFIG = """
+import sys, unitrec as ur
+ur.run_config(sys.argv[1], progress=False)
+"""
+
+
+def killed_runs(config: Path, out: Path, *, seed: int, attempts: int = 4) -> Iterator[int]:
+    """Run `config` in a child process and SIGKILL it at a random moment, again and again.
+
+    Yields the number of kills so far after each kill that left `out` unfinished;
+    stops after `attempts` kills or once a run got to the end before its kill.
+    """
+    from unitrec.writer import partial_path
+
+    partial = partial_path(out)
+    rng = random.Random(seed)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    for kills in range(1, attempts + 1):
+        proc = subprocess.Popen([sys.executable, "-c", _RUN_CONFIG, str(config)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while not partial.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.05, 0.8))  # anywhere: mid-batch, mid-write, mid-flush
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if out.exists():
+            return
+        yield kills

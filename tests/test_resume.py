@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import os
-import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +15,7 @@ import yaml
 import unitrec as ur
 from unitrec.writer import RecordingFile, partial_path
 
-from .conftest import Interrupting, make_images
+from .conftest import Interrupting, killed_runs, make_images
 
 SITES = ["conv1", "layer1.0.bn2", {"name": "layer2", "units": "center"}]
 
@@ -138,12 +133,6 @@ def test_workers_float16_and_zstd(zoo, images, transform64, tmp_path):
     assert half.stat().st_size < base.stat().st_size / 2
 
 
-_CHILD = """
-import sys, unitrec as ur
-ur.run_config(sys.argv[1], progress=False)
-"""
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_value_for_value(tmp_path):
     make_images(tmp_path / "stim", n=160, size=64)
@@ -161,20 +150,8 @@ def test_sigkill_at_random_moments_then_resume_is_value_for_value(tmp_path):
     ref = ur.run_config(tmp_path / "ref.yaml", progress=False)
     out = tmp_path / "out" / "acts.h5"
     partial = partial_path(out)
-    rng = random.Random(0)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     progress = []
-    for attempt in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "exp.yaml")], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while not partial.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.05, 0.8))  # anywhere: mid-batch, mid-write, mid-flush
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if out.exists():
-            break
+    for _ in killed_runs(tmp_path / "exp.yaml", out, seed=0):
         with h5py.File(partial, "r") as h5:  # the killed file always reopens
             progress.append(int((h5["done"][...] == 1).sum()))
     assert progress, "the child finished before it could be killed"

@@ -7,12 +7,8 @@ mean/std, min/max, a stable argsort for the ranks (ties: the lower row first) an
 
 from __future__ import annotations
 
-import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -27,7 +23,7 @@ from unitrec import analysis as A
 from unitrec import summary as summaries
 from unitrec.writer import partial_path
 
-from .conftest import Interrupting
+from .conftest import Interrupting, killed_runs
 
 N = 30
 
@@ -208,12 +204,6 @@ def test_a_crash_while_saving_a_summary_neither_loses_nor_counts_twice(tmp_path,
     _equal_summaries(path, whole)
 
 
-_CHILD = """
-import sys, unitrec as ur
-ur.run_config(sys.argv[1], progress=False)
-"""
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_the_summary_equals_an_uninterrupted_one(tmp_path):
     cfg = {
@@ -229,23 +219,7 @@ def test_sigkill_at_random_moments_then_the_summary_equals_an_uninterrupted_one(
     (tmp_path / "ref.yaml").write_text(yaml.safe_dump(cfg))
     ref = ur.run_config(tmp_path / "ref.yaml", progress=False)
     out = tmp_path / "out" / "acts.h5"
-    partial = partial_path(out)
-    rng = random.Random(1)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    kills = 0
-    for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "exp.yaml")], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while not partial.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.05, 0.8))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        if out.exists():
-            break
-    assert kills
+    assert list(killed_runs(tmp_path / "exp.yaml", out, seed=1)), "the child finished before it could be killed"
     path = ur.run_config(tmp_path / "exp.yaml", progress=False)
     for site in ("layer1", "layer3"):
         x, y = ur.load_summary(path, site), ur.load_summary(ref, site)
