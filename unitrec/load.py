@@ -300,7 +300,7 @@ def load_summary(path: str | os.PathLike, layer: str) -> xr.Dataset:
             if coord == "done" or not labelled:
                 continue
             name = f"{side}_stimulus" if coord == "stimulus" else f"{side}_{coord}"
-            variables[name] = (ranked, _pick(np.asarray(values), index))
+            variables[name] = (ranked, pick_rows(np.asarray(values), index))
     table = {name: ("stimulus", _text_array(np.asarray(values))) for name, (_, values) in stimuli.items()}
     return xr.Dataset(variables, coords={"rank": np.arange(top), **unit_coords, **table}, attrs=attrs)
 
@@ -342,8 +342,8 @@ def _text_array(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _pick(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``values[index]`` where index ≥ 0; NaN, "" or −1 where it is −1 (no stimulus)."""
+def pick_rows(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[index]`` where index ≥ 0, and where it is −1 (no stimulus) NaN for numbers, "" for text."""
     if values.dtype.kind == "O":
         values = values.astype(str)
     picked = values[np.clip(index, 0, None)] if values.size else np.zeros(index.shape, values.dtype)

@@ -15,12 +15,11 @@ from unitrec.analysis._units import (
     stimulus_blocks,
 )
 from unitrec.errors import ConfigError
+from unitrec.load import pick_rows
 
 __all__ = ["top_stimuli"]
 
 RANK = "rank"
-#: The variables of a summary that rank stimuli (``top_*``), besides the parameters.
-_TOP = "top_"
 
 
 def is_summary(obj: object) -> TypeGuard[xr.Dataset]:
@@ -28,13 +27,8 @@ def is_summary(obj: object) -> TypeGuard[xr.Dataset]:
     return isinstance(obj, xr.Dataset) and "top_response" in obj.data_vars
 
 
-def summary_ranks(ds: xr.Dataset) -> int:
-    """How many ranks a summary can give: its ``top``, at most the stimuli summarised."""
-    return min(int(ds.sizes[RANK]), int(ds["count"]))
-
-
 def _summary_top(ds: xr.Dataset, k: int) -> xr.Dataset:
-    """:func:`top_stimuli` from a summary's ``top_*`` variables (no response read)."""
+    """:func:`top_stimuli` from a summary's ranks and its stimulus table (no response read)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
     top, count = int(ds.sizes[RANK]), int(ds["count"])
@@ -53,33 +47,19 @@ def _summary_top(ds: xr.Dataset, k: int) -> xr.Dataset:
     response = ds["top_response"].isel({RANK: slice(0, k)})
     # a NaN response ranks nowhere, as in a full array (the summary keeps it last)
     rows = np.where(np.isnan(np.asarray(response.values)), -1, np.asarray(index.values))
-    missing = rows < 0
     out = {
-        STIMULUS: index.copy(data=_lookup(np.asarray(ds[STIMULUS].values).astype(str), rows)),
+        STIMULUS: index.copy(data=pick_rows(np.asarray(ds[STIMULUS].values).astype(str), rows)),
         "response": response.astype(np.float64),
     }
     # every stimulus coordinate (and the done flag a full array carries), looked up by row
     for name, coord in ds.coords.items():
         if coord.dims == (STIMULUS,) and name != STIMULUS:
-            out[str(name)] = index.copy(data=_lookup(np.asarray(coord.values), rows))
+            out[str(name)] = index.copy(data=pick_rows(np.asarray(coord.values), rows))
     order = [STIMULUS, "response", *[n for n in out if n not in (STIMULUS, "response")]]
     result = xr.Dataset({
         name: out[name].transpose(..., RANK).drop_attrs().rename(None) for name in order
     })
     return result.drop_attrs()
-
-
-def _lookup(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``values[rows]``, blank where a row is −1 (no stimulus): "" for text, NaN else."""
-    if values.dtype.kind == "O":
-        values = values.astype(str)
-    picked = values[np.clip(rows, 0, None)]
-    missing = rows < 0
-    if not missing.any():
-        return picked
-    if picked.dtype.kind in "US":
-        return np.where(missing, "", picked)
-    return np.where(missing, np.nan, picked.astype(np.float64))
 
 
 def top_stimuli(
