@@ -112,3 +112,17 @@ def killed_runs(config: Path, out: Path, *, seed: int, attempts: int = 4) -> Ite
         if out.exists():
             return
         yield kills
+
+
+def config_and_reference(folder: Path, cfg: dict) -> tuple[Path, Path, Path]:
+    """`cfg` written as ``exp.yaml`` (output ``out/acts.h5``), and recorded once, uninterrupted, as the reference.
+
+    Returns the config, its output path, and the reference recording.
+    """
+    import unitrec as ur
+    import yaml
+
+    config = folder / "exp.yaml"
+    config.write_text(yaml.safe_dump({**cfg, "output": "out/acts.h5"}))
+    (folder / "ref.yaml").write_text(yaml.safe_dump({**cfg, "output": "ref/acts.h5"}))
+    return config, folder / "out" / "acts.h5", ur.run_config(folder / "ref.yaml", progress=False)

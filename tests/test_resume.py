@@ -10,12 +10,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import unitrec as ur
 from unitrec.writer import RecordingFile, partial_path
 
-from .conftest import Interrupting, killed_runs, make_images
+from .conftest import Interrupting, config_and_reference, killed_runs, make_images
 
 SITES = ["conv1", "layer1.0.bn2", {"name": "layer2", "units": "center"}]
 
@@ -144,19 +143,15 @@ def test_sigkill_at_random_moments_then_resume_is_value_for_value(tmp_path):
         "record": {"batch_size": 2, "stop_early": False},
         "output": "out/acts.h5",
     }
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
-    cfg["output"] = "ref/acts.h5"
-    (tmp_path / "ref.yaml").write_text(yaml.safe_dump(cfg))
-    ref = ur.run_config(tmp_path / "ref.yaml", progress=False)
-    out = tmp_path / "out" / "acts.h5"
+    config, out, ref = config_and_reference(tmp_path, cfg)
     partial = partial_path(out)
     progress = []
-    for _ in killed_runs(tmp_path / "exp.yaml", out, seed=0):
+    for _ in killed_runs(config, out, seed=0):
         with h5py.File(partial, "r") as h5:  # the killed file always reopens
             progress.append(int((h5["done"][...] == 1).sum()))
     assert progress, "the child finished before it could be killed"
     assert progress == sorted(progress)  # every kill kept the batches already done
-    path = ur.run_config(tmp_path / "exp.yaml", progress=False)
+    path = ur.run_config(config, progress=False)
     for site in ("conv1", "layer1.0.bn2", "layer3"):
         np.testing.assert_array_equal(ur.load_layer(path, site).values, ur.load_layer(ref, site).values,
                                       err_msg=site)

@@ -15,7 +15,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
 import unitrec as ur
@@ -23,7 +22,7 @@ from unitrec import analysis as A
 from unitrec import summary as summaries
 from unitrec.writer import partial_path
 
-from .conftest import Interrupting, killed_runs
+from .conftest import Interrupting, config_and_reference, killed_runs
 
 N = 30
 
@@ -214,13 +213,9 @@ def test_sigkill_at_random_moments_then_the_summary_equals_an_uninterrupted_one(
         "record": {"batch_size": 2, "stop_early": False},
         "output": "out/acts.h5",
     }
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
-    cfg["output"] = "ref/acts.h5"
-    (tmp_path / "ref.yaml").write_text(yaml.safe_dump(cfg))
-    ref = ur.run_config(tmp_path / "ref.yaml", progress=False)
-    out = tmp_path / "out" / "acts.h5"
-    assert list(killed_runs(tmp_path / "exp.yaml", out, seed=1)), "the child finished before it could be killed"
-    path = ur.run_config(tmp_path / "exp.yaml", progress=False)
+    config, out, ref = config_and_reference(tmp_path, cfg)
+    assert list(killed_runs(config, out, seed=1)), "the child finished before it could be killed"
+    path = ur.run_config(config, progress=False)
     for site in ("layer1", "layer3"):
         x, y = ur.load_summary(path, site), ur.load_summary(ref, site)
         for name in x.data_vars:
