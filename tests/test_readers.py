@@ -152,6 +152,39 @@ def test_to_rsatoolbox_keeps_every_label_and_gives_our_rdm(gratings_file):
     assert set(pop.channel_descriptors["layer"]) == {"1", "3"}
 
 
+def test_to_brainscore_is_presentation_by_neuroid_with_brainscore_ids(gratings_file):
+    from unitrec.convert import to_brainscore
+
+    da = ur.load_layer(gratings_file, "1")
+    assembly = to_brainscore(da)
+    assert assembly.dims == ("presentation", "neuroid") and assembly.dtype == np.float32
+    np.testing.assert_array_equal(assembly.values, da.values.reshape(4, -1))  # C order: x fastest
+    np.testing.assert_array_equal(assembly["stimulus_id"].values, da.stimulus.values)
+    np.testing.assert_array_equal(assembly["orientation"].values, da.orientation.values)
+    assert str(assembly["stimulus_path"].values[0]).startswith(str(gratings_file.parent / "stim"))
+    assert list(assembly["neuroid_id"].values[:2]) == ["Sequential.1.0", "Sequential.1.1"]
+    np.testing.assert_array_equal(assembly["channel_x"].values[:3], [0, 1, 2])
+    np.testing.assert_array_equal(assembly["channel"].values[[0, 14 * 14]], [0, 1])
+    pop = to_brainscore(ur.load_population(gratings_file), model="net")
+    assert len(set(pop["neuroid_id"].values)) == pop.sizes["neuroid"] == 4 * 14 * 14 + 3
+    assert pop["neuroid_id"].values[-1] == "net.3.2" and pop["neuroid_num"].values[-1] == 2
+    np.testing.assert_array_equal(pop.values, ur.load_population(gratings_file).values)
+
+
+def test_to_brainscore_passes_brainscores_own_validation(gratings_file):
+    pytest.importorskip("boto3")  # brainscore_core's brainio package imports it
+    brainio = pytest.importorskip("brainscore_core.supported_data_standards.brainio")
+    from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
+    from brainscore_core.supported_data_standards.brainio.upload_validator import validate_assembly
+
+    from unitrec.convert import to_brainscore
+
+    assembly = to_brainscore(ur.load_population(gratings_file))
+    assert isinstance(assembly, NeuroidAssembly) and brainio is not None
+    assert validate_assembly(assembly)
+    assert assembly.sel(layer="3").shape == (4, 3)
+
+
 def test_a_site_opened_alone_has_every_stimulus_coordinate(gratings_file, tmp_path):
     for path in (gratings_file, _stitched_gratings(gratings_file, tmp_path)):
         alone = xr.open_dataset(path, group="1", engine="h5netcdf")

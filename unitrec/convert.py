@@ -1,4 +1,4 @@
-"""Hand a recording to the tools its analysis goes on with: rsatoolbox, scikit-learn.
+"""Hand a recording to the tools its analysis goes on with: rsatoolbox, Brain-Score.
 
 Every converter takes what ``load_layer`` / ``load_population`` return and keeps the
 labels: stimuli stay named (with their coordinates), units keep their layer, channel,
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pathlib import Path
+
 import numpy as np
 
 from .errors import UnitrecError
@@ -16,7 +18,7 @@ from .errors import UnitrecError
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["to_rsatoolbox"]
+__all__ = ["to_brainscore", "to_rsatoolbox"]
 
 _PROVENANCE = ("model", "weights", "run_id", "recording", "layers")
 
@@ -54,25 +56,110 @@ def to_rsatoolbox(da: xr.DataArray):
         from rsatoolbox.data import Dataset
     except ImportError:
         raise UnitrecError("to_rsatoolbox needs rsatoolbox: pip install 'unitrec[rsa]'") from None
+    values, obs, channels = _flat_with_labels(da)
+    descriptors = {k: str(v) for k, v in da.attrs.items() if k in _PROVENANCE}
+    descriptors["site"] = str(da.name) if da.name is not None else ""
+    return Dataset(np.asarray(values, dtype=np.float64), descriptors=descriptors, obs_descriptors=obs,
+                   channel_descriptors=channels or None)
+
+
+def to_brainscore(da: xr.DataArray, model: str | None = None) -> xr.DataArray:
+    """A recording in Brain-Score's ``NeuroidAssembly`` convention.
+
+    Brain-Score's model activations are ``(presentation, neuroid)`` with
+    ``stimulus_id`` on ``presentation`` and ``neuroid_id`` = ``"<model>.<layer>.<n>"``
+    on ``neuroid``; this gives a recording the same shape, so its benchmarks, metrics
+    and ``brainscore_core``'s ``validate_assembly`` take it.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        A site (``ur.load_layer``) or a population (``ur.load_population``) with
+        first dim ``"stimulus"``; it is loaded into memory.
+    model : str, optional
+        The model identifier in ``neuroid_id`` and the ``model`` coordinate; default:
+        the recording's ``model`` attribute (``resnet18``, ...).
+
+    Returns
+    -------
+    xarray.DataArray
+        A ``NeuroidAssembly`` when ``brainscore_core`` (or the older ``brainio``) is
+        installed, else a plain DataArray of the same layout, which
+        ``NeuroidAssembly(result)`` takes later. Values keep the file's dtype.
+        ``presentation`` coordinates: ``stimulus_id`` (the stimulus label),
+        ``stimulus_path`` (absolute, where the stimulus root is known) and every
+        stimulus coordinate (``label``, ``orientation``, ...). ``neuroid``
+        coordinates: ``neuroid_id``, ``neuroid_num`` (per layer, as Brain-Score
+        numbers them), ``model``, ``layer``, ``channel``, ``channel_y``/``channel_x``
+        (the unit's position; ``-1`` where the site has none), ``source``,
+        ``rf_center_y/x``. The recording's attributes are kept.
+
+    Examples
+    --------
+    >>> assembly = to_brainscore(ur.load_population("acts.h5", ["layer2", "layer3"]))  # doctest: +SKIP
+    >>> assembly.sel(layer="layer3")  # doctest: +SKIP
+    """
+    values, obs, units = _flat_with_labels(da)
+    n_units = values.shape[1]
+    layers = units.pop("layer", None)
+    if layers is None:
+        layers = np.full(n_units, str(da.attrs.get("site", da.name or "")))
+    model = str(da.attrs.get("model", "model")) if model is None else str(model)
+    numbers = np.zeros(n_units, dtype=np.int64)
+    for layer in np.unique(layers):  # Brain-Score numbers neuroids within each layer
+        where = layers == layer
+        numbers[where] = np.arange(int(where.sum()))
+    ids = np.array([f"{model}.{layer}.{n}" for layer, n in zip(layers, numbers)])
+    renamed = {"y": "channel_y", "x": "channel_x"}
+    neuroid = {"neuroid_id": ids, "neuroid_num": numbers, "model": np.full(n_units, model), "layer": layers}
+    neuroid.update({renamed.get(name, name): column for name, column in units.items() if name != "unit"})
+    presentation = {"stimulus_id": obs.pop("stimulus")}
+    root = da.attrs.get("stimulus_root")
+    if root and "stimulus_path" not in obs:
+        presentation["stimulus_path"] = np.array([str(Path(str(root)) / s) for s in presentation["stimulus_id"]])
+    presentation.update({name: column for name, column in obs.items() if name != "done"})
+    coords = {name: ("presentation", column) for name, column in presentation.items()}
+    coords.update({name: ("neuroid", column) for name, column in neuroid.items()})
+    attrs = {k: v for k, v in da.attrs.items() if k not in ("layers",)}
+    data = np.asarray(values, dtype=da.dtype if da.dtype.kind == "f" else None)
+    assembly_class = _neuroid_assembly()
+    if assembly_class is None:
+        import xarray as xr
+
+        return xr.DataArray(data, coords=coords, dims=("presentation", "neuroid"), attrs=attrs)
+    return assembly_class(data, coords=coords, dims=["presentation", "neuroid"], attrs=attrs)
+
+
+def _neuroid_assembly():
+    """Brain-Score's NeuroidAssembly class, from brainscore_core or the older brainio; None if neither."""
+    try:
+        from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
+    except ImportError:
+        try:
+            from brainio.assemblies import NeuroidAssembly  # type: ignore[no-redef]
+        except ImportError:
+            return None
+    return NeuroidAssembly
+
+
+def _flat_with_labels(da: xr.DataArray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(stimulus, unit)`` values, the stimulus coordinates and one column per unit coordinate."""
     from .analysis._units import STIMULUS, UNIT, as_population, stimulus_labels
 
     pop = as_population(da)
     flat = pop.data
     obs = {STIMULUS: stimulus_labels(flat)}
-    channels: dict[str, np.ndarray] = {}
+    units: dict[str, np.ndarray] = {}
     for name, coord in flat.coords.items():
         values = np.asarray(coord.values)
         values = values.astype(str) if values.dtype == object else values
         if coord.dims == (STIMULUS,) and name != STIMULUS:
             obs[str(name)] = values
         elif coord.dims == (UNIT,):
-            channels[str(name)] = values
-    for dim, coord in pop.unit_coords.items():  # a site's own unit dims (channel, y, x) per unit
-        if dim in pop.unit_dims and dim not in channels:
+            units[str(name)] = values
+    for dim in pop.unit_dims:  # a site's own unit dims (channel, y, x), one value per unit
+        if dim not in units:
             grids = np.meshgrid(*[np.asarray(pop.unit_coords[d].values) if d in pop.unit_coords
                                   else np.arange(n) for d, n in zip(pop.unit_dims, pop.unit_shape)], indexing="ij")
-            channels[dim] = grids[pop.unit_dims.index(dim)].reshape(-1)
-    descriptors = {k: str(v) for k, v in da.attrs.items() if k in _PROVENANCE}
-    descriptors["site"] = str(da.name) if da.name is not None else ""
-    return Dataset(np.asarray(flat.values, dtype=np.float64), descriptors=descriptors, obs_descriptors=obs,
-                   channel_descriptors=channels or None)
+            units[dim] = grids[pop.unit_dims.index(dim)].reshape(-1)
+    return np.asarray(flat.values), obs, units
