@@ -57,7 +57,8 @@ def test_plot_tuning_curves(grating_recording, tmp_path):
     fig = plot_tuning_curves(ds, units=[0, 2, 5])
     assert isinstance(fig, Figure) and len(fig.axes) == 3
     line = fig.axes[1].lines[0]
-    np.testing.assert_allclose(line.get_ydata(), ds["mean"].values[:, 2, 0, 0])
+    curve = ds["mean"].values[:, 2, 0, 0]
+    np.testing.assert_allclose(line.get_ydata(), [*curve, curve[0]])  # orientation wraps round to 180°
     assert "channel=2" in fig.axes[1].get_title()
     assert len(plot_tuning_curves(ds).axes) == 6
     _saved(fig, tmp_path, "tuning")
@@ -122,3 +123,85 @@ def test_rdm_and_layer_matrix_scales_say_what_they_show(grating_recording):
     assert matrix_ax.get_xlabel() == "stimulus" and matrix_ax.images[0].get_clim() == (0, 2)
     fig = plot_layer_matrix(layer_similarity({"a": da, "b": da.clip(min=0)}, "cka"))
     assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)  # CKA on its own scale, not the data's range
+
+
+# ------------------------------------------------------------ figures fit to publish
+
+
+def _labelled(da: xr.DataArray) -> xr.DataArray:
+    """The recording as load_layer gives it: a site name and CF units on the response."""
+    return da.rename("conv1").assign_attrs(site="conv1", units="1")
+
+
+def test_tuning_axes_say_their_units(grating_recording):
+    da, _ = grating_recording
+    da = _labelled(da).assign_coords(orientation=da.orientation.assign_attrs(units="degree"))
+    ds = tuning_curves(da)
+    fig = plot_tuning_curves(ds, units=[0, 2, 5], ncols=2)
+    first, _, last = fig.axes
+    assert first.get_ylabel() == "mean response\n± s.e.m. (a.u.)"
+    assert last.get_xlabel() == "orientation (deg)"
+    assert first.get_title() == f"conv1 · SI = {float(ds['selectivity'][0, 0, 0]):.2f}\nchannel=0, y=0, x=0"
+    assert "SI = 1 − circular variance of the mean curve (period 180 deg)" in _text(fig)
+
+
+def test_tuning_units_without_attributes(grating_recording):
+    da, _ = grating_recording  # no attributes at all, as load_layer leaves its coordinates
+    ax = plot_tuning_curves(tuning_curves(da), units=[0]).axes[0]
+    assert ax.get_xlabel() == "orientation (deg)"  # the generators' units
+    assert ax.get_ylabel() == "mean response\n± s.e.m."  # no units known: none claimed
+
+
+def test_the_fallback_units_are_the_generators():
+    from unitrec.analysis.plots import _PARAMETER_UNITS
+    from unitrec.stimuli.generate import PARAMETER_UNITS
+
+    assert _PARAMETER_UNITS == {name: units for name, (units, _) in PARAMETER_UNITS.items()}
+
+
+def test_orientation_is_drawn_wrapped(grating_recording):
+    da, _ = grating_recording
+    ds = tuning_curves(da)
+    fig = plot_tuning_curves(ds, units=[0, 1])
+    line = fig.axes[0].lines[0]
+    x, y = line.get_xdata(), line.get_ydata()
+    np.testing.assert_array_equal(x, [0, 45, 90, 135, 180])
+    assert y[-1] == y[0] == float(ds["mean"].sel(orientation=0).values[0, 0, 0])
+    np.testing.assert_array_equal(fig.axes[0].get_xticks(), [0, 45, 90, 135, 180])
+    # channel 0 prefers 0°: marked at 0° and at its repeat, 180°
+    marks = sorted(ln.get_xdata()[0] for ln in fig.axes[0].lines if ln.get_linestyle() == "--")
+    assert marks == [0, 180]
+
+
+def test_other_parameters_are_not_wrapped(grating_recording):
+    da, _ = grating_recording
+    da = da.assign_coords(contrast=("stimulus", da.orientation.values / 135))
+    ax = plot_tuning_curves(tuning_curves(da, by="contrast"), units=[0]).axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [0, 1 / 3, 2 / 3, 1])
+    assert ax.get_xscale() == "linear" and ax.get_xlabel() == "contrast"
+    assert "SI = (max − min) / (max + min)" in _text(ax.figure)
+
+
+def _text(fig: Figure) -> str:
+    """The figure-level texts (caption, suptitle), lines joined as one."""
+    texts = [t.get_text() for t in fig.texts] + ([fig._suptitle.get_text()] if fig._suptitle else [])
+    return " ".join(" ".join(texts).split())
+
+
+def test_spatial_frequency_on_a_log_axis(grating_recording):
+    da, _ = grating_recording
+    da = da.assign_coords(spatial_frequency=("stimulus", np.resize([2.0, 4.0, 8.0], da.sizes["stimulus"])))
+    ax = plot_tuning_curves(tuning_curves(da, by="spatial_frequency"), units=[0]).axes[0]
+    assert ax.get_xscale() == "log"
+    assert ax.get_xlabel() == "spatial frequency (cycles/image)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "4", "8"]
+
+
+def test_montage_title_names_layer_channel_and_position(grating_recording, tmp_path):
+    da, root = grating_recording
+    fig = plot_montage(_labelled(da), {"channel": 2, "y": 0, "x": 0}, root, k=4)
+    assert fig._suptitle.get_text().startswith("conv1 · channel=2, y=0, x=0\n")
+    assert "#rank · response in a.u." in _text(fig)
+    best = float(da.isel(channel=2, y=0, x=0).max())
+    assert fig.axes[0].get_title() == f"#1 · response {best:.3g}"
+    _saved(fig, tmp_path, "montage_titled")

@@ -1,4 +1,4 @@
-"""``unitrec report``: the figures a newcomer wants after a recording, as PNG + HTML.
+"""``unitrec report``: the figures a newcomer wants after a recording, as PNG, SVG + HTML.
 
 Per recording: tuning curves of the most selective units of each site (when the
 stimuli carry a parameter such as ``orientation``), an RDM per site, layer × layer
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +39,18 @@ def _chunks() -> Any:
 
 def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str | None = None,
                  units_per_site: int = 8) -> Path:
-    """Write figures of a recording and an ``index.html`` linking them.
+    """Write figures of a recording, as PNG and SVG, and an ``index.html`` showing them.
 
     Parameters
     ----------
     path
         A recording.
     out_dir
-        Folder for the PNG files and ``index.html`` (created).
+        Folder for the figures and ``index.html`` (created).
     by
         Stimulus coordinate for tuning curves; default ``orientation`` when present.
     units_per_site
-        Tuning curves drawn per site (the most selective units).
+        Tuning curves drawn per site (the most selective units, one per channel).
 
     Returns
     -------
@@ -58,6 +59,14 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
 
     Notes
     -----
+    Every figure is written twice with the same stem: ``NAME.png`` (110 dpi),
+    shown in the page, and ``NAME.svg`` (vector, for print), which the page links
+    from the image and from the "SVG" link under it.
+
+    Tuning curves are drawn for the most selective units of the stronger half
+    (peak response at least the site's median), at most one per channel; a
+    convolutional map's units are taken at the centre of the map.
+
     Tuning curves, RDMs, layer similarity and participation ratios need every
     response: they cover the sites stored in full (``keep: full`` or ``both``).
     Each site kept as a summary gets a row in the summaries table (units, stimuli
@@ -87,7 +96,12 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     sections: list[tuple[str, list[tuple[str, str]]]] = []
 
     def save(fig, name: str) -> str:
+        """Write ``name`` (a .png) and the same figure as SVG beside it; the PNG's name."""
+        from matplotlib import rc_context
+
         fig.savefig(out / name, dpi=110)
+        with rc_context({"svg.hashsalt": name}):  # fixed ids and no date: the same figure, the same file
+            fig.savefig((out / name).with_suffix(".svg"), metadata={"Date": None})
         return name
 
     summary_rows = []
@@ -106,15 +120,14 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
             # response (a firing rate) for sites whose values go negative
             rectified = bool(float(da.min()) < 0)
             tuning = A.tuning_curves(da.clip(min=0) if rectified else da, by=by)
-            sel = np.asarray(tuning["selectivity"].values, dtype=float).reshape(-1)
-            peak = np.asarray(tuning["mean"].max(by).values, dtype=float).reshape(-1)
-            # near-silent units answering one stimulus are "perfectly selective" and
-            # uninformative: rank only the units whose peak is in the upper half
-            sel = np.where(peak >= np.nanmedian(peak), sel, np.nan)
-            best = [int(i) for i in np.argsort(np.nan_to_num(sel, nan=-1))[::-1][:units_per_site]]
+            best, centre = _tuning_units(tuning, by, units_per_site)
+            if not best:  # no unit with a defined selectivity: nothing worth a figure
+                continue
             fig = A.plot_tuning_curves(tuning, units=best)
-            fig.suptitle(f"{name}: the {len(best)} most {by}-selective of the stronger half of units (mean ± s.e.m."
-                         + (", rectified)" if rectified else ")"))
+            title = (f"{name}: the {len(best)} most {by}-selective channels" + (", each at the map's centre"
+                     if centre else "") + " (of the stronger half of units; mean ± s.e.m."
+                     + (" of the rectified response)" if rectified else ")"))
+            fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=10)  # ~12 characters an inch
             figs.append((f"{name}", save(fig, f"tuning_{safe[name]}.png")))
         sections.append((f"Tuning curves by {by}", figs))
 
@@ -169,6 +182,47 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     return index
 
 
+def _tuning_units(tuning, by: str, n: int) -> tuple[list[int], bool]:
+    """Flat positions of up to ``n`` units to draw, most selective first; whether they are map centres.
+
+    Near-silent units answering one stimulus are "perfectly selective" and
+    uninformative: only units whose peak is in the upper half are ranked. At most
+    one unit per channel: the units of one channel are copies of one filter at
+    other places, and for stimuli that are the same everywhere (gratings) they
+    have nearly the same curve. A convolutional map's units are taken at its
+    centre (row H//2, column W//2): a unit at the border sees part of its
+    receptive field on zero padding, and the centre is where the receptive field
+    best covers the image.
+    """
+    dims = [d for d in tuning["mean"].dims if d != by]
+    shape = tuple(int(tuning.sizes[d]) for d in dims)
+    sel = np.asarray(tuning["selectivity"].transpose(*dims).values, dtype=float).reshape(-1)
+    peak = np.asarray(tuning["mean"].max(by).transpose(*dims).values, dtype=float).reshape(-1)
+    centre = "y" in dims and "x" in dims
+    if centre:
+        grid = np.indices(shape).reshape(len(dims), -1)
+        at_centre = ((grid[dims.index("y")] == shape[dims.index("y")] // 2)
+                     & (grid[dims.index("x")] == shape[dims.index("x")] // 2))
+        peak = np.where(at_centre, peak, np.nan)
+    if not np.isfinite(peak).any():
+        return [], centre
+    strong = np.isfinite(sel) & (peak >= np.nanmedian(peak))
+    if "channel" in tuning.coords:
+        channel = np.broadcast_to(tuning["channel"].broadcast_like(tuning["selectivity"]).transpose(*dims).values,
+                                  shape).reshape(-1)
+    else:
+        channel = np.arange(sel.size)  # no channels: every unit is its own
+    chosen: list[int] = []
+    seen: set = set()
+    for u in np.argsort(-np.where(strong, sel, -np.inf), kind="stable"):  # ties: the first unit first
+        if len(chosen) == n or not strong[u]:
+            break
+        if channel[u] not in seen:
+            seen.add(channel[u])
+            chosen.append(int(u))
+    return chosen, centre
+
+
 def _most_driven(ds, n: int = _MOST_DRIVEN) -> list[int]:
     """Flat positions of the units with the highest best response, highest first."""
     best = np.asarray(ds["top_response"].isel(rank=0).values, dtype=float).reshape(-1)
@@ -211,8 +265,11 @@ def _html(info: dict[str, Any], rows, sections, summary_table=()) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><meta charset='utf-8'><title>unitrec report</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}</style>",
+        "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em}"
+        ".figures{display:flex;flex-wrap:wrap;gap:0 2em;align-items:flex-start}"
+        "img{max-width:100%;height:auto;display:block}figure{margin:1em 0;max-width:100%}figcaption{color:#444}"
+        "code{overflow-wrap:anywhere}table{border-collapse:collapse;display:block;overflow-x:auto}"
+        "td,th{border:1px solid #ccc;padding:2px 8px}</style>",
         f"<h1>unitrec report: {esc(os.path.basename(info['file']))}</h1>",
         f"<p>model <b>{esc(str(info.get('model')))}</b> — {esc(str(info.get('model_description')))}<br>"
         f"{info['n_recorded']} of {info['n_stimuli']} stimuli recorded; status {esc(str(info.get('status')))}; "
@@ -236,7 +293,10 @@ def _html(info: dict[str, Any], rows, sections, summary_table=()) -> str:
             "</table>",
         ]
     for title, figs in sections:
-        parts.append(f"<h2>{esc(title)}</h2>")
+        parts.append(f"<h2>{esc(title)}</h2><div class='figures'>")
         for caption, file in figs:
-            parts.append(f"<figure><img src='{esc(file)}'><figcaption>{esc(caption)}</figcaption></figure>")
+            vector = esc(str(Path(file).with_suffix(".svg")))  # written beside the PNG by save()
+            parts.append(f"<figure><a href='{vector}'><img src='{esc(file)}' alt='{esc(caption)}'></a>"
+                         f"<figcaption>{esc(caption)} · <a href='{vector}'>SVG</a></figcaption></figure>")
+        parts.append("</div>")
     return "\n".join(parts)

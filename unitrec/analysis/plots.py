@@ -9,6 +9,7 @@ it with ``fig.savefig(path)``.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,22 @@ def _new_figure(**kwargs: Any) -> Figure:
     return Figure(**kwargs)
 
 
+#: CF ``units`` of the parameters unitrec's generators write, for coordinates that come without
+#: them (``load_layer`` does not carry coordinate attributes over). The same as
+#: ``unitrec.stimuli.generate.PARAMETER_UNITS`` (a test checks), copied because that package
+#: imports torch and a figure must not.
+_PARAMETER_UNITS = {"orientation": "degree", "spatial_frequency": "1", "phase": "degree",
+                    "contrast": "1", "sigma": "1"}
+#: What a dimensionless ("1") parameter counts, where a bare name would leave it open.
+_COUNTS = {"spatial_frequency": "cycles/image"}
+_SYMBOLS = {"degree": "deg", "degrees": "deg", "radian": "rad", "radians": "rad"}
+#: Parameters drawn wrapped, with their period in degrees (the periods tuning_curves uses);
+#: a coordinate attribute ``period`` makes any parameter periodic.
+_PERIODS = {"orientation": 180.0, "direction": 360.0}
+#: Parameters drawn on a log axis (spatial frequencies are spaced in octaves).
+_LOG_PARAMETERS = frozenset({"spatial_frequency"})
+
+
 def plot_tuning_curves(
     tuning_ds: xr.Dataset,
     units: Sequence[int] | None = None,
@@ -43,10 +60,12 @@ def plot_tuning_curves(
     max_units: int = 16,
     ncols: int = 4,
 ) -> Figure:
-    """Small multiples of tuning curves, mean ± SEM, one panel per unit.
+    """Small multiples of tuning curves, mean ± s.e.m., one panel per unit.
 
     A numeric parameter (orientation) is drawn as a curve; a categorical one (a
-    class ``label``) as one bar per category.
+    class ``label``) as one bar per category. Each panel is titled with the site,
+    the unit (``channel``, ``y``, ``x``) and its selectivity index (SI); a caption
+    under the panels says what the SI is.
 
     Parameters
     ----------
@@ -63,12 +82,30 @@ def plot_tuning_curves(
     Returns
     -------
     matplotlib.figure.Figure
-        One axes per unit; the dashed line (or the orange bar) marks the preferred value.
+        One axes per unit; the dashed line (or the orange bar) marks the preferred
+        value. The caption is the figure's ``supxlabel``.
 
     Raises
     ------
     SelectionError
         If a unit position is out of range.
+
+    Notes
+    -----
+    Axis labels carry units: the y axis is the response's CF ``units`` attribute
+    (``"1"``, a number without unit, is written "a.u."), the x axis the stimulus
+    coordinate's (``orientation (deg)``); a coordinate without one gets the units
+    unitrec's stimulus generators give it.
+
+    The selectivity index is the one :func:`~unitrec.analysis.tuning_curves`
+    computed: for a periodic parameter (orientation, direction) one minus the
+    circular variance of the mean curve, ``|Σ r e^{2πiθ/P}| / Σ r``; for any other
+    ``(max − min) / (max + min)`` of the mean curve.
+
+    A periodic parameter (``orientation``, period 180°; ``direction``, 360°; or
+    any coordinate with a ``period`` attribute) is drawn wrapped: the first value
+    is repeated one period on, so a unit preferring 0° is not drawn as two halves,
+    with ticks every quarter period. ``spatial_frequency`` is drawn on a log axis.
     """
     mean, sem = tuning_ds["mean"], tuning_ds["sem"]
     by = tuning_ds.attrs.get("by") or next(
@@ -83,9 +120,13 @@ def plot_tuning_curves(
             raise SelectionError(f"unit {u!r} is outside 0..{total - 1}")
     ncols = max(1, min(ncols, len(chosen)))
     nrows = max(1, math.ceil(len(chosen) / ncols))
-    fig = _new_figure(figsize=(2.6 * ncols, 2.2 * nrows), layout="constrained")
+    fig = _new_figure(figsize=(2.7 * ncols, 2.5 * nrows + 0.4), layout="constrained")
     x = np.asarray(mean[by].values)
+    coord_attrs = dict(mean[by].attrs)
     categorical = not np.issubdtype(x.dtype, np.number)
+    period = None if categorical else _period(str(by), coord_attrs)
+    log = not categorical and str(by) in _LOG_PARAMETERS and bool((x > 0).all())
+    site = mean.attrs.get("site") or tuning_ds.attrs.get("site")
     for i, u in enumerate(chosen):
         where = dict(zip(unit_dims, np.unravel_index(int(u), shape))) if shape else {}
         ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -97,21 +138,101 @@ def plot_tuning_curves(
             ax.bar(np.arange(x.size), m, yerr=np.nan_to_num(s), color=colors, capsize=2)
             ax.set_xticks(np.arange(x.size), x.astype(str), rotation=90 if x.size > 4 else 0)
         else:
-            ax.errorbar(x, m, yerr=np.nan_to_num(s), marker="o", ms=3, capsize=2)
-            ax.axvline(float(preferred), ls="--", lw=0.8, color="grey")
+            xs, ms, ss = _wrapped(x.astype(float), m, s, period)
+            ax.errorbar(xs, ms, yerr=np.nan_to_num(ss), marker="o", ms=3, capsize=2)
+            for value in _preferred_lines(float(preferred), xs, period):
+                ax.axvline(value, ls="--", lw=0.8, color="grey")
+            if period is not None:
+                quarter = period / 4
+                start = math.floor(xs[0] / quarter) * quarter if xs.size else 0.0
+                ticks = start + quarter * np.arange(5)
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            elif log:
+                ax.set_xscale("log")
+                ax.set_xticks(x.astype(float), [f"{v:g}" for v in x])
+                ax.minorticks_off()
         sel = float(tuning_ds["selectivity"].isel(where).values)
-        ax.set_title(f"{_unit_name(mean.isel(where), where)}  SI={sel:.2f}", fontsize=8)
-        ax.set_xlabel(str(by), fontsize=8)  # a dim name; matplotlib shows str() of it anyway
+        unit_name = _unit_name(mean.isel(where), where)
+        ax.set_title((f"{site} · " if site else "") + f"SI = {sel:.2f}\n{unit_name}", fontsize=8)
+        if i % ncols == 0:
+            ax.set_ylabel(_response_label(mean.attrs), fontsize=8)
+        if i + ncols >= len(chosen):  # the lowest panel of its column
+            ax.set_xlabel(_parameter_label(str(by), coord_attrs), fontsize=8)
         ax.tick_params(labelsize=7)
+    note = _selectivity_note(tuning_ds, str(by), coord_attrs, categorical)
+    fig.supxlabel(textwrap.fill(note, max(40, int(16 * 2.7 * ncols))), fontsize=8)  # ~16 characters an inch
     return fig
 
 
-def _unit_name(curve: xr.DataArray, where: Mapping[Hashable, Any]) -> str:
+def _period(by: str, attrs: Mapping[Hashable, Any]) -> float | None:
+    """Period of a stimulus parameter, for drawing it wrapped; None: not periodic."""
+    value = attrs.get("period", _PERIODS.get(by))
+    try:
+        period = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return period if period is not None and np.isfinite(period) and period > 0 else None
+
+
+def _wrapped(x: np.ndarray, m: np.ndarray, s: np.ndarray,
+             period: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The curve sorted, and for a periodic parameter its first point repeated one period on."""
+    order = np.argsort(x, kind="stable")
+    x, m, s = x[order], m[order], s[order]
+    if period is None or not x.size or x[-1] - x[0] >= period:
+        return x, m, s
+    return np.append(x, x[0] + period), np.append(m, m[0]), np.append(s, s[0])
+
+
+def _preferred_lines(preferred: float, xs: np.ndarray, period: float | None) -> list[float]:
+    """Where to mark the preferred value: also at its repeat, one period on."""
+    lines = [preferred]
+    if period is not None and xs.size and np.isclose(preferred + period, xs[-1]):
+        lines.append(preferred + period)
+    return lines
+
+
+def _response_label(attrs: Mapping[Hashable, Any]) -> str:
+    """``mean response ± s.e.m. (a.u.)`` from the response's CF ``units``."""
+    units = attrs.get("units")
+    label = "mean response\n± s.e.m."
+    if units is None or str(units) == "":
+        return label
+    return f"{label} ({'a.u.' if str(units) == '1' else _SYMBOLS.get(str(units), str(units))})"
+
+
+def _parameter_label(name: str, attrs: Mapping[Hashable, Any]) -> str:
+    """``orientation (deg)``: a stimulus coordinate's name and its CF ``units``."""
+    units = attrs.get("units", _PARAMETER_UNITS.get(name))
+    text = name.replace("_", " ")
+    if units is None or str(units) in ("", "1"):  # a plain number: say what it counts, if known
+        return f"{text} ({_COUNTS[name]})" if name in _COUNTS else text
+    return f"{text} ({_SYMBOLS.get(str(units), str(units))})"
+
+
+def _selectivity_note(tuning_ds: xr.Dataset, by: str, attrs: Mapping[Hashable, Any],
+                      categorical: bool) -> str:
+    """The caption: what SI is and what the dashed line (orange bar) marks."""
+    how = str(tuning_ds.attrs.get("selectivity", ""))
+    marker = "orange bar" if categorical else "dashed line"
+    if how.startswith("circular"):
+        period = how.rsplit(" ", 1)[-1]
+        units = attrs.get("units", _PARAMETER_UNITS.get(by))
+        unit = f" {_SYMBOLS.get(str(units), units)}" if units not in (None, "", "1") else ""
+        si = f"SI = 1 − circular variance of the mean curve (period {period}{unit})"
+    elif how:
+        si = "SI = (max − min) / (max + min) of the mean curve" if how == "(max-min)/(max+min)" else f"SI: {how}"
+    else:
+        si = "SI: the selectivity index of tuning_curves"
+    return f"{si}; {marker}: preferred {by.replace('_', ' ')}"
+
+
+def _unit_name(curve: xr.DataArray | xr.Dataset, where: Mapping[Any, Any]) -> str:
     """``channel=3, y=1, x=2`` from the unit's coords, else from its positions."""
     # the unit's identity, not every scalar coordinate it carries
     shown = ("channel", "y", "x", "unit")
     parts = [
-        f"{name}={curve.coords[name].item()}"
+        f"{name}={np.asarray(curve.coords[name].values).item()}"  # .values: coords may be dask
         for name in shown
         if name in curve.coords and curve.coords[name].ndim == 0
     ]
@@ -284,25 +405,38 @@ def plot_montage(
     ncols = max(1, math.ceil(math.sqrt(len(labels))))
     nrows = max(1, math.ceil(len(labels) / ncols))
     fig = _new_figure(figsize=(1.8 * ncols, 1.9 * nrows + 0.3), layout="constrained")
+    shown: tuple[int, ...] = (0, 0)
     for i, label in enumerate(labels):
         pixels = _network_image(root / label, steps, size, background)
+        shown = pixels.shape[:2]
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ax.imshow(pixels)
         if rf is not None:
             _outline(ax, rf, pixels.shape[:2])
-        ax.set_title(f"#{i + 1}  {responses[i]:.3g}", fontsize=7)
+        ax.set_title(f"#{i + 1} · response {responses[i]:.3g}", fontsize=7)
         ax.set_axis_off()
-    title = f"unit {unit}"
-    if not isinstance(unit, Mapping) and len(where) > 1:
-        title += " (" + ", ".join(f"{d}={i}" for d, i in where.items()) + ")"
     site = attrs.get("site") or getattr(da, "name", None)
-    if site:
-        title = f"{site}: {title}"
+    lines = [(f"{site} · " if site else "") + _unit_name(chosen, where),
+             f"preferred stimuli, best first (#rank · response{_units_suffix(attrs)})"]
+    if rf is not None:
+        lines[1] += "; red: receptive field" if not _covers(rf, shown) else (
+            f"; receptive field ({rf[2]:g}×{rf[3]:g} px) covers the whole image")
     if steps is None:
-        title += " (original images: preprocessing not rebuilt" + (
-            ", scaled to the input size)" if size is not None else ")")
-    fig.suptitle(title, fontsize=9)
+        lines.append("(original images: preprocessing not rebuilt" + (
+            ", scaled to the input size)" if size is not None else ")"))
+    width = max(24, int(15 * 1.8 * ncols))  # characters that fit the figure's width at 8 pt
+    # "not rebuilt" kept on one line: NUL is no whitespace to textwrap
+    text = "\n".join(textwrap.fill(line.replace("not rebuilt", "not\0rebuilt"), width) for line in lines)
+    fig.suptitle(text.replace("\0", " "), fontsize=8)
     return fig
+
+
+def _units_suffix(attrs: Mapping[Hashable, Any]) -> str:
+    """`` in a.u.`` for a response with CF ``units``, else nothing."""
+    units = attrs.get("units")
+    if units is None or str(units) == "":
+        return ""
+    return f" in {'a.u.' if str(units) == '1' else _SYMBOLS.get(str(units), str(units))}"
 
 
 #: Preprocessing steps that leave the geometry alone (tensor conversion, dtype, normalisation).
@@ -461,6 +595,13 @@ def _receptive_field(unit: xr.DataArray | xr.Dataset, attrs: Mapping[str, Any]) 
         size = np.repeat(size, 2)
     values = (float(cy), float(cx), float(size[0]), float(size[1]))
     return values if all(np.isfinite(values)) else None
+
+
+def _covers(rf: tuple[float, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a receptive field ``(cy, cx, rows, columns)`` holds every pixel of an image (no outline shows)."""
+    cy, cx, h, w = rf
+    return (cy - h / 2 <= -0.5 and cy + h / 2 >= shape[0] - 0.5
+            and cx - w / 2 <= -0.5 and cx + w / 2 >= shape[1] - 0.5)
 
 
 def _outline(ax: Any, rf: tuple[float, ...], shape: tuple[int, int]) -> None:
