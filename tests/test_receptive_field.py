@@ -166,7 +166,7 @@ def test_the_field_of_a_merge_is_the_largest_over_its_paths():
 
 
 class _Squeeze(nn.Module):
-    """Squeeze-excitation: every position is scaled by a mean over the whole map."""
+    """Squeeze-excitation: every position is scaled by a gate pooled over the whole map."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -178,10 +178,51 @@ class _Squeeze(nn.Module):
         return self.after(y * torch.sigmoid(y.mean((2, 3), keepdim=True)))
 
 
-def test_a_field_nobody_can_vouch_for_is_unknown_not_too_small():
+class _Scramble(nn.Module):
+    """A reshape that moves pixels: nobody can vouch for the field after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.after = nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.after(y.flatten(2).flip(-1).reshape(y.shape))
+
+
+class _ChannelLast(nn.Module):
+    """ConvNeXt's block: depthwise conv, channel-last LayerNorm and MLP, permuted back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(4, 4, 7, padding=3, groups=4)
+        self.norm = nn.LayerNorm(4)
+        self.mlp = nn.Linear(4, 8)
+        self.after = nn.Conv2d(8, 8, 3)
+
+    def forward(self, x):
+        y = self.mlp(self.norm(self.dw(x).permute(0, 2, 3, 1)))
+        return self.after(y.permute(0, 3, 1, 2))
+
+
+def test_a_channel_gate_scales_the_field_it_does_not_widen_or_lose_it():
     rows = {r.name: r for r in ur.list_layers(_Squeeze().eval(), (3, 16, 16))}
     assert rows["conv"].rf_size == (3, 3)
-    assert rows["after"].rf_size is None  # it sees the whole image, through the mean
+    assert rows["after"].rf_size == (5, 5)  # the spatial path's; the gate only scales channels
+
+
+def test_a_field_nobody_can_vouch_for_is_unknown_not_too_small():
+    rows = {r.name: r for r in ur.list_layers(_Scramble().eval(), (3, 16, 16))}
+    assert rows["conv"].rf_size == (3, 3)
+    assert rows["after"].rf_size is None
+
+
+def test_the_field_follows_a_channel_last_permute_and_back():
+    rows = {r.name: r for r in ur.list_layers(_ChannelLast().eval(), (4, 16, 16))}
+    assert rows["dw"].rf_size == (7, 7)
+    assert rows["norm"].rf_size is None  # (y, x, channel) output: not a (channel, y, x) site
+    assert rows["after"].rf_size == (9, 9) and rows["after"].rf_stride == (1, 1)
 
 
 # ---------------------------------------------------------------- gradients
@@ -276,3 +317,27 @@ def test_gradient_support_of_dilated_and_ceil_mode_layers():
     # a max pool passes the gradient to one pixel of each window, so the support fills
     # the field only over many images; the bound holds for every one of them
     _check(m, "pool3", 101, [(3, 3), (7, 0)], images=32, fill=0.3)
+
+
+def test_gradient_support_of_convnext_channel_last_blocks():
+    m = ur.load_model("convnext_tiny")
+    _check(m, "features.1", 160, [(20, 20), (19, 22), (0, 0)], images=1)
+
+
+def test_gradient_support_of_efficientnet_through_squeeze_excitation():
+    """The stored field is the spatial path's; the channel gate, pooled over the whole
+    image, is the only way pixels beyond it reach the unit (shown by detaching it)."""
+    from torchvision.ops import SqueezeExcitation
+
+    m = ur.load_model("efficientnet_b0")
+    side, site = 128, "features.3"
+    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    x, out = _forward_to(m, site, x)
+    assert _support(x, out[:, :, 8, 8]).all()  # through the gate: every pixel
+    gates = [mod.scale_activation.register_forward_hook(lambda mod, args, y: y.detach())
+             for mod in m.modules() if isinstance(mod, SqueezeExcitation)]
+    try:
+        _check(m, site, side, [(8, 8), (7, 9), (0, 0)], images=1)
+    finally:
+        for handle in gates:
+            handle.remove()

@@ -126,14 +126,15 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     import torch
 
     model = ur.load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
-    size = (3, args.input_size, args.input_size)
+    size = (3, args.input_size, args.input_size) if args.input_size else getattr(model, "unitrec_input_size",
+                                                                                   (3, 224, 224))
     trace = trace_model(model, torch.randn(1, *size, generator=torch.Generator().manual_seed(0)))
     rows = ur.list_layers(model, size, trace=trace)
     if args.stages:
         keep = set(stages(model, trace))
         rows = [r for r in rows if r.name in keep]
     if args.grep:
-        rows = [r for r in rows if args.grep in r.name]
+        rows = [r for r in rows if args.grep.lower() in r.name.lower()]
     if args.json:
         print(json.dumps([r.__dict__ | {"provenance": r.provenance} for r in rows], default=list, indent=1))
         return 0
@@ -247,12 +248,14 @@ def _parser() -> argparse.ArgumentParser:
     layers = sub.add_parser("layers", help="list every recording site of a model",
                             description="List recording sites: type, output shape, units, calls per "
                                         "forward, receptive field, channel provenance of concatenations.")
-    layers.add_argument("model", help="torchvision name (resnet50, densenet121, ...) or package.module:factory")
-    layers.add_argument("--input-size", type=int, default=224, help="input height = width (default 224)")
+    layers.add_argument("model", help="torchvision name (resnet50, densenet121, ...), timm:NAME "
+                                      "(timm:inception_resnet_v2, ...) or package.module:factory")
+    layers.add_argument("--input-size", type=int, default=None,
+                        help="input height = width (default: a timm model's own, else 224)")
     layers.add_argument("--weights", default=None, help="weights enum name (default: random init)")
     layers.add_argument("--checkpoint", default=None, help="local state_dict file")
     layers.add_argument("--stages", action="store_true", help="only the classic stages (blocks, pools, fc)")
-    layers.add_argument("--grep", default=None, metavar="TEXT", help="only sites whose name contains TEXT")
+    layers.add_argument("--grep", default=None, metavar="TEXT", help="only sites whose name contains TEXT (any case)")
     layers.add_argument("--json", action="store_true", help="machine-readable output")
     layers.set_defaults(func=_cmd_layers)
 

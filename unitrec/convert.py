@@ -136,7 +136,7 @@ def _neuroid_assembly():
         from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
     except ImportError:
         try:
-            from brainio.assemblies import NeuroidAssembly  # type: ignore[no-redef]
+            from brainio.assemblies import NeuroidAssembly
         except ImportError:
             return None
     return NeuroidAssembly

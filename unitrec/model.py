@@ -1,7 +1,8 @@
-"""Build the model under study: a torchvision zoo network or a user's own factory.
+"""Build the model under study: a torchvision or timm network, or a user's own factory.
 
-The model comes back in eval mode, with its weights either seeded random, a
-torchvision weights enum, or a local state_dict checkpoint. There is no silent
+The model comes back in eval mode, with its weights either seeded random, the
+zoo's pretrained weights (a torchvision weights enum, a timm pretrained tag), or a
+local state_dict checkpoint. There is no silent
 fallback: if pretrained weights cannot be had, the error says how to provide them.
 """
 
@@ -31,9 +32,11 @@ def zoo_names() -> list[str]:
     return sorted(tvm.list_models(module=tvm))
 
 
-def _build(name: str, weights: Any) -> nn.Module:
+def _build(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
+    if name.startswith("timm:"):
+        return _build_timm(name[len("timm:"):], weights, kwargs)
     if ":" in name:
-        return _build_factory(name, weights)
+        return _build_factory(name, weights, kwargs)
     import torchvision.models as tvm
 
     names = zoo_names()
@@ -44,8 +47,8 @@ def _build(name: str, weights: Any) -> nn.Module:
             f"unknown model {name!r}: not a torchvision classification model.{hint} "
             "For your own network, give an importable 'package.module:factory'."
         )
-    kwargs: dict[str, Any] = {}
-    if name in ("googlenet", "inception_v3") and weights is None:
+    kwargs = dict(kwargs)
+    if name in ("googlenet", "inception_v3") and weights is None and "init_weights" not in kwargs:
         # The aux classifiers only run in training; init_weights=True keeps
         # torchvision's documented initialisation and silences its warning.
         kwargs["init_weights"] = True
@@ -58,6 +61,8 @@ def _build(name: str, weights: Any) -> nn.Module:
             raise ModelError(f"unknown weights {weights!r} for {name!r}; valid: {valid}") from None
     try:
         model = tvm.get_model(name, weights=weights, **kwargs)
+    except TypeError as exc:  # an unknown keyword argument
+        raise ModelError(f"{name!r} does not take kwargs {kwargs}: {exc}") from exc
     except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
         raise ModelError(
             f"cannot get weights {weights!r} for {name!r} ({type(exc).__name__}: {exc}). "
@@ -69,11 +74,56 @@ def _build(name: str, weights: Any) -> nn.Module:
     return model
 
 
+def _build_timm(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
+    """A timm model; its data config (input size, resize, crop, mean/std) becomes the
+    default preprocessing, with or without pretrained weights."""
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        raise ModelError(f"timm:{name} needs timm: pip install 'unitrec[timm]'") from None
+    arch, _, tag = name.partition(".")
+    names = timm.list_models()
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
+        hint = f" Closest: {', '.join('timm:' + c for c in close)}." if close else ""
+        raise ModelError(f"unknown model 'timm:{name}': not in timm.list_models().{hint}")
+    if weights is not None and str(weights).upper() != "DEFAULT":
+        if tag:
+            raise ModelError(f"give the pretrained tag once: in the name 'timm:{name}' or as weights={weights!r}")
+        tag = str(weights)
+    full = f"{arch}.{tag}" if tag else arch
+    try:
+        model = timm.create_model(full, pretrained=weights is not None, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"timm:{arch} does not take kwargs {kwargs}: {exc}") from exc
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc):
+            tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+            raise ModelError(f"unknown weights {tag!r} for timm:{arch}; valid: "
+                             f"{', '.join(['DEFAULT'] + tags) or 'none'}") from None
+        raise _no_weights(f"timm:{full}", weights, exc) from exc
+    except OSError as exc:  # no internet, no cached file
+        raise _no_weights(f"timm:{full}", weights, exc) from exc
+    config = timm.data.resolve_model_data_config(model)
+    model.unitrec_transform = timm.data.create_transform(**config, is_training=False)
+    model.unitrec_input_size = tuple(config["input_size"])  # type: ignore[assignment]
+    return model
+
+
+def _no_weights(name: str, weights: Any, exc: BaseException) -> ModelError:
+    return ModelError(
+        f"cannot get weights {weights!r} for {name!r} ({type(exc).__name__}: {shorten(str(exc))}). "
+        "Download them on a machine with internet access and pass the state_dict "
+        "file as checkpoint=PATH (YAML: model.checkpoint)."
+    )
+
+
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-def _build_factory(spec: str, weights: Any) -> nn.Module:
-    """Import ``package.module:function`` and call it with no arguments.
+def _build_factory(spec: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
+    """Import ``package.module:function`` and call it with ``kwargs``.
 
     This runs the user's code, as importing any Python file does. The current folder
     is on the module path (appended if absent), so ``unitrec`` and ``python -m
@@ -87,7 +137,7 @@ def _build_factory(spec: str, weights: Any) -> nn.Module:
         )
     if weights is not None:
         raise ModelError(
-            f"weights={weights!r} only applies to torchvision models; give your own "
+            f"weights={weights!r} only applies to torchvision and timm models; give your own "
             "model's weights as checkpoint=PATH"
         )
     if "" not in sys.path and os.getcwd() not in sys.path:
@@ -101,9 +151,10 @@ def _build_factory(spec: str, weights: Any) -> nn.Module:
     if not callable(factory):
         raise ModelError(f"model factory {spec!r} is a {type(factory).__name__}, not a function")
     try:
-        model = factory()
+        model = factory(**kwargs)
     except Exception as exc:  # the user's code: say which factory failed, in one line
-        raise ModelError(f"model factory {spec!r} called with no arguments failed: "
+        called = f"with {kwargs}" if kwargs else "with no arguments"
+        raise ModelError(f"model factory {spec!r} called {called} failed: "
                          f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"model factory {spec!r} returned {type(model).__name__} "
@@ -120,6 +171,7 @@ def load_model(
     weights: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     seed: int = 0,
+    kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build a model in eval mode.
 
@@ -127,22 +179,31 @@ def load_model(
     ----------
     name
         A torchvision classification model name (``"resnet50"``, ``"densenet121"``,
-        ``"googlenet"``, ``"inception_v3"``, ...) or an importable factory
-        ``"package.module:function"`` that returns an ``nn.Module``.
+        ``"googlenet"``, ``"inception_v3"``, ...), a timm model ``"timm:NAME"`` (any
+        name of ``timm.list_models()``, e.g. ``"timm:inception_resnet_v2"``; needs the
+        ``timm`` extra), or an importable factory ``"package.module:function"`` that
+        returns an ``nn.Module``.
     weights
-        ``None`` for random initialisation (seeded by `seed`), ``"DEFAULT"`` or a
-        torchvision weights enum name such as ``"IMAGENET1K_V2"``. Needs internet the
-        first time; torchvision caches the file afterwards.
+        ``None`` for random initialisation (seeded by `seed`); ``"DEFAULT"`` for the
+        zoo's default pretrained weights; a torchvision weights enum name such as
+        ``"IMAGENET1K_V2"``, or a timm pretrained tag such as ``"in1k"``. Needs
+        internet the first time; torchvision and timm cache the file afterwards.
     checkpoint
         A local file holding a ``state_dict`` (or a dict with a ``"state_dict"`` or
         ``"model"`` entry), loaded strictly over the built model.
     seed
         Seed of the random initialisation.
+    kwargs
+        Keyword arguments for the model's constructor (torchvision's
+        ``get_model``, timm's ``create_model``, or your factory), e.g.
+        ``{"num_classes": 10}``.
 
     Returns
     -------
     torch.nn.Module
-        The model, in eval mode, on the CPU.
+        The model, in eval mode, on the CPU. A timm model carries its data
+        config's preprocessing (``unitrec_transform``), which ``record`` uses
+        unless given another; so does a torchvision model with pretrained weights.
 
     Examples
     --------
@@ -153,11 +214,13 @@ def load_model(
     torch.manual_seed(seed)
     if isinstance(weights, str) and weights.lower() in ("none", "null", "random"):
         weights = None
-    model = _build(name, weights)
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ModelError(f"model kwargs must be a mapping of keyword arguments, got {type(kwargs).__name__}")
+    model = _build(name, weights, dict(kwargs or {}))
     if checkpoint is not None:
         _load_checkpoint(model, checkpoint)
     model.eval()
-    model.unitrec_description = model_description(name, weights, checkpoint, seed)  # type: ignore[assignment]
+    model.unitrec_description = model_description(name, weights, checkpoint, seed, kwargs)  # type: ignore[assignment]
     return model
 
 
@@ -207,15 +270,19 @@ def _checkpoint_problem(exc: Exception) -> str:
 
 
 def model_description(
-    name: str, weights: Any = None, checkpoint: Any = None, seed: int = 0
+    name: str, weights: Any = None, checkpoint: Any = None, seed: int = 0, kwargs: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The provenance record of how a model was built (stored in every recording)."""
     if checkpoint is not None:
         how = f"checkpoint {os.path.abspath(os.fspath(checkpoint))}"
     elif weights is None:
         how = f"random init (seed {seed}), not trained"
+    elif name.startswith("timm:"):
+        how = f"timm pretrained weights {weights}"
     else:
         how = f"torchvision weights {weights}"
+    if kwargs:
+        how += f", kwargs {kwargs}"
     return {
         "name": name,
         "weights": "none" if weights is None else str(weights),

@@ -6,6 +6,17 @@ position and the step between positions: position ``i`` sees pixels
 elementwise ops and concatenations take the union over their inputs (so a residual
 block's field is the largest over its paths), and anything else ends the chain
 (the field becomes unknown rather than wrong).
+
+Three things keep a field without widening it:
+
+- channel gates: a tensor pooled to 1 × 1 (squeeze-excitation's global mean, through
+  its 1 × 1 convolutions and sigmoid) that rescales a map by broadcasting. The map's
+  field is kept: the gate depends on the whole image, but it only scales channels,
+  as the literature's field tables for EfficientNet and MobileNet-v3 assume.
+- channel-last permutes (ConvNeXt's ``permute(0, 2, 3, 1)``): the field follows its
+  rows and columns to their new axes (:attr:`Field.axes`), through the ops that act
+  on the last (channel) axis only — ``layer_norm``, ``linear`` — and back.
+- reshapes that keep the shape.
 """
 
 from __future__ import annotations
@@ -45,10 +56,15 @@ class Axis:
 
 @dataclass(frozen=True)
 class Field:
-    """Receptive field of a (…, H, W) tensor: one :class:`Axis` for rows, one for columns."""
+    """Receptive field of a (…, H, W) tensor: one :class:`Axis` for rows, one for columns.
+
+    ``axes`` are the tensor dims of rows and columns, counted from the end:
+    ``(-2, -1)`` for (N, C, H, W), ``(-3, -2)`` for channel-last (N, H, W, C).
+    """
 
     y: Axis
     x: Axis
+    axes: tuple[int, int] = (-2, -1)
 
     @property
     def size(self) -> tuple[float, float]:
@@ -59,7 +75,14 @@ class Field:
         return (self.y.stride, self.x.stride)
 
     def union(self, other: Field) -> Field:
-        return Field(self.y.union(other.y), self.x.union(other.x))
+        return Field(self.y.union(other.y), self.x.union(other.x), self.axes)
+
+    def hw(self, shape: Sequence[int]) -> tuple[int, int]:
+        """Rows and columns of a tensor of `shape` that has this field."""
+        return (int(shape[self.axes[0]]), int(shape[self.axes[1]]))
+
+    def at(self, axes: tuple[int, int]) -> Field:
+        return Field(self.y, self.x, axes)
 
 
 def image_field() -> Field:
@@ -126,6 +149,10 @@ def _window(name: str, p: dict[str, Any], field: Field, in_hw: tuple[int, int]) 
     )
 
 
+_GLOBAL = {"mean", "amax", "amin", "sum", "max", "min", "logsumexp"}  # reductions to a gate
+_SAME_SHAPE = {"reshape", "view", "contiguous", "flatten", "unflatten"}
+
+
 def propagate(
     name: str,
     args: Sequence[Any],
@@ -140,18 +167,51 @@ def propagate(
     """
     if len(out_shape) < 3 or not inputs:
         return None
+    first_shape, first_field = inputs[0]
     if name in _PARAMS:
-        first_shape, first_field = inputs[0]
-        if len(first_shape) < 3:
+        if len(first_shape) < 3 or first_field.axes != (-2, -1):
             return None
         return _window(name, _bind(name, args, kwargs), first_field, (first_shape[-2], first_shape[-1]))
-    spatial = [(s, f) for s, f in inputs if len(s) >= 3]
-    if not spatial or any(tuple(s[-2:]) != tuple(out_shape[-2:]) for s, _ in spatial):
+    if name == "permute":
+        return _permuted(args, kwargs, first_shape, first_field, out_shape)
+    if name in _SAME_SHAPE:
+        return first_field if len(inputs) == 1 and tuple(first_shape) == tuple(out_shape) else None
+    spatial = [(s, f) for s, f in inputs if len(s) >= 3 and len(s) == len(out_shape)]
+    if not spatial:
+        return None
+    axes = spatial[0][1].axes
+    out_hw = (out_shape[axes[0]], out_shape[axes[1]])
+    if name in _GLOBAL and out_hw == (1, 1) and len(spatial) == 1:
+        h, w = spatial[0][1].hw(spatial[0][0])  # pooled to a channel gate: a window over the map
+        return Field(spatial[0][1].y.window(h, h, 0), spatial[0][1].x.window(w, w, 0), axes)
+    # a 1 × 1 operand that broadcasts over the map is a channel gate: it scales, not widens
+    gates = [(s, f) for s, f in spatial if f.hw(s) == (1, 1) and out_hw != (1, 1)]
+    maps = [(s, f) for s, f in spatial if (s, f) not in gates]
+    if not maps or (name == "linear" and maps[0][1].axes[1] == -1):
+        return None  # a linear layer over the columns mixes them
+    if any(f.axes != axes or f.hw(s) != out_hw for s, f in maps):
         return None  # reshapes, interpolation, ...: unknown geometry
-    field = spatial[0][1]
-    for _, other in spatial[1:]:
+    field = maps[0][1]
+    for _, other in maps[1:]:
         field = field.union(other)
     return field
+
+
+def _permuted(args: Sequence[Any], kwargs: dict[str, Any], shape: tuple[int, ...], field: Field,
+              out_shape: tuple[int, ...]) -> Field | None:
+    """The field of a permuted tensor: rows and columns moved to their new dims."""
+    dims = args[1:] if len(args) > 1 else kwargs.get("dims", ())
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    n = len(shape)
+    if len(dims) != n or len(out_shape) != n:
+        return None
+    order = [int(d) % n for d in dims]
+    y, x = (field.axes[0] % n, field.axes[1] % n)
+    new_y, new_x = order.index(y) - n, order.index(x) - n
+    if new_y >= new_x:
+        return None  # rows after columns: not a layout the sites describe
+    return field.at((new_y, new_x))
 
 
 def finite(value: float) -> float | int:

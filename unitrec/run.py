@@ -82,7 +82,8 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
     out_spec = cfg.output if isinstance(cfg.output, OutputSpec) else OutputSpec(path=cfg.output)
     out = _resolve(base, out_spec.path)
     model = load_model(cfg.model.name, weights=cfg.model.weights,
-                       checkpoint=_resolve(base, cfg.model.checkpoint), seed=cfg.model.seed)
+                       checkpoint=_resolve(base, cfg.model.checkpoint), seed=cfg.model.seed,
+                       kwargs=cfg.model.kwargs)
     stimuli = _stimuli(cfg, base, out)
     transform = None
     if cfg.preprocess is not None or getattr(model, "unitrec_transform", None) is None:

@@ -56,7 +56,7 @@ class LayerSpec(_Strict):
 
     name: str
     capture: Literal["output", "input"] = "output"
-    units: Optional[Literal["center", "centre", "all"]] = None
+    units: Optional[Literal["center", "centre", "cls", "all"]] = None
     channels: Optional[list[int]] = None
     positions: Optional[list[tuple[int, int]]] = None
     pool: Optional[Literal["mean", "max"]] = None
@@ -124,6 +124,7 @@ class ModelSpec(_Strict):
     weights: Optional[str] = None
     checkpoint: Optional[str] = None
     seed: int = 0
+    kwargs: dict[str, Any] = {}
 
 
 class GenerateSpec(_Strict):

@@ -3,6 +3,8 @@
 A site's output is either kept whole (``dense``), reduced to a list of units
 (``units``: a channel and a position each) or pooled over space (``pooled``). The
 selection knows the labels of what it keeps, so the file can say which unit is which.
+A vision transformer's ``(token, channel)`` site keeps whole tokens (``tokens``: the
+class token, the centre patch, patches by row and column) or pools its patch tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import SelectionError
+from .tokens import TokenGrid
 
 __all__ = ["Selection", "make_selection"]
 
@@ -27,7 +30,7 @@ class Selection:
     entry per unit (``y``/``x`` are None for 2-D outputs).
     """
 
-    kind: str  # "dense", "units" or "pooled"
+    kind: str  # "dense", "units", "pooled" or "tokens"
     dims: tuple[str, ...]
     shape: tuple[int, ...]
     channel: np.ndarray | None = None
@@ -36,7 +39,8 @@ class Selection:
     pool: Literal["mean", "max"] | None = None
     description: str = "all units"
     _channels: np.ndarray | None = None  # channel subset to take first (dense/pooled)
-    _flat: np.ndarray | None = None  # flattened unit indices (units)
+    _flat: np.ndarray | None = None  # flattened unit indices (units); token indices (tokens)
+    _pool_from: int | None = None  # pooled tokens: the first patch token
     _cache: dict[Any, tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=dict)
 
     def _indices(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -49,6 +53,13 @@ class Selection:
     def apply(self, t: torch.Tensor) -> torch.Tensor:
         """Reduce a batch ``(N, *site_shape)`` to ``(N, *self.shape)`` on its device."""
         channels, flat = self._indices(t.device)
+        if self._pool_from is not None or self.kind == "tokens":  # (N, token, channel)
+            t = t if channels is None else t.index_select(2, channels)
+            if self.kind == "tokens":
+                assert flat is not None
+                return t.index_select(1, flat)
+            t = t[:, self._pool_from:]
+            return t.mean(dim=1) if self.pool == "mean" else t.amax(dim=1)
         if self.kind == "units":
             assert flat is not None  # a "units" selection always has its flat indices
             return t.reshape(t.shape[0], -1).index_select(1, flat)
@@ -99,8 +110,11 @@ def make_selection(
     pool: Literal["mean", "max"] | None = None,
     sample: int | None = None,
     seed: int = 0,
+    tokens: TokenGrid | None = None,
 ) -> Selection:
     """Build the selection of a layer entry for a site whose output is `shape` (no batch).
+
+    `tokens` is the model's token layout when `shape` is ``(token, channel)``.
 
     Raises
     ------
@@ -112,6 +126,11 @@ def make_selection(
     spatial = len(shape) == 3
     wants = [k for k, v in (("units", units), ("positions", positions), ("pool", pool),
                             ("sample", sample)) if v is not None]
+    if tokens is not None and tokens.matches(shape):
+        return _token_selection(name, shape, tokens, units, channels, positions, pool, sample)
+    if units == "cls":
+        raise SelectionError(f"{name}: units: cls picks a vision transformer's class token; output "
+                             f"{shape} is not a (token, channel) site")
     if not wants and channels is None:
         return Selection("dense", _dims(shape), shape)
     if len(shape) not in (1, 3):
@@ -165,3 +184,41 @@ def _units(shape: tuple[int, ...], flat: np.ndarray, description: str) -> Select
     c, y, x = np.unravel_index(flat, shape)
     return Selection("units", ("unit",), (len(flat),), channel=c, y=y, x=x,
                      description=description, _flat=flat)
+
+
+def _token_selection(name: str, shape: tuple[int, ...], grid: TokenGrid, units: str | None,
+                     channels: Sequence[int] | None, positions: Sequence[Sequence[int]] | None,
+                     pool: Literal["mean", "max"] | None, sample: int | None) -> Selection:
+    """Whole tokens of a ``(token, channel)`` site, or its patch tokens pooled."""
+    n_tokens, n_ch = shape
+    if sample is not None:
+        raise SelectionError(f"{name}: sample draws units of (channel, y, x) sites; a token site keeps "
+                             "whole tokens (units: cls or center, positions:, pool:, channels:)")
+    ch = None if channels is None else _check(name, "channel", channels, n_ch)
+    if ch is not None:
+        _distinct(name, "channels", ch)
+    kept = ch if ch is not None else np.arange(n_ch)
+    what = f"{len(kept)} channels" if ch is not None else "all channels"
+    if pool is not None:
+        return Selection("pooled", ("channel",), (len(kept),), channel=kept, pool=pool,
+                         description=f"{pool} over {grid.grid[0] * grid.grid[1]} patch tokens, {what}",
+                         _channels=ch, _pool_from=grid.prefix)
+    if units == "cls":
+        if "cls" not in grid.kinds:
+            raise SelectionError(f"{name}: this model has no class token; use units: center, positions: "
+                                 "or pool: mean")
+        picked, how = np.array([grid.kinds.index("cls")]), "the class token"
+    elif units == "center":
+        picked, how = np.array([grid.center]), "the centre patch token"
+    elif positions is not None:
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+        _distinct(name, "positions", pos)
+        _check(name, "patch row (y)", pos[:, 0], grid.grid[0])
+        _check(name, "patch column (x)", pos[:, 1], grid.grid[1])
+        picked, how = np.array([grid.patch(y, x) for y, x in pos]), f"{len(pos)} patch tokens"
+    elif ch is None:
+        return Selection("dense", ("token", "channel"), shape, channel=kept)
+    else:
+        picked, how = np.arange(n_tokens), "all tokens"
+    return Selection("tokens", ("token", "channel"), (len(picked), len(kept)), channel=kept,
+                     description=f"{how}, {what}", _channels=ch, _flat=picked)

@@ -20,6 +20,7 @@ from .errors import LayerNotFoundError, RecordingError
 from .receptive_field import Field, finite
 from .schema import Layers, LayerSpec, parse_layers
 from .selection import Selection, make_selection
+from .tokens import TokenGrid
 from .trace import Call, Trace, trace_model
 
 __all__ = ["LayerInfo", "Site", "list_layers", "resolve_sites", "site_names", "stages"]
@@ -38,6 +39,7 @@ class Site:
     spec: LayerSpec
     call: Call
     selection: Selection
+    tokens: TokenGrid | None = None  # the token layout of a (token, channel) site
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -69,11 +71,16 @@ class Site:
         """When, in the traced forward, this site's value is complete."""
         return self.call.start if self.capture == "input" else self.call.end
 
+    @property
+    def _source_runs(self) -> list[tuple[str, int]] | None:
+        return self.call.input_sources if self.capture == "input" else self.call.sources
+
     def sources(self) -> list[str] | None:
         """Per-channel provenance of a concatenating site (after selection)."""
-        if self.capture != "output" or not self.call.sources:
+        runs = self._source_runs
+        if not runs:
             return None
-        labels = np.array([label for label, n in self.call.sources for _ in range(n)], dtype=object)
+        labels = np.array([label for label, n in runs for _ in range(n)], dtype=object)
         sel = self.selection
         if sel.kind == "units":
             return list(labels[sel.channel])
@@ -94,12 +101,18 @@ class Site:
                 out[dim] = (dim, np.arange(n))
             if "channel" in out and sel.channel is not None:
                 out["channel"] = ("channel", np.asarray(sel.channel))
+        if self.tokens is not None and "token" in sel.dims:
+            kept = sel._flat if sel.kind == "tokens" else np.arange(self.tokens.n_tokens)
+            assert kept is not None
+            out["token"] = ("token", np.asarray(kept))
+            out.update({name: ("token", values) for name, values in self.tokens.coords(kept).items()})
         src = self.sources()
         if src is not None:
             dim = "unit" if sel.kind == "units" else "channel"
             # sources numbered in channel order (of the whole site), for groupby in that order
-            assert self.call.sources is not None  # src is None without them
-            order = {label: i for i, label in enumerate(dict.fromkeys(s for s, _ in self.call.sources))}
+            runs = self._source_runs
+            assert runs is not None  # src is None without them
+            order = {label: i for i, label in enumerate(dict.fromkeys(s for s, _ in runs))}
             out["source"] = (dim, np.array(src, dtype=object))
             out["source_index"] = (dim, np.array([order[s] for s in src], dtype=np.int64))
         fld = self.field
@@ -133,6 +146,16 @@ class Site:
             if self.selection.kind == "pooled":  # one unit sees the union of every position
                 size = [finite(s + (n - 1) * st) for s, n, st in zip(fld.size, full[2:], fld.stride)]
             attrs["rf_size"], attrs["rf_stride"] = size, stride
+        if self.tokens is not None:
+            grid, fld = self.tokens, self.tokens.field
+            attrs["tokens"] = (f"{' + '.join(grid.kinds) + ' + ' if grid.kinds else ''}"
+                               f"{grid.grid[0]}×{grid.grid[1]} patches of {grid.patch_embed}")
+            size = [finite(s) for s in fld.size]
+            if self.selection.kind == "pooled":  # one unit pools every patch
+                size = [finite(s + (n - 1) * st) for s, n, st in zip(fld.size, grid.grid, fld.stride)]
+            attrs["rf_size"], attrs["rf_stride"] = size, list(map(finite, fld.stride))
+            attrs["rf_note"] = ("the patch's field, which locates each token; after the first attention "
+                                "layer a token can see the whole image")
         return attrs
 
 
@@ -217,14 +240,15 @@ def resolve_sites(
                 f"{spec.name!r}: the module's {capture} is not a tensor; record one of its "
                 "children instead"
             )
+        tokens = trace.tokens if trace.tokens is not None and trace.tokens.matches(shape[1:]) else None
         selection = make_selection(
             spec.name, shape[1:], units=spec.units, channels=spec.channels,
-            positions=spec.positions, pool=spec.pool, sample=spec.sample, seed=spec.seed,
+            positions=spec.positions, pool=spec.pool, sample=spec.sample, seed=spec.seed, tokens=tokens,
         )
         key = spec.key
         if capture == "input" and not key.endswith("@input") and not spec.store_as:
             key += "@input"
-        sites.append(Site(key, module, index, capture, spec, call, selection))
+        sites.append(Site(key, module, index, capture, spec, call, selection, tokens))
     return sites, trace
 
 
@@ -270,7 +294,9 @@ def list_layers(
         name (indexed ``name:k`` for modules called k times), module type, output
         shape (without batch), unit count, calls per forward, receptive-field size and
         stride in input pixels ``(rows, columns)``, and channel provenance of
-        concatenating sites.
+        concatenating sites. A module whose input is a concatenation made by its
+        siblings (Inception-ResNet's ``Block35.conv2d``) also gets a ``name@input``
+        row, before its own, with that concatenation's provenance.
 
     Examples
     --------
@@ -287,8 +313,20 @@ def list_layers(
     rows = []
     names = site_names(trace)
     for name, call in zip(names, trace.calls):
+        if call.input_sources and call.input_shape is not None:  # it takes a concatenation: name@input
+            fed = call.input_shape[1:]
+            fld = call.input_field if len(fed) == 3 else None
+            rows.append(LayerInfo(
+                name=f"{name}@input", type=call.type, output_shape=fed, units=int(np.prod(fed)),
+                calls=trace.counts[call.module],
+                rf_size=(finite(fld.size[0]), finite(fld.size[1])) if fld else None,
+                rf_stride=(finite(fld.stride[0]), finite(fld.stride[1])) if fld else None,
+                sources=call.input_sources,
+            ))
         shape = call.output_shape[1:] if call.output_shape else None
         fld = call.output_field if shape is not None and len(shape) == 3 else None
+        if trace.tokens is not None and trace.tokens.matches(shape):
+            fld = trace.tokens.field  # a token site: its patch's field
         rows.append(LayerInfo(
             name=name, type=call.type, output_shape=shape,
             units=int(np.prod(shape)) if shape is not None else 0,

@@ -19,6 +19,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .receptive_field import Field, image_field, propagate
+from .tokens import TokenGrid, find_grid
 
 __all__ = ["Call", "Trace", "trace_model"]
 
@@ -41,6 +42,9 @@ class Call:
     input_field: Field | None = None
     output_field: Field | None = None
     sources: list[tuple[str, int]] | None = None  # (child, channels) in channel order
+    # the same for the input, when it is a concatenation made by the module's siblings
+    # (Block35's conv2d takes cat(branch0, branch1, branch2)): labels relative to the parent
+    input_sources: list[tuple[str, int]] | None = None
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Trace:
     calls: list[Call]
     counts: dict[str, int]  # calls per forward, per module name
     input_shape: tuple[int, ...]
+    tokens: TokenGrid | None = None  # a vision transformer's token layout
 
     def find(self, module: str, index: int) -> Call:
         for call in self.calls:
@@ -272,6 +277,10 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
     counts: dict[str, int] = {}
     open_calls: dict[str, list[tuple[int, torch.Tensor | None, Field | None, set[int]]]] = {}
     concatenating: list[tuple[Call, torch.Tensor, set[int]]] = []
+    fed_a_cat: list[tuple[Call, torch.Tensor]] = []  # calls whose input is a concatenation
+    patch_calls: list[tuple[str, tuple[int, ...], Field]] = []  # convolutions with kernel = stride
+    token_shapes: list[tuple[int, ...]] = []  # (batch, tokens, channels) outputs
+    inputs_of: dict[tuple[str, int], set[int]] = {}
     events = [0]
     mode = _Mode(keep, events)
     mode.fields[id(example)] = image_field()
@@ -280,7 +289,7 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
         def hook(module, args):
             x = _first_tensor(args)
             events[0] += 1
-            fld = mode.fields.get(id(x)) if x is not None else None
+            fld = _layout_field(mode, x)
             open_calls.setdefault(name, []).append(
                 (events[0], x, fld, {id(t) for t in _tensors(args)})
             )
@@ -292,13 +301,14 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
             events[0] += 1
             index = counts.get(name, 0)
             counts[name] = index + 1
-            y = output if isinstance(output, torch.Tensor) else None
+            # a tuple (MultiheadAttention's (output, weights)) is recorded as its first tensor
+            y = output if isinstance(output, torch.Tensor) else _first_tensor(output)
             call = Call(
                 module=name, index=index, type=type(module).__name__, start=start, end=events[0],
                 input_shape=tuple(x.shape) if x is not None else None,
                 output_shape=tuple(y.shape) if y is not None else None,
                 input_field=in_field,
-                output_field=mode.fields.get(id(y)) if y is not None else None,
+                output_field=_layout_field(mode, y),
             )
             if y is not None:
                 keep.append(y)
@@ -306,6 +316,14 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
                     concatenating.append((call, y, input_ids))
                 producers.setdefault(id(y), []).append(_Made(name, index, events[0]))
             calls.append(call)
+            inputs_of[(name, index)] = input_ids
+            if y is not None and y.dim() == 3:
+                token_shapes.append(tuple(y.shape))
+            elif (isinstance(module, nn.Conv2d) and module.kernel_size == module.stride
+                  and module.kernel_size != (1, 1) and call.output_field is not None):
+                patch_calls.append((name, tuple(y.shape), call.output_field))
+            if x is not None and x.dim() >= 2 and id(x) in mode.cats and id(x) not in producers:
+                fed_a_cat.append((call, x))  # a concatenation no module returned (else: its sources)
         return hook
 
     handles = []
@@ -333,4 +351,28 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
         runs = _merge(runs)
         if len(runs) > 1:
             call.sources = runs
-    return Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]))
+    for call, x in fed_a_cat:
+        parent = _parent_call(call, calls, example)
+        ids = inputs_of.get((parent.module, parent.index), {id(example)})
+        runs = _merge(_describe(x, parent, ids, mode, producers, counts, call.start))
+        if len(runs) > 1:
+            call.input_sources = runs
+    return Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]),
+                 tokens=find_grid(model, patch_calls, token_shapes) if token_shapes else None)
+
+
+def _layout_field(mode: _Mode, t: torch.Tensor | None) -> Field | None:
+    """A tensor's field where its layout is (…, channel, y, x), as sites describe it."""
+    fld = mode.fields.get(id(t)) if t is not None else None
+    return fld if fld is not None and fld.axes == (-2, -1) else None
+
+
+def _parent_call(call: Call, calls: list[Call], example: torch.Tensor) -> Call:
+    """The call of the module's parent that was running when `call` started (the model
+    itself, as a call from event 0, for a top-level module)."""
+    parent = call.module.rpartition(".")[0]
+    for other in calls:
+        if other.module == parent and other.start < call.start < other.end:
+            return other
+    return Call(module="", index=0, type="", start=0, end=call.end + 1, input_shape=tuple(example.shape),
+                output_shape=None)

@@ -1,0 +1,139 @@
+"""Vision transformers: token sites stored as (stimulus, token, channel), labelled by
+kind and patch, exact against the blocks called by hand; token selections.
+
+Small images (32 px: 2 × 2 patches of 16) keep the models cheap; the layout and the
+arithmetic are those of the 224 px models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import unitrec as ur
+from unitrec.preprocess import build_transform
+
+SIDE = 32
+
+
+@pytest.fixture(scope="module")
+def stim(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vit")
+    return ur.stimuli.gratings(root / "stim", size=SIDE, orientations=[0, 45, 90, 135], spatial_frequencies=[2],
+                               phases=[0])
+
+
+def _record(model, stim, layers, path):
+    transform = build_transform({"resize": SIDE, "crop": SIDE, "normalize": "imagenet"})
+    return ur.record(model, stim, layers, path, transform=transform, batch_size=3, progress=False)
+
+
+def _inputs(stim) -> torch.Tensor:
+    from .conftest import image_batch
+
+    return image_batch(stim, build_transform({"resize": SIDE, "crop": SIDE, "normalize": "imagenet"}))[1]
+
+
+@pytest.fixture(scope="module")
+def tv_vit():
+    return ur.load_model("vit_b_16", kwargs={"image_size": SIDE})
+
+
+@torch.no_grad()
+def test_torchvision_vit_blocks_equal_the_encoder_called_by_hand(tv_vit, stim, tmp_path):
+    m = tv_vit
+    block = "encoder.layers.encoder_layer_5"
+    path = _record(m, stim, [block, f"{block}.self_attention", f"{block}.mlp", f"{block}.ln_1"], tmp_path / "v.h5")
+    x = m._process_input(_inputs(stim))
+    x = torch.cat([m.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+    x = m.encoder.dropout(x + m.encoder.pos_embedding)
+    for layer in list(m.encoder.layers)[:5]:
+        x = layer(x)
+    layer = m.encoder.layers[5]
+    ln1 = layer.ln_1(x)
+    attention = layer.self_attention(ln1, ln1, ln1, need_weights=False)[0]
+    mid = attention + x
+    mlp = layer.mlp(layer.ln_2(mid))
+    by_hand = {block: mid + mlp, f"{block}.self_attention": attention, f"{block}.mlp": mlp, f"{block}.ln_1": ln1}
+    for site, want in by_hand.items():
+        got = ur.load_layer(path, site)
+        assert got.dims == ("stimulus", "token", "channel"), site
+        np.testing.assert_allclose(got.values, want.numpy(), rtol=0, atol=1e-5, err_msg=site)
+    da = ur.load_layer(path, block)
+    assert list(da.kind.values) == ["cls", "patch", "patch", "patch", "patch"]
+    np.testing.assert_array_equal(da.y.values, [-1, 0, 0, 1, 1])
+    np.testing.assert_array_equal(da.x.values, [-1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(da.rf_center_y.values[1:], [7.5, 7.5, 23.5, 23.5])
+    assert np.isnan(da.rf_center_y.values[0])
+    assert list(da.attrs["rf_size"]) == [16, 16] and list(da.attrs["rf_stride"]) == [16, 16]
+    assert da.attrs["tokens"] == "cls + 2×2 patches of conv_proj" and "whole image" in da.attrs["rf_note"]
+
+
+@torch.no_grad()
+def test_timm_vit_block_attention_and_mlp_equal_them_called_by_hand(stim, tmp_path):
+    pytest.importorskip("timm")
+    m = ur.load_model("timm:vit_small_patch16_224", kwargs={"img_size": SIDE})
+    path = _record(m, stim, ["blocks.5", "blocks.5.attn", "blocks.5.mlp.fc1"], tmp_path / "t.h5")
+    x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(_inputs(stim)))))
+    for blk in m.blocks[:5]:
+        x = blk(x)
+    blk = m.blocks[5]
+    attention = blk.attn(blk.norm1(x))
+    mid = x + blk.ls1(attention)
+    fc1 = blk.mlp.fc1(blk.norm2(mid))
+    out = mid + blk.ls2(blk.mlp(blk.norm2(mid)))
+    for site, want in {"blocks.5": out, "blocks.5.attn": attention, "blocks.5.mlp.fc1": fc1}.items():
+        got = ur.load_layer(path, site)
+        assert got.dims == ("stimulus", "token", "channel") and got.kind.values[0] == "cls", site
+        np.testing.assert_allclose(got.values, want.numpy(), rtol=0, atol=1e-5, err_msg=site)
+
+
+def test_token_selections_equal_slices_of_the_whole_site(tv_vit, stim, tmp_path):
+    block = "encoder.layers.encoder_layer_2"
+    path = _record(tv_vit, stim, [
+        block,
+        {"name": block, "units": "cls", "as": "cls"},
+        {"name": block, "units": "center", "as": "centre"},
+        {"name": block, "positions": [[1, 0], [0, 1]], "channels": [3, 0], "as": "patches"},
+        {"name": block, "pool": "mean", "as": "mean"},
+        {"name": block, "pool": "max", "channels": [5], "as": "max", "keep": "both"},
+    ], tmp_path / "s.h5")
+    full = ur.load_layer(path, block).values
+    np.testing.assert_array_equal(ur.load_layer(path, "cls").values, full[:, :1])
+    centre = ur.load_layer(path, "centre")
+    assert centre.token.values.tolist() == [1 + 1 * 2 + 1] and centre.kind.values.tolist() == ["patch"]
+    np.testing.assert_array_equal(centre.values, full[:, 4:5])
+    patches = ur.load_layer(path, "patches")
+    assert patches.token.values.tolist() == [3, 2] and patches.channel.values.tolist() == [3, 0]
+    np.testing.assert_array_equal(patches.values, full[:, [3, 2]][:, :, [3, 0]])
+    mean = ur.load_layer(path, "mean")
+    assert mean.dims == ("stimulus", "channel")
+    np.testing.assert_allclose(mean.values, full[:, 1:].mean(1), rtol=0, atol=1e-6)  # patches only
+    np.testing.assert_array_equal(ur.load_layer(path, "max").values, full[:, 1:, 5:6].max(1))
+    assert list(mean.attrs["rf_size"]) == [32, 32]  # every patch
+    summary = ur.load_summary(path, "max")
+    np.testing.assert_allclose(summary["max"].values, full[:, 1:, 5:6].max(1).max(0))
+
+
+def test_token_selection_errors(tv_vit, zoo, tmp_path):
+    block = "encoder.layers.encoder_layer_2"
+    bad = [({"name": block, "positions": [[2, 0]]}, "patch row"), ({"name": block, "sample": 10}, "whole tokens")]
+    for entry, message in bad:
+        with pytest.raises(ur.SelectionError, match=message):
+            with ur.Recorder(tv_vit, [entry], input_size=(3, SIDE, SIDE)):
+                pass
+    with pytest.raises(ur.SelectionError, match="class token"):
+        with ur.Recorder(zoo("resnet18"), [{"name": "layer1", "units": "cls"}], input_size=(3, 64, 64)):
+            pass
+
+
+def test_register_tokens_are_labelled(stim, tmp_path):
+    pytest.importorskip("timm")
+    m = ur.load_model("timm:vit_small_patch14_reg4_dinov2", kwargs={"img_size": 28})
+    transform = build_transform({"resize": 28, "crop": 28, "normalize": "imagenet"})
+    path = ur.record(m, stim, ["blocks.0", {"name": "blocks.0", "units": "cls", "as": "cls"}], tmp_path / "r.h5",
+                     transform=transform, progress=False)
+    da = ur.load_layer(path, "blocks.0")
+    assert list(da.kind.values) == ["cls"] + ["register"] * 4 + ["patch"] * 4
+    np.testing.assert_array_equal(ur.load_layer(path, "cls").values, da.values[:, :1])
