@@ -73,3 +73,36 @@ def test_factory_models(tmp_path):
     rows = ur.list_layers(m, (3, 16, 16))
     assert [r.name for r in rows] == ["0", "1", "2", "3", "4"]
     assert rows[0].rf_size == (3, 3)
+
+
+_README_NET = '''
+from torch import nn
+
+def build(width=32, depth=3):
+    layers, c = [], 3
+    for i in range(depth):
+        layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+'''
+
+
+def test_the_readme_own_network_runs_from_a_config_with_kwargs_and_a_checkpoint(tmp_path, monkeypatch):
+    """README "Models", "Your own network": a factory next to the config, kwargs, checkpoint."""
+    (tmp_path / "mynets.py").write_text(_README_NET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save(ur.load_model("mynets:build", kwargs={"width": 64}, seed=5).state_dict(), tmp_path / "mynet.pt")
+    (tmp_path / "job.yaml").write_text(
+        'model: {name: "mynets:build", kwargs: {width: 64}, checkpoint: mynet.pt}\n'
+        "preprocess: {resize: 64, crop: 64, normalize: imagenet}\n"
+        'layers: ["2", "5", "8"]\n'
+        "stimuli: {generate: {kind: gratings, size: 64, orientations: [0, 90], spatial_frequencies: [4], "
+        "phases: [0]}}\n"
+        "record: {batch_size: 2, progress: false}\n"
+        "output: acts.h5\n")
+    path = ur.run_config(tmp_path / "job.yaml", progress=False)
+    site = ur.load_layer(path, "8")
+    assert site.shape == (2, 64, 8, 8)
+    assert list(site.attrs["rf_size"]) == [22, 22] and list(site.attrs["rf_stride"]) == [8, 8]
+    assert "mynet.pt" in site.attrs["model_description"]

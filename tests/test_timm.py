@@ -38,6 +38,7 @@ def _exact(model, sites: list[str], side: int = SIDE) -> None:
         torch.testing.assert_close(rec.activations[site], want[site], rtol=0, atol=1e-5, msg=site)
 
 
+@pytest.mark.slow
 def test_inception_resnet_v2_sites_equal_an_out_of_place_feature_extractor(zoo):
     m = zoo("timm:inception_resnet_v2")
     # the stem's BatchNormAct (its pre-activation value, which the in-place ReLU then

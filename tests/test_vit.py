@@ -137,3 +137,18 @@ def test_register_tokens_are_labelled(stim, tmp_path):
     da = ur.load_layer(path, "blocks.0")
     assert list(da.kind.values) == ["cls"] + ["register"] * 4 + ["patch"] * 4
     np.testing.assert_array_equal(ur.load_layer(path, "cls").values, da.values[:, :1])
+
+
+def test_timm_attention_probabilities_are_recorded_unfused(stim, tmp_path):
+    pytest.importorskip("timm")
+    m = ur.load_model("timm:vit_small_patch16_224", kwargs={"img_size": SIDE})
+    for block in m.blocks:
+        block.attn.fused_attn = False  # what TIMM_FUSED_ATTN=0 sets at import
+    path = _record(m, stim, ["blocks.5.attn.attn_drop", "blocks.5"], tmp_path / "a.h5")
+    attn = ur.load_layer(path, "blocks.5.attn.attn_drop")
+    assert attn.shape == (4, 6, 5, 5)  # (stimulus, head, query, key)
+    np.testing.assert_allclose(attn.values.sum(-1), 1, rtol=0, atol=1e-5)
+    fused = ur.load_model("timm:vit_small_patch16_224", kwargs={"img_size": SIDE})
+    same = _record(fused, stim, ["blocks.5"], tmp_path / "f.h5")
+    np.testing.assert_allclose(ur.load_layer(path, "blocks.5").values, ur.load_layer(same, "blocks.5").values,
+                               rtol=0, atol=1e-4)
