@@ -76,6 +76,23 @@ def test_plot_rdm_thins_labels(grating_recording, tmp_path):
     _saved(fig, tmp_path, "rdm")
 
 
+def test_plot_rdm_groups_by_a_coordinate_with_separators(grating_recording, tmp_path):
+    da, _ = grating_recording
+    shuffled = da.isel(stimulus=np.random.default_rng(0).permutation(da.sizes["stimulus"]))
+    r = rdm(shuffled)
+    fig = plot_rdm(r, by="orientation")
+    ax = fig.axes[0]
+    groups = np.unique(da.orientation.values)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(g) for g in groups]
+    assert len(ax.lines) == 2 * (len(groups) - 1)  # a row and a column line between groups
+    assert ax.get_xlabel() == "stimuli grouped by orientation (deg)"
+    order = np.argsort(r.orientation.values, kind="stable")
+    np.testing.assert_array_equal(ax.images[0].get_array(), r.values[np.ix_(order, order)])
+    with pytest.raises(UnitrecError, match="no stimulus coordinate 'colour'"):
+        plot_rdm(r, by="colour")
+    _saved(fig, tmp_path, "rdm_by")
+
+
 def test_plot_montage(grating_recording, tmp_path):
     da, root = grating_recording
     fig = plot_montage(da, {"channel": 2, "y": 0, "x": 0}, root, k=4)

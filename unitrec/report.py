@@ -135,12 +135,12 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
         n = first.sizes["stimulus"]
         step = max(1, int(np.ceil(n / _MAX_RDM_STIMULI)))
         figs = []
-        for name, da in layers.items():
-            sub = da.isel(stimulus=slice(None, None, step))
-            if by is not None:
-                sub = sub.sortby(by)
-            fig = A.plot_rdm(A.rdm(sub, metric="correlation"))
-            fig.suptitle(f"{name}: RDM (1 − Pearson r)" + (f", stimuli sorted by {by}" if by else ""))
+        rdms = {name: A.rdm(da.isel(stimulus=slice(None, None, step)), metric="correlation")
+                for name, da in layers.items()}
+        top = max((float(np.nanmax(r.values)) for r in rdms.values() if np.isfinite(r.values).any()), default=1.0)
+        for name, rdm in rdms.items():  # one colour scale for every site, from 0
+            fig = A.plot_rdm(rdm, by=by, vmin=0.0, vmax=top)
+            fig.suptitle(f"{name}: RDM (1 − Pearson r)" + (f", stimuli grouped by {by}" if by else ""))
             figs.append((name, save(fig, f"rdm_{safe[name]}.png")))
         sections.append(("Representational dissimilarity matrices", figs))
 

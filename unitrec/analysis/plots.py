@@ -249,15 +249,19 @@ _DISSIMILARITY = {
 
 
 def plot_rdm(
-    rdm_da: xr.DataArray, *, max_labels: int = 30, cmap: str = "viridis",
+    rdm_da: xr.DataArray, *, by: str | None = None, max_labels: int = 30, cmap: str = "viridis",
     vmin: float | None = None, vmax: float | None = None,
 ) -> Figure:
-    """Heatmap of an RDM with stimulus labels (every n-th when there are many).
+    """Heatmap of an RDM with stimulus labels, or grouped by a stimulus coordinate.
 
     Parameters
     ----------
     rdm_da : xarray.DataArray
         Output of :func:`unitrec.analysis.rdm`.
+    by : str, optional
+        A stimulus coordinate (``orientation``, ``label``): the stimuli are sorted by
+        it (stably), each group is ticked once with its value, and white lines
+        separate the groups. Default: ticked by stimulus name.
     max_labels : int
         At most this many tick labels per axis.
     cmap : str
@@ -270,15 +274,45 @@ def plot_rdm(
     -------
     matplotlib.figure.Figure
         The matrix axes and its colorbar axes.
+
+    Raises
+    ------
+    ConfigError
+        If `rdm_da` is not an RDM, or `by` is not one of its stimulus coordinates.
     """
     if not isinstance(rdm_da, xr.DataArray) or rdm_da.ndim != 2:
         raise ConfigError("plot_rdm needs a 2-D DataArray from unitrec.analysis.rdm")
     n = rdm_da.shape[0]
+    values = np.asarray(rdm_da.values, dtype=float)
+    dim = rdm_da.dims[0]
+    groups = None
+    if by is not None:
+        if by not in rdm_da.coords or rdm_da[by].dims != (dim,):
+            coords = [str(c) for c, v in rdm_da.coords.items() if v.dims == (dim,) and c != dim]
+            raise ConfigError(f"plot_rdm: no stimulus coordinate {by!r}; the RDM has {coords}")
+        groups = np.asarray(rdm_da[by].values)
+        order = np.argsort(groups, kind="stable")
+        values, groups = values[np.ix_(order, order)], groups[order]
     fig = _new_figure(figsize=(6, 5), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(np.asarray(rdm_da.values, dtype=float), cmap=cmap, vmin=vmin, vmax=vmax)
+    image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
     metric = str(rdm_da.attrs.get("metric", ""))
     fig.colorbar(image, ax=ax, label=_DISSIMILARITY.get(metric, "dissimilarity"))
+    if groups is not None:
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+        ends = np.r_[starts[1:], n]
+        for edge in starts[1:]:
+            ax.axhline(edge - 0.5, color="white", lw=0.8)
+            ax.axvline(edge - 0.5, color="white", lw=0.8)
+        keep = np.arange(len(starts))[:: max(1, math.ceil(len(starts) / max(1, max_labels)))]
+        ticks = (starts[keep] + ends[keep] - 1) / 2
+        text = [str(g) for g in groups[starts[keep]]]
+        ax.set_xticks(ticks, text, rotation=90 if max(map(len, text)) > 3 else 0, fontsize=8)
+        ax.set_yticks(ticks, text, fontsize=8)
+        label = f"stimuli grouped by {_parameter_label(by, rdm_da[by].attrs)}"
+        ax.set_xlabel(label)
+        ax.set_ylabel(label)
+        return fig
     ax.set_xlabel("stimulus")
     ax.set_ylabel("stimulus")
     labels = (
