@@ -298,7 +298,7 @@ def plot_rdm(
     image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
     metric = str(rdm_da.attrs.get("metric", ""))
     fig.colorbar(image, ax=ax, label=_DISSIMILARITY.get(metric, "dissimilarity"))
-    if groups is not None:
+    if groups is not None and by is not None:
         starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
         ends = np.r_[starts[1:], n]
         for edge in starts[1:]:
