@@ -178,13 +178,8 @@ class _Squeeze(nn.Module):
         return self.after(y * torch.sigmoid(y.mean((2, 3), keepdim=True)))
 
 
-class _Scramble(nn.Module):
+class _Scramble(_Squeeze):
     """A reshape that moves pixels: nobody can vouch for the field after it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.after = nn.Conv2d(4, 4, 3)
 
     def forward(self, x):
         y = self.conv(x)

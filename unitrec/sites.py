@@ -142,21 +142,23 @@ class Site:
             attrs["pool"] = self.selection.pool
         fld = self.field
         if fld is not None and full and len(full) == 4:
-            size, stride = list(map(finite, fld.size)), list(map(finite, fld.stride))
-            if self.selection.kind == "pooled":  # one unit sees the union of every position
-                size = [finite(s + (n - 1) * st) for s, n, st in zip(fld.size, full[2:], fld.stride)]
-            attrs["rf_size"], attrs["rf_stride"] = size, stride
-        if self.tokens is not None:
-            grid, fld = self.tokens, self.tokens.field
+            attrs.update(self._field_attrs(fld, full[2:]))
+        if self.tokens is not None:  # a token's field is its patch's; the grid plays the map
+            grid = self.tokens
             attrs["tokens"] = (f"{' + '.join(grid.kinds) + ' + ' if grid.kinds else ''}"
                                f"{grid.grid[0]}×{grid.grid[1]} patches of {grid.patch_embed}")
-            size = [finite(s) for s in fld.size]
-            if self.selection.kind == "pooled":  # one unit pools every patch
-                size = [finite(s + (n - 1) * st) for s, n, st in zip(fld.size, grid.grid, fld.stride)]
-            attrs["rf_size"], attrs["rf_stride"] = size, list(map(finite, fld.stride))
+            attrs.update(self._field_attrs(grid.field, grid.grid))
             attrs["rf_note"] = ("the patch's field, which locates each token; after the first attention "
                                 "layer a token can see the whole image")
         return attrs
+
+    def _field_attrs(self, fld: Field, grid: Sequence[int]) -> dict[str, list[float | int]]:
+        """``rf_size`` and ``rf_stride`` of one position of a `grid` (rows, columns) of
+        positions; a pooled unit sees the union of every position."""
+        size = list(fld.size)
+        if self.selection.kind == "pooled":
+            size = [s + (n - 1) * st for s, n, st in zip(fld.size, grid, fld.stride)]
+        return {"rf_size": [finite(s) for s in size], "rf_stride": [finite(s) for s in fld.stride]}
 
 
 def site_names(trace: Trace) -> list[str]:
@@ -314,28 +316,28 @@ def list_layers(
     names = site_names(trace)
     for name, call in zip(names, trace.calls):
         if call.input_sources and call.input_shape is not None:  # it takes a concatenation: name@input
-            fed = call.input_shape[1:]
-            fld = call.input_field if len(fed) == 3 else None
-            rows.append(LayerInfo(
-                name=f"{name}@input", type=call.type, output_shape=fed, units=int(np.prod(fed)),
-                calls=trace.counts[call.module],
-                rf_size=(finite(fld.size[0]), finite(fld.size[1])) if fld else None,
-                rf_stride=(finite(fld.stride[0]), finite(fld.stride[1])) if fld else None,
-                sources=call.input_sources,
-            ))
-        shape = call.output_shape[1:] if call.output_shape else None
-        fld = call.output_field if shape is not None and len(shape) == 3 else None
-        if trace.tokens is not None and trace.tokens.matches(shape):
-            fld = trace.tokens.field  # a token site: its patch's field
-        rows.append(LayerInfo(
-            name=name, type=call.type, output_shape=shape,
-            units=int(np.prod(shape)) if shape is not None else 0,
-            calls=trace.counts[call.module],
-            rf_size=(finite(fld.size[0]), finite(fld.size[1])) if fld else None,
-            rf_stride=(finite(fld.stride[0]), finite(fld.stride[1])) if fld else None,
-            sources=call.sources,
-        ))
+            rows.append(_layer_row(f"{name}@input", call, trace, call.input_shape, call.input_field,
+                                   call.input_sources))
+        rows.append(_layer_row(name, call, trace, call.output_shape, call.output_field, call.sources))
     return rows
+
+
+def _layer_row(name: str, call: Call, trace: Trace, shape: tuple[int, ...] | None, fld: Field | None,
+               sources: list[tuple[str, int]] | None) -> LayerInfo:
+    """One listing row for what enters or leaves a call (`shape` with the batch)."""
+    shape = shape[1:] if shape else None
+    if trace.tokens is not None and trace.tokens.matches(shape):
+        fld = trace.tokens.field  # a token site: its patch's field
+    elif shape is None or len(shape) != 3:
+        fld = None
+    return LayerInfo(
+        name=name, type=call.type, output_shape=shape,
+        units=int(np.prod(shape)) if shape is not None else 0,
+        calls=trace.counts[call.module],
+        rf_size=(finite(fld.size[0]), finite(fld.size[1])) if fld else None,
+        rf_stride=(finite(fld.stride[0]), finite(fld.stride[1])) if fld else None,
+        sources=sources,
+    )
 
 
 def _stage_level(model: nn.Module, trace: Trace) -> dict[str, nn.Module]:
