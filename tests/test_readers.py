@@ -32,6 +32,7 @@ def test_text_coordinates_are_fixed_width_unicode_so_plots_work(gratings_file):
     matplotlib.use("Agg")
     da = ur.load_layer(gratings_file, "3")
     assert da["stimulus"].dtype.kind == "U"
+    assert da["orientation"].attrs["units"] == "degree"  # CF units reach the coordinates
     da.isel(channel=0).plot()  # raised "data of type object" on object coordinates
     A.rdm(da).plot()
     pop = ur.load_population(gratings_file)

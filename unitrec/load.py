@@ -155,6 +155,12 @@ def _stimulus_coords(h5: h5py.File) -> dict[str, tuple[str, np.ndarray]]:
     return out
 
 
+def _cf_attrs(ds: h5py.Dataset) -> dict[str, str]:
+    """A dataset's CF description (``units``, ``long_name``), for its xarray coordinate."""
+    return {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in ds.attrs.items()
+            if k in ("units", "long_name", "standard_name")}
+
+
 def _root_attrs(h5: h5py.File) -> dict[str, Any]:
     attrs = {k: h5.attrs[k] for k in _PROVENANCE if k in h5.attrs}
     attrs["recording"] = os.path.abspath(h5.filename)
@@ -196,6 +202,7 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Chunks = None,
         if layer not in sites:
             raise LayerNotFoundError(_no_site(layer, sites, path))
         coords = _stimulus_coords(h5)
+        described = {name: _cf_attrs(h5[name]) for name in coords}
         attrs = _root_attrs(h5)
         if isinstance(chunks, dict) and not chunks:  # the file's own chunks; a virtual dataset has none
             chunks = source_chunks(h5[layer]["activation"]) or chunks
@@ -204,6 +211,8 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Chunks = None,
     ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=chunks)
     da = ds["activation"].drop_vars([c for c in ds["activation"].coords if c == "stimulus_id"])
     da = _text_coords(da.assign_coords(coords))
+    for name, cf in described.items():  # units and long_name, as a plain xarray open gives them
+        da.coords[name].attrs.update(cf)
     da.attrs.update(attrs)
     da.name = layer
     if not include_missing:

@@ -38,7 +38,8 @@ def _new_figure(**kwargs: Any) -> Figure:
 
 
 #: CF ``units`` of the parameters unitrec's generators write, for coordinates that come without
-#: them (``load_layer`` does not carry coordinate attributes over). The same as
+#: them (``load_layer`` carries them over; arrays built by hand or by operations that drop
+#: attributes do not). The same as
 #: ``unitrec.stimuli.generate.PARAMETER_UNITS`` (a test checks), copied because that package
 #: imports torch and a figure must not.
 _PARAMETER_UNITS = {"orientation": "degree", "spatial_frequency": "1", "phase": "degree",
