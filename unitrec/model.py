@@ -14,6 +14,10 @@ import importlib
 import os
 import re
 import sys
+import weakref
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -297,11 +301,69 @@ def state_dict_sha256(model: nn.Module) -> str:
 
     Two models with this hash equal compute the same function (given the same code),
     which is what a resumed recording must check.
+
+    The hash is cached per model and reused only while the weights are provably the
+    ones hashed: every parameter and buffer is the same tensor object, with the same
+    storage, shape, dtype and device, its version counter has not moved (an optimizer
+    step, ``load_state_dict``, ``p.add_()`` under ``no_grad``), and its bytes have the
+    same CRC-32 (a write that autograd does not count: ``p.data.add_()``, a numpy
+    view). The CRC-32s are computed on several threads (zlib releases the GIL), so a
+    cached check costs a fraction of hashing again.
     """
-    digest = hashlib.sha256()
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        return weights_sha256_on(pool, model)()
+
+
+def weights_sha256_on(pool: Executor, model: nn.Module) -> Callable[[], str]:
+    """Start :func:`state_dict_sha256` on `pool`; call what it returns for the digest.
+
+    The model's tensors are taken now, so the model may be used (even traced with
+    its parameters swapped) while the threads hash them.
+    """
+    tensors = _weight_bytes(model)
+    stamp = _stamp(model)
+    cached = _HASHES.get(model)
+    # unknown weights: the SHA-256 on one thread while the others take the CRC-32s
+    sha = pool.submit(_sha256, tensors) if cached is None or cached[0] != stamp else None
+    crcs = [pool.submit(zlib.crc32, data) for *_, data in tensors]
+
+    def digest() -> str:
+        values = [f.result() for f in crcs]
+        if sha is None and cached is not None and values == cached[1]:
+            return cached[2]
+        text = sha.result() if sha is not None else _sha256(tensors)
+        _HASHES[model] = (stamp, values, text)
+        return text
+
+    return digest
+
+
+#: model -> (stamp, CRC-32 per tensor, SHA-256); entries go with the model
+_HASHES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[int], str]] = weakref.WeakKeyDictionary()
+#: threads that hash weights and stimuli (zlib and hashlib release the GIL)
+HASH_THREADS = max(2, min(8, os.cpu_count() or 1))
+
+
+def _weight_bytes(model: nn.Module) -> list[tuple[str, torch.Tensor, memoryview]]:
+    """(key, tensor, its bytes) per state_dict entry, without copying CPU tensors."""
+    out = []
     for key, value in model.state_dict().items():
-        digest.update(key.encode())
         t = value.detach().cpu().contiguous().reshape(-1)
+        out.append((key, t, memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")))
+    return out
+
+
+def _sha256(tensors: list[tuple[str, torch.Tensor, memoryview]]) -> str:
+    digest = hashlib.sha256()
+    for key, t, data in tensors:
+        digest.update(key.encode())
         digest.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(data)
     return digest.hexdigest()
+
+
+def _stamp(model: nn.Module) -> tuple:
+    """Which tensors the weights are, and how often autograd saw them written."""
+    return tuple((name, id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
+                 for name, t in [*model.named_parameters(remove_duplicate=False),
+                                 *model.named_buffers(remove_duplicate=False)])

@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, cast
@@ -33,7 +34,7 @@ from torch import nn
 from .accumulate import Accumulator
 from .errors import ConfigError, RecordingError, StimulusError, UnitrecWarning
 from .lock import output_lock
-from .model import state_dict_sha256
+from .model import HASH_THREADS, weights_sha256_on
 from .preprocess import build_transform, describe_transform
 from .provenance import file_attrs, run_key
 from .recorder import Recorder
@@ -233,11 +234,14 @@ def record(
 def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing: str, job: Job,
             config) -> Path:
     example = _first_good(stim.dataset(transform, job.background), job.on_error)
-    sites, trace = resolve_sites(model, specs, example.unsqueeze(0).to(job.device))
+    # the hashes read bytes with the GIL released, so they run beside the trace, which is Python
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        weights_digest = weights_sha256_on(pool, model)
+        stim_digest = pool.submit(stim.sha256)
+        sites, trace = resolve_sites(model, specs, example.unsqueeze(0).to(job.device))
+        weights_sha, stim_sha = weights_digest(), stim_digest.result()
     _check_names(sites, stim)
     desc = dict(getattr(model, "unitrec_description", {"name": type(model).__name__}))
-    weights_sha = state_dict_sha256(model)
-    stim_sha = stim.sha256()
     key = run_key(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
                   sites=[s.spec.model_dump(by_alias=True, exclude_defaults=True) for s in sites],
                   stimuli_sha256=stim_sha, n_stimuli=len(stim), dtype=job.dtype, device=str(job.device),

@@ -144,6 +144,14 @@ class _Loading(torch.utils.data.Dataset):
             self._check_size(item)
         return item
 
+    def __getitems__(self, indices: list[int]) -> list[Item | _Block]:
+        """A batch; rows of a tensor set that follow each other come as one view, not copied."""
+        rows = [self.rows[i] for i in indices]
+        source = self.stimuli.source
+        if isinstance(source, torch.Tensor) and rows and rows == list(range(rows[0], rows[0] + len(rows))):
+            return [_Block(rows, source[rows[0] : rows[0] + len(rows)])]
+        return list(map(self.__getitem__, indices))
+
     def _check_size(self, item: Item) -> None:
         """Every stimulus must give the shape of the set's first good one (batches are stacked)."""
         if self._reference is None:  # the same in every worker: the set's first good stimulus
@@ -191,10 +199,20 @@ def _dims(shape) -> str:
     return "×".join(map(str, shape))
 
 
-def collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[Item], list[str | None]]:
+@dataclass
+class _Block:
+    """Consecutive rows of a tensor stimulus set, as a view of it."""
+
+    rows: list[int]
+    tensor: torch.Tensor
+
+
+def collate(items: Sequence[Item | _Block]) -> tuple[list[int], torch.Tensor | None, list[Item], list[str | None]]:
     """Stack the loaded items; keep the failed ones aside (rows, batch, failures, file hashes)."""
-    good = [it for it in items if it.tensor is not None]
-    bad = [it for it in items if it.tensor is None]
+    if len(items) == 1 and isinstance(items[0], _Block):
+        return items[0].rows, items[0].tensor, [], [None] * len(items[0].rows)
+    good = [it for it in items if isinstance(it, Item) and it.tensor is not None]
+    bad = [it for it in items if isinstance(it, Item) and it.tensor is None]
     batch = torch.stack([it.tensor for it in good if it.tensor is not None]) if good else None
     return [it.index for it in good], batch, bad, [it.digest for it in good]
 
