@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from unitrec.analysis.cka import cka
 from unitrec.analysis.dimensionality import participation_ratio
+from unitrec.analysis.encoding import encoding_model, plot_encoding
 from unitrec.analysis.plots import (
     plot_layer_matrix,
     plot_montage,
@@ -26,9 +27,11 @@ from unitrec.analysis.tuning import tuning_curves
 
 __all__ = [
     "cka",
+    "encoding_model",
     "layer_similarity",
     "lifetime_sparseness",
     "participation_ratio",
+    "plot_encoding",
     "plot_layer_matrix",
     "plot_montage",
     "plot_rdm",
