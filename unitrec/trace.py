@@ -1,9 +1,8 @@
 """One dry forward pass that maps a model's anatomy.
 
 The trace runs a single input through the model with a forward (pre-)hook on every
-module and a TorchFunctionMode that sees every torch function. Only shapes matter to
-it, so it runs on PyTorch's ``meta`` device (no arithmetic) where the model allows,
-and is cached per model and input shape while the model's anatomy stays the same. From it we learn,
+module and a TorchFunctionMode that sees every torch function. It is cached per
+model and input shape while the model's anatomy stays the same. From it we learn,
 for every call of every module: the order of calls, input and output shapes, the
 theoretical receptive field of the output, and — for outputs that are a channel
 concatenation — which child produced each channel and which channels were changed
@@ -273,12 +272,6 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
 
     The model is put in eval mode for the pass and its training flag restored.
 
-    The pass needs shapes, not values: it runs on the ``meta`` device (parameters,
-    buffers and input swapped for meta tensors with ``torch.func.functional_call``,
-    so nothing is computed) and falls back to a real pass on `example` where the
-    model cannot run there (``.item()``, a branch on values, a tensor attribute that
-    is not a buffer, a module that keeps state from a forward pass).
-
     The trace is cached per model object and input shape, dtype and device, and
     reused only while the model's anatomy is what it was: the same module objects
     under the same names, each with the same type, plain settings (stride, padding,
@@ -290,9 +283,7 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
     per_model = _CACHE.get(model)
     if per_model is not None and key in per_model and per_model[key][0] == anatomy:
         return per_model[key][1]
-    trace = _trace_on_meta(model, example)
-    if trace is None:
-        trace = _trace(model, example, lambda: model(example))
+    trace = _trace(model, example)
     _CACHE.setdefault(model, {})[key] = (anatomy, trace)
     return trace
 
@@ -322,30 +313,8 @@ def _anatomy(model: nn.Module) -> tuple:
     return tuple(parts)
 
 
-def _trace_on_meta(model: nn.Module, example: torch.Tensor) -> Trace | None:
-    """The trace of a pass on meta tensors, or None where the model cannot make one."""
-    state = {name: torch.empty_like(t, device="meta")
-             for name, t in [*model.named_parameters(remove_duplicate=False),
-                             *model.named_buffers(remove_duplicate=False)]}
-    meta = torch.empty_like(example, device="meta")
-    before = [(m, dict(vars(m))) for m in model.modules()]
-    try:
-        trace = _trace(model, meta, lambda: torch.func.functional_call(model, state, (meta,)))
-    except Exception:  # noqa: BLE001 - any failure means: trace with real values instead
-        trace = None
-    for m, attrs in before:  # a module that kept something from the pass would keep meta tensors
-        now = vars(m)
-        if now.keys() != attrs.keys() or any(now[k] is not v for k, v in attrs.items()):
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
-            trace = None
-    if trace is not None and tuple(trace.input_shape) != tuple(example.shape[1:]):
-        return None
-    return trace
-
-
 @torch.no_grad()
-def _trace(model: nn.Module, example: torch.Tensor, forward) -> Trace:
+def _trace(model: nn.Module, example: torch.Tensor) -> Trace:
     keep: list[Any] = [example]
     producers: dict[int, list[_Made]] = {}
     calls: list[Call] = []
@@ -411,7 +380,7 @@ def _trace(model: nn.Module, example: torch.Tensor, forward) -> Trace:
             handles.append(module.register_forward_hook(post(name)))
         model.eval()
         with mode:
-            forward()
+            model(example)
     finally:
         for handle in handles:
             handle.remove()
