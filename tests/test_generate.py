@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from unitrec.errors import ConfigError
-from unitrec.stimuli.generate import gabors, gratings
+from unitrec.stimuli.generate import gabors, gratings, protocols
 
 
 def read_rows(root: Path) -> list[dict[str, str]]:
@@ -181,3 +181,139 @@ def test_a_set_generated_before_the_marker_existed_can_be_replaced(tmp_path):
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         gratings(tmp_path / "bad", **kwargs)
+
+
+# -- apertures and the grating protocols ---------------------------------------------------
+
+
+def test_apertures_show_the_full_field_grating_inside_and_background_outside(tmp_path):
+    settings = {"orientations": (30,), "spatial_frequencies": (3,), "phases": (45,), "size": 32}
+    full = one(tmp_path, **settings)
+    root = gratings(tmp_path / "a", apertures=(6, 11.5, 60), aperture_center=(10, 20), **settings)
+    rows = read_rows(root)
+    assert list(rows[0]) == ["path", "orientation", "spatial_frequency", "phase", "contrast",
+                             "aperture_diameter", "aperture_y", "aperture_x"]
+    assert [r["path"] for r in rows] == ["grating_ori030_sf03_ph045_c100_d006.png",
+                                         "grating_ori030_sf03_ph045_c100_d011p5.png",
+                                         "grating_ori030_sf03_ph045_c100_d060.png"]
+    assert [(r["aperture_diameter"], r["aperture_y"], r["aperture_x"]) for r in rows] == [
+        ("6", "10", "20"), ("11.5", "10", "20"), ("60", "10", "20")]
+    rr, cc = np.mgrid[:32, :32]
+    for row in rows:
+        d = float(row["aperture_diameter"])
+        inside = (rr - 10) ** 2 + (cc - 20) ** 2 <= (d / 2) ** 2  # pixel (i, j) sits at (i, j)
+        img = grey(root / row["path"])
+        np.testing.assert_array_equal(img[inside], full[inside])
+        assert (img[~inside] == 128).all()
+    assert inside.all()  # 60 ≥ twice the farthest pixel's distance (29, to pixel (31, 0)): the full field
+    assert inside.sum() == full.size and (grey(root / rows[0]["path"]) != full).any()
+
+
+def test_default_aperture_centre_is_the_image_centre(tmp_path):
+    root = gratings(tmp_path / "a", size=16, orientations=(0,), spatial_frequencies=(2,), phases=(90,),
+                    apertures=(3,))
+    (row,) = read_rows(root)
+    assert (row["aperture_y"], row["aperture_x"]) == ("7.5", "7.5")
+    img = grey(root / row["path"])
+    assert (img[7:9, 7:9] != 128).all() and (img != 128).sum() == 4  # the four pixels within 1.5 of 7.5
+
+
+def test_protocols_writes_three_protocols_with_every_column(tmp_path):
+    root = protocols(tmp_path / "p", size=16, orientations=(0, 90), spatial_frequencies=(2, 4),
+                     phases=(0, 120, 240), size_spatial_frequencies=(4,), diameters=(4, 8),
+                     contrast_spatial_frequencies=(2,), contrasts=(0.1, 0.5), aperture_center=(8, 7))
+    rows = read_rows(root)
+    assert list(rows[0]) == ["path", "protocol", "orientation", "spatial_frequency", "phase", "contrast",
+                             "aperture_diameter", "aperture_y", "aperture_x"]
+    by = {name: [r for r in rows if r["protocol"] == name] for name in ("phase", "size", "contrast")}
+    assert [len(v) for v in by.values()] == [2 * 2 * 3, 2 * 1 * 3 * 2, 2 * 1 * 3 * 2]
+    assert all(all(r.values()) for r in rows)  # no empty cell
+    assert {r["contrast"] for r in by["phase"] + by["size"]} == {"0.5"}  # the highest contrast
+    assert {r["aperture_diameter"] for r in by["phase"] + by["contrast"]} == {"inf"}  # full field
+    assert {(r["aperture_y"], r["aperture_x"]) for r in rows} == {("8", "7")}
+    assert "grating_ori090_sf04_ph120_c050_d008_size.png" in {r["path"] for r in by["size"]}
+    assert "grating_ori000_sf02_ph000_c010_contrast.png" in {r["path"] for r in by["contrast"]}
+    assert sorted(p.name for p in root.glob("*.png")) == sorted(r["path"] for r in rows)
+    small = grey(root / "grating_ori090_sf04_ph120_c050_d004_size.png")
+    assert small[8, 7] != 128 and small[0, 0] == 128 and (small != 128).sum() <= 13
+    # the loader reads inf back as a number, with no warning about empty cells
+    import warnings
+
+    from unitrec.stimuli import as_stimulus_set
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        coords = as_stimulus_set(root).coords
+    assert np.isinf(coords["aperture_diameter"]).sum() == 24 and coords["protocol"].dtype == object
+
+
+def test_protocols_defaults_stay_under_2000_images(monkeypatch, tmp_path):
+    from unitrec.stimuli import generate
+
+    written = {}
+    monkeypatch.setattr(generate, "_write_set", lambda out, kind, settings, *a: written.setdefault("s", settings))
+    generate.protocols(tmp_path / "p")
+    settings = written["s"]
+    counts = {name: sum(s["protocol"] == name for s in settings) for name in generate.PROTOCOLS}
+    assert counts == {"phase": 8 * 7 * 8, "size": 8 * 2 * 8 * 6, "contrast": 8 * 2 * 8 * 6}
+    assert sum(counts.values()) == 1984
+    assert sorted({s["aperture_diameter"] for s in settings if s["protocol"] == "size"}) == [4, 7, 12, 20, 34, 91]
+    assert {(s["aperture_y"], s["aperture_x"]) for s in settings} == {(31.5, 31.5)}
+    assert min(s["contrast"] for s in settings) == 0.02
+
+
+@pytest.mark.parametrize(
+    ("kind", "kwargs", "match"),
+    [
+        ("gratings", {"aperture_center": (3, 3)}, "give their diameters too"),
+        ("gratings", {"apertures": (0,)}, "apertures must hold positive"),
+        ("gratings", {"apertures": (4,), "aperture_center": (3, 99)}, r"outside the 64×64 image.*0 to 63"),
+        ("gratings", {"apertures": (4,), "aperture_center": (3,)}, r"\(row, column\)"),
+        ("protocols", {"phases": (0, 90, 180)}, "equally spaced over 360°"),
+        ("protocols", {"diameters": ()}, "diameters must hold at least one"),
+        ("protocols", {"contrasts": (0.1, 1.2)}, "contrast 1.2"),
+        ("protocols", {"size_spatial_frequencies": (-1,)}, "size_spatial_frequencies"),
+    ],
+)
+def test_bad_aperture_and_protocol_arguments(tmp_path, kind, kwargs, match):
+    make = {"gratings": gratings, "protocols": protocols}[kind]
+    with pytest.raises(ConfigError, match=match):
+        make(tmp_path / "bad", **kwargs)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_cli_writes_protocols_and_apertures(tmp_path, capsys):
+    from unitrec.cli import main
+
+    argv = ["stimuli", "protocols", str(tmp_path / "p"), "--size", "16", "--orientations", "0", "90",
+            "--spatial-frequencies", "2", "4", "--phases", "0", "120", "240", "--size-spatial-frequencies", "4",
+            "--diameters", "4", "23", "--contrast-spatial-frequencies", "4", "--contrasts", "0.2", "1",
+            "--aperture-center", "8", "8"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "wrote 36 gratings of the protocols (phase 12, size 12, contrast 12)" in out
+    assert {r["aperture_y"] for r in read_rows(tmp_path / "p")} == {"8"}
+    argv = ["stimuli", "gratings", str(tmp_path / "g"), "--size", "16", "--orientations", "0", "--phases", "0",
+            "--spatial-frequencies", "2", "--apertures", "4", "8", "--aperture-center", "5", "6"]
+    assert main(argv) == 0
+    assert [(r["aperture_diameter"], r["aperture_y"], r["aperture_x"]) for r in read_rows(tmp_path / "g")] == [
+        ("4", "5", "6"), ("8", "5", "6")]
+    assert main(["stimuli", "gratings", str(tmp_path / "x"), "--sigmas", "0.1"]) == 1
+    assert "--sigmas is for gabors, not gratings" in capsys.readouterr().err
+    assert main(["stimuli", "gabors", str(tmp_path / "x"), "--diameters", "4"]) == 1
+    assert "--diameters is for protocols, not gabors" in capsys.readouterr().err
+
+
+def test_config_generate_kind_protocols():
+    from unitrec.schema import GenerateSpec, parse
+
+    spec = parse(GenerateSpec, {"kind": "protocols", "size": 32, "diameters": [4, 46], "aperture_center": [16, 16]})
+    assert spec.arguments() == {"size": 32, "diameters": [4.0, 46.0], "aperture_center": (16.0, 16.0)}
+    spec = parse(GenerateSpec, {"kind": "gratings", "apertures": [4, 8]})
+    assert spec.arguments()["apertures"] == [4.0, 8.0]
+    with pytest.raises(ConfigError, match=r"kind protocols does not take sigmas \(sigmas is for kind gabors\)"):
+        parse(GenerateSpec, {"kind": "protocols", "sigmas": [0.1]})
+    with pytest.raises(ConfigError, match="kind gratings does not take diameters"):
+        parse(GenerateSpec, {"kind": "gratings", "diameters": [4]})
+    with pytest.raises(ConfigError, match="unknown key 'aperture_centre'.*aperture_center"):
+        parse(GenerateSpec, {"kind": "protocols", "aperture_centre": [1, 1]})

@@ -192,17 +192,30 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_stimuli(args: argparse.Namespace) -> int:
-    from .stimuli import generate
+    from .errors import ConfigError
+    from .schema import _GENERATOR_KEYS
+    from .stimuli import GENERATORS, generate
 
+    kind = args.kind.replace("-", "_")
     kwargs = {"size": args.size, "overwrite": args.overwrite}
-    for name in ("orientations", "spatial_frequencies", "phases", "contrasts"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
-    if args.kind == "gabors" and args.sigmas is not None:
-        kwargs["sigmas"] = args.sigmas
-    out = getattr(generate, args.kind)(args.out_dir, **kwargs)
+    for name in dict.fromkeys(n for names in _GENERATOR_KEYS.values() for n in names):
+        if getattr(args, name) is None:
+            continue
+        if name not in _GENERATOR_KEYS[kind]:
+            takes = [k.replace("_", "-") for k, names in _GENERATOR_KEYS.items() if name in names]
+            raise ConfigError(f"--{name.replace('_', '-')} is for {' and '.join(takes)}, not {args.kind}")
+        kwargs["kind" if name == "distribution" else name] = getattr(args, name)
+    out = GENERATORS[kind](args.out_dir, **kwargs)
+    if kind == "protocols":
+        import csv
+
+        with open(Path(out) / generate.METADATA, newline="", encoding="utf-8") as handle:
+            protocols = [row["protocol"] for row in csv.DictReader(handle)]
+        counts = ", ".join(f"{name} {protocols.count(name)}" for name in generate.PROTOCOLS)
+        print(f"wrote {len(protocols)} gratings of the protocols ({counts}) and metadata.csv to {out}")
+        return 0
     n = sum(1 for p in Path(out).iterdir() if p.suffix == ".png")
-    print(f"wrote {n} {args.kind} and metadata.csv to {out}")
+    print(f"wrote {n} {args.kind} images and metadata.csv to {out}")
     return 0
 
 
@@ -266,10 +279,12 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
 
-    stim = sub.add_parser("stimuli", help="generate parametric stimuli (gratings, gabors) with metadata.csv",
+    stim = sub.add_parser("stimuli", help="generate stimuli (gratings, gabors, protocols, sparse/white noise) with metadata.csv",
                           description="Write a parametric stimulus set and its metadata.csv; the columns "
-                                      "become coordinates of every recording of that folder.")
-    stim.add_argument("kind", choices=["gratings", "gabors"])
+                                      "become coordinates of every recording of that folder. `protocols` writes "
+                                      "the grating protocols (phase, size, contrast) that "
+                                      "unitrec.analysis.protocols analyses.")
+    stim.add_argument("kind", choices=["gratings", "gabors", "protocols", "sparse-noise", "white-noise"])
     stim.add_argument("out_dir", help="folder to write (must be empty unless --overwrite)")
     stim.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
     stim.add_argument("--orientations", type=float, nargs="+", help="degrees")
@@ -277,6 +292,30 @@ def _parser() -> argparse.ArgumentParser:
     stim.add_argument("--phases", type=float, nargs="+", help="degrees")
     stim.add_argument("--contrasts", type=float, nargs="+", help="Michelson contrast in (0, 1]")
     stim.add_argument("--sigmas", type=float, nargs="+", help="gabors only: envelope widths")
+    stim.add_argument("--apertures", type=float, nargs="+", metavar="D",
+                      help="gratings only: draw each grating in circular apertures of these diameters (pixels) "
+                           "instead of full field")
+    stim.add_argument("--aperture-center", type=float, nargs=2, metavar=("ROW", "COL"),
+                      help="gratings and protocols: aperture centre in pixels (default: the image centre)")
+    stim.add_argument("--size-spatial-frequencies", type=float, nargs="+", metavar="F",
+                      help="protocols only: cycles per image of the size protocol")
+    stim.add_argument("--diameters", type=float, nargs="+", metavar="D",
+                      help="protocols only: aperture diameters of the size protocol (pixels)")
+    stim.add_argument("--contrast-spatial-frequencies", type=float, nargs="+", metavar="F",
+                      help="protocols only: cycles per image of the contrast protocol")
+    stim.add_argument("--grid", type=int, metavar="PX",
+                      help="sparse-noise only: side of each square in pixels, dividing --size (default size/16)")
+    stim.add_argument("--polarities", nargs="+", choices=["on", "off"],
+                      help="sparse-noise only: bright (on) and/or dark (off) squares (default both)")
+    stim.add_argument("--contrast", type=float,
+                      help="sparse-noise and white-noise: contrast of the squares / of the noise (default 1)")
+    stim.add_argument("--repeats", type=int, help="sparse-noise only: copies of every square (default 1)")
+    stim.add_argument("--n", type=int, help="white-noise only: number of images (default 2000)")
+    stim.add_argument("--block", type=int, metavar="PX",
+                      help="white-noise only: pixels per noise element (default 1)")
+    stim.add_argument("--seed", type=int, help="white-noise only: image i is drawn from (seed, i) (default 0)")
+    stim.add_argument("--distribution", choices=["binary", "gaussian"],
+                      help="white-noise only: binary (default) or Gaussian pixels")
     stim.add_argument("--overwrite", action="store_true")
     stim.set_defaults(func=_cmd_stimuli)
 

@@ -26,6 +26,7 @@ __all__ = ["write_report"]
 
 _MAX_RDM_STIMULI = 200  # an RDM of more stimuli is unreadable as a picture
 _MOST_DRIVEN = 3  # units per summary site named in the table and drawn as montages
+_MAX_PROTOCOL_UNITS = 4096  # the protocols fit curves to every unit: a few ms each
 
 
 def _chunks() -> Any:
@@ -113,9 +114,14 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     safe = {name: name.replace("/", "_").replace(":", "-").replace("@", "_at_") for name in [*layers, *summaries]}
     summary_table = [_summary_row(name, ds) for name, ds in summaries.items()]
 
+    protocol_rows = None
+    if first is not None and "protocol" in coords:  # the grating protocols: tuning on the full-field sweep
+        protocol_rows = np.flatnonzero(np.asarray(first["protocol"].values).astype(str) == "phase")
     if by is not None:
         figs = []
         for name, da in layers.items():
+            if protocol_rows is not None and len(protocol_rows):
+                da = da.isel(stimulus=protocol_rows)
             # selectivity indices need non-negative responses: use the rectified
             # response (a firing rate) for sites whose values go negative
             rectified = bool(float(da.min()) < 0)
@@ -130,6 +136,9 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
             fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=10)  # ~12 characters an inch
             figs.append((f"{name}", save(fig, f"tuning_{safe[name]}.png")))
         sections.append((f"Tuning curves by {by}", figs))
+
+    if protocol_rows is not None:
+        sections.extend(_protocol_sections(layers, save, safe))
 
     if first is not None:
         n = first.sizes["stimulus"]
@@ -180,6 +189,48 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     index = out / "index.html"
     index.write_text(_html(info, summary_rows, sections, summary_table), encoding="utf-8")
     return index
+
+
+def _protocol_sections(layers: dict[str, Any], save, safe: dict[str, str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Figures of the grating protocols (``unitrec stimuli protocols``) for every site
+    small enough to fit curves to each unit; a site that goes negative is rectified."""
+    from .errors import ConfigError
+
+    sections = []
+    for name, da in layers.items():
+        units = int(np.prod([n for d, n in da.sizes.items() if d != "stimulus"]))
+        if units > _MAX_PROTOCOL_UNITS:
+            sections.append((f"Grating protocols ({name})", [(
+                f"{units} units: too many to fit a curve to each here; record the site with "
+                "units: center for the protocols", "")]))
+            continue
+        rectify = bool(float(da.min()) < 0)
+        figs = []
+        f1f0 = A.modulation_ratio(da, rectify=True)
+        ratio = np.asarray(f1f0["ratio"].values, dtype=float)
+        figs.append((f"F1/F0: {int(np.nansum(ratio > 1))} simple, {int(np.nansum(ratio <= 1))} complex "
+                     "(rectified responses)", save(A.plot_modulation_ratio(f1f0), f"f1f0_{safe[name]}.png")))
+        sf = A.sf_tuning(da, rectify=rectify)
+        figs.append((f"spatial frequency: median bandwidth {_median(sf['bandwidth'])} octaves",
+                     save(A.plot_sf_tuning(sf, max_units=8), f"sf_{safe[name]}.png")))
+        try:
+            size = A.size_tuning(da, rectify=rectify)
+        except ConfigError as exc:  # no unit with its field on the aperture
+            figs.append((f"size tuning: {exc}", ""))
+        else:
+            figs.append((f"size tuning: median suppression index {_median(size['ssi'])}",
+                         save(A.plot_size_tuning(size, max_units=8), f"size_{safe[name]}.png")))
+        contrast = A.contrast_response(da, rectify=rectify)
+        figs.append((f"contrast response: median c50 {_median(contrast['c50'])}",
+                     save(A.plot_contrast_response(contrast, max_units=8), f"contrast_{safe[name]}.png")))
+        title = f"Grating protocols ({name}" + (", rectified responses)" if rectify else ")")
+        sections.append((title, figs))
+    return sections
+
+
+def _median(values) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{np.nanmedian(v):.2f}" if np.isfinite(v).any() else "-"
 
 
 def _tuning_units(tuning, by: str, n: int) -> tuple[list[int], bool]:
@@ -295,6 +346,9 @@ def _html(info: dict[str, Any], rows, sections, summary_table=()) -> str:
     for title, figs in sections:
         parts.append(f"<h2>{esc(title)}</h2><div class='figures'>")
         for caption, file in figs:
+            if not file:  # a note where a figure could not be drawn
+                parts.append(f"<p>{esc(caption)}</p>")
+                continue
             vector = esc(str(Path(file).with_suffix(".svg")))  # written beside the PNG by save()
             parts.append(f"<figure><a href='{vector}'><img src='{esc(file)}' alt='{esc(caption)}'></a>"
                          f"<figcaption>{esc(caption)} · <a href='{vector}'>SVG</a></figcaption></figure>")

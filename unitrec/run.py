@@ -119,14 +119,12 @@ def _stimuli(cfg: Config, base: Path, out: Path) -> Path:
     if spec.generate is None:
         assert spec.path is not None  # StimuliSpec asks for path or generate
         return _resolve(base, spec.path)
-    from .stimuli import generate
+    from .stimuli import GENERATORS
 
     folder = _resolve(base, spec.path) if spec.path else out.parent / "stimuli"
     gen = spec.generate
-    kwargs = {k: v for k, v in gen.model_dump(exclude={"kind"}).items() if v is not None}
-    if gen.kind == "gratings":
-        kwargs.pop("sigmas", None)
-    make = getattr(generate, gen.kind)
+    kwargs = gen.arguments()  # the schema let through only the keys this kind takes
+    make = GENERATORS[gen.kind]
     # replaces only a set unitrec generated there before; a folder of the user's own
     # files is refused by the generator, whatever overwrite says
     try:

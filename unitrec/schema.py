@@ -127,14 +127,58 @@ class ModelSpec(_Strict):
     kwargs: dict[str, Any] = {}
 
 
+_GRATING_KEYS = ("orientations", "spatial_frequencies", "phases", "contrasts")
+#: The keys of `stimuli.generate` each generator takes, beside ``kind`` and ``size``.
+_GENERATOR_KEYS = {
+    "gratings": _GRATING_KEYS + ("apertures", "aperture_center"),
+    "gabors": _GRATING_KEYS + ("sigmas",),
+    "protocols": _GRATING_KEYS + ("size_spatial_frequencies", "diameters", "contrast_spatial_frequencies",
+                                  "aperture_center"),
+    "sparse_noise": ("grid", "polarities", "contrast", "repeats"),
+    "white_noise": ("n", "block", "seed", "contrast", "distribution"),
+}
+
+
 class GenerateSpec(_Strict):
-    kind: Literal["gratings", "gabors"]
+    """``stimuli.generate``: the arguments of one generator of :mod:`unitrec.stimuli`."""
+
+    kind: Literal["gratings", "gabors", "protocols", "sparse_noise", "white_noise"]
     size: int = 64
     orientations: Optional[list[float]] = None
     spatial_frequencies: Optional[list[float]] = None
     phases: Optional[list[float]] = None
     contrasts: Optional[list[float]] = None
     sigmas: Optional[list[float]] = None
+    apertures: Optional[list[float]] = None
+    aperture_center: Optional[tuple[float, float]] = None
+    size_spatial_frequencies: Optional[list[float]] = None
+    diameters: Optional[list[float]] = None
+    contrast_spatial_frequencies: Optional[list[float]] = None
+    grid: Optional[int] = None
+    polarities: Optional[list[Literal["on", "off"]]] = None
+    contrast: Optional[float] = None
+    repeats: Optional[int] = None
+    n: Optional[int] = None
+    block: Optional[int] = None
+    seed: Optional[int] = None
+    distribution: Optional[Literal["binary", "gaussian"]] = None
+
+    @model_validator(mode="after")
+    def _keys_of_kind(self) -> "GenerateSpec":
+        others = {k for keys in _GENERATOR_KEYS.values() for k in keys} - set(_GENERATOR_KEYS[self.kind])
+        wrong = sorted(k for k in others if getattr(self, k) is not None)
+        if wrong:
+            owners = {k: [kind for kind, keys in _GENERATOR_KEYS.items() if k in keys] for k in wrong}
+            said = "; ".join(f"{k} is for kind {' or '.join(kinds)}" for k, kinds in owners.items())
+            raise ValueError(f"kind {self.kind} does not take {', '.join(wrong)} ({said})")
+        return self
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments of the generator, without the ones left unset."""
+        args = {k: v for k, v in self.model_dump(exclude={"kind"}).items() if v is not None}
+        if "distribution" in args:  # white_noise's own name for it is `kind`
+            args["kind"] = args.pop("distribution")
+        return args
 
 
 class StimuliSpec(_Strict):

@@ -43,7 +43,8 @@ def _new_figure(**kwargs: Any) -> Figure:
 #: ``unitrec.stimuli.generate.PARAMETER_UNITS`` (a test checks), copied because that package
 #: imports torch and a figure must not.
 _PARAMETER_UNITS = {"orientation": "degree", "spatial_frequency": "1", "phase": "degree",
-                    "contrast": "1", "sigma": "1"}
+                    "contrast": "1", "sigma": "1", "aperture_diameter": "1", "aperture_y": "1",
+                    "aperture_x": "1"}
 #: What a dimensionless ("1") parameter counts, where a bare name would leave it open.
 _COUNTS = {"spatial_frequency": "cycles/image"}
 _SYMBOLS = {"degree": "deg", "degrees": "deg", "radian": "rad", "radians": "rad"}

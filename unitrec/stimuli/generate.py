@@ -1,4 +1,5 @@
-"""Write parametric stimulus sets (sinusoidal gratings, Gabor patches) to a folder.
+"""Write parametric stimulus sets (gratings, gratings in apertures, Gabor patches, the
+standard grating protocols) to a folder.
 
 Each set is one image per parameter combination plus ``metadata.csv``: a header row,
 a first column ``path`` (the image path relative to the folder, POSIX) and one
@@ -11,16 +12,18 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from unitrec.errors import ConfigError
 
-__all__ = ["gabors", "gratings"]
+__all__ = ["gabors", "gratings", "protocols"]
 
 #: CF ``units`` and ``long_name`` of the parameters these generators write to metadata.csv.
 PARAMETER_UNITS = {
@@ -29,11 +32,16 @@ PARAMETER_UNITS = {
     "phase": ("degree", "phase of the sine at the image centre"),
     "contrast": ("1", "Michelson contrast (peak contrast for Gabors)"),
     "sigma": ("1", "Gaussian envelope sigma as a fraction of the image size"),
+    # pixels are "1", as the recordings' rf_center_y/x (UDUNITS has no pixel)
+    "aperture_diameter": ("1", "aperture diameter in stimulus pixels (inf: full field)"),
+    "aperture_y": ("1", "aperture centre: row in stimulus pixels"),
+    "aperture_x": ("1", "aperture centre: column in stimulus pixels"),
 }
 
 METADATA = "metadata.csv"
 MARKER = ".unitrec-generated"  # hidden, so find_stimuli skips it
-_OURS = re.compile(r"(grating|gabor)_ori\S*\.(png|bmp|tiff|jpg)")  # the images _filename names
+# the images unitrec's generators name: _filename's, and noise.py's
+_OURS = re.compile(r"((grating|gabor)_ori\S*|sparse_y\d+_x\d+_(on|off)(_r\d+)?|white_s\d+_\d+)\.(png|bmp|tiff|jpg)")
 _FORMATS = {"png": ".png", "bmp": ".bmp", "tiff": ".tiff", "jpg": ".jpg"}
 
 
@@ -45,11 +53,14 @@ def gratings(
     spatial_frequencies: Sequence[float] = (2, 4, 8),
     phases: Sequence[float] = (0, 90, 180, 270),
     contrasts: Sequence[float] = (1.0,),
+    apertures: Sequence[float] | None = None,
+    aperture_center: tuple[float, float] | None = None,
     background: float = 0.5,
     fmt: str = "png",
     overwrite: bool = False,
 ) -> Path:
-    """Write full-field sinusoidal gratings, one image per parameter combination.
+    """Write sinusoidal gratings, full field or in circular apertures, one image per
+    parameter combination.
 
     Parameters
     ----------
@@ -71,6 +82,14 @@ def gratings(
     contrasts : sequence of float
         Michelson contrast in (0, 1]: luminance spans
         ``background ± contrast / 2``, which must stay within [0, 1].
+    apertures : sequence of float, optional
+        Aperture diameters in pixels, > 0: each grating is drawn in a circular
+        aperture of each diameter (one image per diameter), the background
+        outside. None (the default): full-field gratings.
+    aperture_center : (float, float), optional
+        ``(row, column)`` of the aperture centre in pixel-index coordinates (pixel
+        ``(i, j)`` sits at ``(i, j)``), inside the image; default the image centre
+        ``((size - 1) / 2, (size - 1) / 2)``. Only with ``apertures``.
     background : float
         Mean luminance in [0, 1].
     fmt : {"png", "bmp", "tiff", "jpg"}
@@ -84,7 +103,9 @@ def gratings(
     Returns
     -------
     pathlib.Path
-        ``out_dir``.
+        ``out_dir``. With ``apertures``, ``metadata.csv`` has three more columns,
+        ``aperture_diameter``, ``aperture_y`` and ``aperture_x`` (pixels), and the
+        files a diameter tag, ``grating_ori030_sf04_ph090_c100_d016.png``.
 
     Raises
     ------
@@ -103,10 +124,19 @@ def gratings(
     in degrees, spatial frequency in cycles per image, contrast in percent;
     non-integer values get ``p`` for the decimal point, e.g. ``ori022p5``).
 
+    An aperture has a hard edge: a pixel shows the grating if its centre lies
+    within ``diameter / 2`` of the aperture centre (inclusive), else the
+    background. Inside, the pixels are those of the full-field grating (its phase
+    is still referenced to the image centre, not the aperture's). A diameter of at
+    least twice the distance from the aperture centre to the farthest pixel (for
+    the default centre, the image diagonal ``size · √2``) shows the full field.
+
     Examples
     --------
     >>> gratings("stim/gratings", orientations=(0, 45, 90))  # doctest: +SKIP
+    >>> gratings("stim/sizes", apertures=(4, 8, 16, 32, 91))  # doctest: +SKIP
     """
+    size = _check_size(size)
     params = {
         "orientation": _numbers("orientations", orientations),
         "spatial_frequency": _numbers(
@@ -115,7 +145,17 @@ def gratings(
         "phase": _numbers("phases", phases),
         "contrast": _contrasts(contrasts, background),
     }
-    return _write_set(out_dir, "grating", params, size, background, fmt, overwrite)
+    fixed: dict[str, float] = {}
+    if apertures is not None:
+        params["aperture_diameter"] = _numbers("apertures", apertures, positive=True)
+        fixed = dict(zip(("aperture_y", "aperture_x"), _center(aperture_center, size)))
+    elif aperture_center is not None:
+        raise ConfigError(
+            "aperture_center places the apertures: give their diameters too "
+            "(apertures=..., --apertures D [D ...])"
+        )
+    settings = [{**dict(zip(params, values)), **fixed} for values in itertools.product(*params.values())]
+    return _write_set(out_dir, "grating", settings, size, background, fmt, overwrite)
 
 
 def gabors(
@@ -171,7 +211,138 @@ def gabors(
         "contrast": _contrasts(contrasts, background),
         "sigma": _numbers("sigmas", sigmas, positive=True),
     }
-    return _write_set(out_dir, "gabor", params, size, background, fmt, overwrite)
+    settings = [dict(zip(params, values)) for values in itertools.product(*params.values())]
+    return _write_set(out_dir, "gabor", settings, size, background, fmt, overwrite)
+
+
+#: The protocols :func:`protocols` writes, in the order of its rows.
+PROTOCOLS = ("phase", "size", "contrast")
+
+_SF_OCTAVES = (2, 2.83, 4, 5.66, 8, 11.31, 16)  # 2**(k/2), k = 2..8, rounded to 2 decimals
+#: Default aperture diameters as fractions of the image size (the full field, ceil(size·√2), is added).
+_DIAMETER_FRACTIONS = (0.0625, 0.11, 0.19, 0.31, 0.53)
+
+
+def protocols(
+    out_dir: str | Path,
+    *,
+    size: int = 64,
+    orientations: Sequence[float] = (0, 22.5, 45, 67.5, 90, 112.5, 135, 157.5),
+    spatial_frequencies: Sequence[float] = _SF_OCTAVES,
+    phases: Sequence[float] = (0, 45, 90, 135, 180, 225, 270, 315),
+    size_spatial_frequencies: Sequence[float] = (4, 11.31),
+    diameters: Sequence[float] | None = None,
+    contrast_spatial_frequencies: Sequence[float] = (4, 11.31),
+    contrasts: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+    aperture_center: tuple[float, float] | None = None,
+    background: float = 0.5,
+    fmt: str = "png",
+    overwrite: bool = False,
+) -> Path:
+    """Write the standard grating protocols of in-silico physiology into one folder.
+
+    Three protocols, told apart by the ``protocol`` column of ``metadata.csv``,
+    each one crossing every orientation with every phase (so responses can be
+    averaged over phase and the preferred orientation found):
+
+    ``"phase"``
+        Full-field gratings, ``orientations × spatial_frequencies × phases`` at
+        the highest of ``contrasts``: orientation and spatial-frequency tuning and
+        the modulation ratio F1/F0 (see :mod:`unitrec.analysis.protocols`).
+    ``"size"``
+        Gratings in circular apertures of growing diameter at
+        ``aperture_center``, ``orientations × size_spatial_frequencies × phases ×
+        diameters`` at the highest contrast: size tuning and surround suppression.
+    ``"contrast"``
+        Full-field gratings, ``orientations × contrast_spatial_frequencies ×
+        phases × contrasts``: the contrast-response function.
+
+    Parameters
+    ----------
+    out_dir, size, background, fmt, overwrite
+        As in :func:`gratings` (same geometry and folder rules).
+    orientations : sequence of float
+        Degrees, as in :func:`gratings`; default 8, every 22.5°.
+    spatial_frequencies : sequence of float
+        Cycles per image of the phase protocol; default 2 to 16 in half octaves.
+    phases : sequence of float
+        Degrees, equally spaced over one 360° cycle (the modulation ratio needs
+        it); default 8, every 45°.
+    size_spatial_frequencies, contrast_spatial_frequencies : sequence of float
+        Cycles per image of the size and contrast protocols; default 4 and 11.31.
+    diameters : sequence of float, optional
+        Aperture diameters in pixels; default
+        ``round(size · (0.0625, 0.11, 0.19, 0.31, 0.53))`` and ``ceil(size · √2)``,
+        the full field (at 64 px: 4, 7, 12, 20, 34, 91).
+    contrasts : sequence of float
+        Michelson contrasts of the contrast protocol; the highest is also the
+        contrast of the other two. Default 0.02 to 1.
+    aperture_center : (float, float), optional
+        ``(row, column)`` of the apertures, as in :func:`gratings`; default the
+        image centre. Put it on the receptive-field centre of the units to study.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``, holding the images and ``metadata.csv`` with columns ``path,
+        protocol, orientation, spatial_frequency, phase, contrast,
+        aperture_diameter, aperture_y, aperture_x``, every cell filled. Full-field
+        rows have ``aperture_diameter`` ``inf`` (read back as a float infinity by
+        pandas, xarray and HDF5) and the aperture centre of the set. File names end
+        in the protocol, e.g. ``grating_ori045_sf04_ph090_c100_d012_size.png``
+        (full-field ones have no ``d`` tag).
+
+    Raises
+    ------
+    ConfigError
+        For a bad parameter (also phases that are not equally spaced over 360°),
+        or a folder that may not be written (as :func:`gratings`).
+
+    Notes
+    -----
+    The defaults write 448 + 768 + 768 = 1,984 images (a few seconds, 8 MB at 64 px)
+    and suit a 64-pixel input to a ResNet's early stages (``conv1``: receptive
+    field 7 px; ``layer1``: 43 px), recorded with ``units: center`` and without
+    resize or crop, so that stimulus pixels are input pixels. The spatial
+    frequencies, in cycles per image, scale with ``size``; the default diameters
+    too.
+
+    Images are 8-bit: a contrast ``c`` spans ``255 · c`` grey levels, so at 0.02 the
+    sine is a staircase of about 5 levels (±2.55 around the background) and its
+    effective contrast is only roughly the nominal one; the ``contrast`` column
+    holds the nominal value.
+
+    Examples
+    --------
+    >>> protocols("stim/protocols")  # doctest: +SKIP
+    >>> protocols("stim/p32", size=32, aperture_center=(16, 16))  # doctest: +SKIP
+    """
+    size = _check_size(size)
+    oris = _numbers("orientations", orientations)
+    phs = _phases_cycle(_numbers("phases", phases))
+    full = _numbers("spatial_frequencies", spatial_frequencies, positive=True)
+    sizes_sf = _numbers("size_spatial_frequencies", size_spatial_frequencies, positive=True)
+    contrast_sf = _numbers("contrast_spatial_frequencies", contrast_spatial_frequencies, positive=True)
+    if diameters is None:
+        diameters = sorted({*(max(1, round(size * f)) for f in _DIAMETER_FRACTIONS),
+                            math.ceil(size * math.sqrt(2))})
+    dias = _numbers("diameters", diameters, positive=True)
+    cons = _contrasts(contrasts, background)
+    cy, cx = _center(aperture_center, size)
+    top = max(cons)
+    settings: list[dict[str, Any]] = []
+
+    def add(protocol: str, sfs: list[float], contrast_values: list[float], diameter_values: list[float]) -> None:
+        for ori, sf, ph, c, d in itertools.product(oris, sfs, phs, contrast_values, diameter_values):
+            settings.append({
+                "protocol": protocol, "orientation": ori, "spatial_frequency": sf, "phase": ph,
+                "contrast": c, "aperture_diameter": d, "aperture_y": cy, "aperture_x": cx,
+            })
+
+    add("phase", full, [top], [math.inf])  # full field: an aperture without bound
+    add("size", sizes_sf, [top], dias)
+    add("contrast", contrast_sf, cons, [math.inf])
+    return _write_set(out_dir, "grating", settings, size, background, fmt, overwrite)
 
 
 # -- drawing ---------------------------------------------------------------------
@@ -205,41 +376,57 @@ def _to_rgb8(luminance: np.ndarray) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
+def _image(size: int, background: float, setting: dict[str, Any]) -> np.ndarray:
+    """The RGB image of one row of a set: a grating or Gabor, in its aperture if it has one."""
+    lum = _luminance(size, setting["orientation"], setting["spatial_frequency"], setting["phase"],
+                     setting["contrast"], background, setting.get("sigma"))
+    diameter = setting.get("aperture_diameter")
+    if diameter is not None and np.isfinite(diameter):
+        rows, cols = np.arange(size)[:, None], np.arange(size)[None, :]
+        inside = (rows - setting["aperture_y"]) ** 2 + (cols - setting["aperture_x"]) ** 2 <= (diameter / 2) ** 2
+        lum = np.where(inside, lum, background)
+    return _to_rgb8(lum)
+
+
 # -- checking and writing ----------------------------------------------------------
 
 
 def _write_set(
     out_dir: str | Path,
     kind: str,
-    params: dict[str, list[float]],
+    settings: list[dict[str, Any]],
     size: int,
     background: float,
     fmt: str,
     overwrite: bool,
 ) -> Path:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
-        raise ConfigError(f"size must be an integer >= 2 (pixels), got {size!r}")
+    """Write one image per setting (all with the same keys, the metadata columns)."""
+    size = _check_size(size)
     if fmt not in _FORMATS:
         allowed = ", ".join(_FORMATS)
         raise ConfigError(f"fmt={fmt!r} is not supported; choose one of {allowed}")
     root = _prepare(Path(out_dir), overwrite)
-    names = list(params)
+    names = list(settings[0])
     rows: list[list[str]] = []
     seen: set[str] = set()
-    for values in itertools.product(*params.values()):
-        setting = dict(zip(names, values))
+    for setting in settings:
         filename = _filename(kind, setting) + _FORMATS[fmt]
         if filename in seen:
             raise ConfigError(f"two parameter settings give the same file {filename}")
         seen.add(filename)
-        image = _to_rgb8(_luminance(int(size), background=background, **setting))
-        Image.fromarray(image).save(root / filename)
-        rows.append([filename, *(_number_text(v) for v in values)])
+        Image.fromarray(_image(size, background, setting)).save(root / filename)
+        rows.append([filename, *(_cell(setting[name]) for name in names)])
     with open(root / METADATA, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", *names])
         writer.writerows(rows)
     return root
+
+
+def _check_size(size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
+        raise ConfigError(f"size must be an integer >= 2 (pixels), got {size!r}")
+    return int(size)
 
 
 def _prepare(root: Path, overwrite: bool) -> Path:
@@ -310,7 +497,36 @@ def _contrasts(contrasts: Iterable[float], background: float) -> list[float]:
     return values
 
 
-def _filename(kind: str, setting: dict[str, float]) -> str:
+def _center(center: Any, size: int) -> tuple[float, float]:
+    """The aperture centre ``(row, column)``, checked; default the image centre."""
+    if center is None:
+        return (size - 1) / 2, (size - 1) / 2
+    try:
+        row, col = (float(v) for v in center)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"aperture_center must be (row, column) in pixels, got {center!r}") from exc
+    if not (0 <= row <= size - 1 and 0 <= col <= size - 1):
+        raise ConfigError(
+            f"aperture_center {center!r} lies outside the {size}×{size} image; rows and "
+            f"columns run from 0 to {size - 1} (the centre is {(size - 1) / 2:g}, {(size - 1) / 2:g})"
+        )
+    return row, col
+
+
+def _phases_cycle(phases: list[float]) -> list[float]:
+    """Phases that are equally spaced over one 360° cycle, as the modulation ratio needs."""
+    wrapped = np.sort(np.mod(phases, 360.0))
+    n = wrapped.size
+    steps = np.diff(np.append(wrapped, wrapped[0] + 360.0))
+    if n < 3 or len(set(np.round(wrapped, 9))) != len(phases) or not np.allclose(steps, 360.0 / n, atol=1e-6):
+        raise ConfigError(
+            f"phases must be at least 3 distinct values equally spaced over 360° (e.g. 0, 45, ..., 315) "
+            f"so that F1/F0 can be computed; got {phases}"
+        )
+    return phases
+
+
+def _filename(kind: str, setting: dict[str, Any]) -> str:
     parts = [
         kind,
         "ori" + _tag(setting["orientation"], 3),
@@ -320,6 +536,11 @@ def _filename(kind: str, setting: dict[str, float]) -> str:
     ]
     if "sigma" in setting:
         parts.append("s" + _tag(setting["sigma"] * 100, 3))
+    diameter = setting.get("aperture_diameter")
+    if diameter is not None and np.isfinite(diameter):
+        parts.append("d" + _tag(diameter, 3))
+    if "protocol" in setting:
+        parts.append(setting["protocol"])
     return "_".join(parts)
 
 
@@ -338,3 +559,10 @@ def _tag(value: float, width: int) -> str:
 def _number_text(value: float) -> str:
     """Integers as integers, other numbers as the shortest float text."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _cell(value: Any) -> str:
+    """A metadata cell: text as it is, infinity as ``inf``, numbers as :func:`_number_text`."""
+    if isinstance(value, str):
+        return value
+    return ("inf" if value > 0 else "-inf") if np.isinf(value) else _number_text(value)
