@@ -488,7 +488,10 @@ def _first_good(loading, on_error: str) -> torch.Tensor:
 
 
 def _progress(enabled: bool, total: int, initial: int):
-    from tqdm.auto import tqdm
+    if not enabled:  # tqdm.auto warns in a notebook without ipywidgets, even for a disabled bar
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="img", desc="recording", disable=not enabled,
                 dynamic_ncols=True)

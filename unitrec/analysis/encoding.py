@@ -454,12 +454,12 @@ def _match(layers: list[tuple[str, xr.DataArray]], data: _Neural, on: str | None
     alignment = (f"joined on {side} (as strings): {keys[0].size} recorded stimuli, {len(data_keys)} with "
                  f"responses, {len(common)} in both, {len(used)} used")
     if len(used) < 2 * folds:
-        only_rec = [k for k in keys[0] if k not in data_keys][:3]
-        only_neu = sorted(data_keys - set(keys[0]))[:3]
+        only_rec = [str(k) for k in keys[0] if k not in data_keys][:3]
+        only_neu = [str(k) for k in sorted(data_keys - set(keys[0]))[:3]]
         raise ConfigError(
             f"{alignment}; {folds}-fold cross-validation needs at least {2 * folds}. Recording keys "
-            f"e.g. {list(keys[0][:3])} (not in the responses: {only_rec}); neural keys e.g. "
-            f"{sorted(data_keys)[:3]} (not recorded: {only_neu}). Join on another coordinate with on= "
+            f"e.g. {[str(k) for k in keys[0][:3]]} (not in the responses: {only_rec}); neural keys e.g. "
+            f"{[str(k) for k in sorted(data_keys)[:3]]} (not recorded: {only_neu}). Join on another coordinate with on= "
             f"(recording coordinates: {', '.join(_stimulus_coords(layers[0][1]))})"
         )
     if data_keys - common:

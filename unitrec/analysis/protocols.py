@@ -26,8 +26,8 @@ y, x``) and coordinates.
 
 Cost: one streamed pass over the protocol's rows (unit blocks, so dask-backed and
 full-map recordings need no more memory than a block), then a curve fit per unit on
-its reduced curve for :func:`sf_tuning` and :func:`contrast_response` (a few ms a
-unit, 100-300 units a second on one core, with a progress bar above 500 units;
+its reduced curve for :func:`sf_tuning` and :func:`contrast_response` (milliseconds
+to tens of milliseconds a unit, with a progress bar above 500 units;
 select units, e.g. ``units: center``, before fitting whole maps). Curve fits need scipy (``pip install
 'unitrec[analysis]'``), the ``plot_*`` figures matplotlib.
 """
