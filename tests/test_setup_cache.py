@@ -76,14 +76,21 @@ def test_the_weights_hash_sees_every_change(change):
     assert after == _fresh(model)
 
 
-def test_a_second_recording_reuses_and_rechecks(zoo, tmp_path):
-    model = ur.load_model("resnet18", seed=3)
-    x = torch.randn(6, 3, 32, 32)
-    a = ur.record(model, x, ["layer1", "fc"], tmp_path / "a.h5", batch_size=4, progress=False)
-    b = ur.record(model, x, ["layer1", "fc"], tmp_path / "b.h5", batch_size=4, progress=False)
-    model.fc.weight.data.mul_(2)  # behind autograd's back
-    model.fc.bias.data.mul_(2)
-    c = ur.record(model, x, ["layer1", "fc"], tmp_path / "c.h5", batch_size=4, progress=False)
+def _small() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, stride=2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+
+
+def test_a_second_recording_reuses_and_rechecks(tmp_path):
+    model = _small()
+    x = torch.randn(6, 3, 16, 16)
+    sites = [{"name": "1", "as": "layer1"}, {"name": "5", "as": "fc"}]
+    a = ur.record(model, x, sites, tmp_path / "a.h5", batch_size=4, progress=False)
+    b = ur.record(model, x, sites, tmp_path / "b.h5", batch_size=4, progress=False)
+    model[5].weight.data.mul_(2)  # behind autograd's back
+    model[5].bias.data.mul_(2)
+    c = ur.record(model, x, sites, tmp_path / "c.h5", batch_size=4, progress=False)
     sha = {p.name: h5py.File(p, "r").attrs["weights_sha256"] for p in (a, b, c)}
     assert sha["a.h5"] == sha["b.h5"] != sha["c.h5"]
     assert sha["c.h5"] == _fresh(model)
@@ -103,20 +110,21 @@ def test_whole_chunks_go_straight_to_the_file(tmp_path, monkeypatch):
         original(self, key, start, stop, data)
 
     monkeypatch.setattr(W.RecordingFile, "_put", put)
-    model = ur.load_model("resnet18", seed=1)
-    x = torch.randn(10, 3, 32, 32)
-    path = ur.record(model, x, ["layer1", "fc"], tmp_path / "r.h5", batch_size=4, progress=False)
+    model = _small()
+    x = torch.randn(10, 3, 16, 16)
+    sites = [{"name": "1", "as": "layer1"}, {"name": "5", "as": "fc"}]
+    path = ur.record(model, x, sites, tmp_path / "r.h5", batch_size=4, progress=False)
     assert paths.count("direct") == 4 and paths.count("normal") == 2  # the last block holds 2 of 4 rows
     with monkeypatch.context() as m:  # the oracle: every row through HDF5's normal write
         m.setattr(W, "_raw_rows", lambda ds: False)
         paths.clear()
-        normal = ur.record(model, x, ["layer1", "fc"], tmp_path / "n.h5", batch_size=4, progress=False)
+        normal = ur.record(model, x, sites, tmp_path / "n.h5", batch_size=4, progress=False)
         assert set(paths) == {"normal"}
     for key in ("layer1", "fc"):
         np.testing.assert_array_equal(ur.load_layer(path, key).values, ur.load_layer(normal, key).values)
     pytest.importorskip("hdf5plugin")
     paths.clear()
-    zpath = ur.record(model, x, ["fc"], tmp_path / "z.h5", batch_size=4, progress=False, compression="zstd")
+    zpath = ur.record(model, x, sites[1:], tmp_path / "z.h5", batch_size=4, progress=False, compression="zstd")
     assert paths and set(paths) == {"normal"}  # compressed chunks go through the filter
     with h5py.File(zpath, "r") as f:
         assert not W._raw_rows(f["fc"]["activation"])
