@@ -13,16 +13,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from unitrec.analysis.protocols import (
-    contrast_response,
-    modulation_ratio,
+from unitrec.analysis.protocol_plots import (
     plot_contrast_response,
     plot_modulation_ratio,
     plot_sf_tuning,
     plot_size_tuning,
-    sf_tuning,
-    size_tuning,
 )
+from unitrec.analysis.protocols import contrast_response, modulation_ratio, sf_tuning, size_tuning
 from unitrec.errors import ConfigError
 
 pytest.importorskip("scipy")

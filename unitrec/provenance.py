@@ -11,6 +11,7 @@ file's identity (size, time, content hash) is checked per stimulus by the writer
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import platform
@@ -22,7 +23,15 @@ __all__ = ["file_attrs", "library_versions", "run_key"]
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of everything that shapes the numbers (from metadata: no slow imports)."""
+    """Versions of everything that shapes the numbers (from metadata: no slow imports).
+
+    Read once per process: the code that computes is the code imported then, whatever
+    is installed later."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     import h5py

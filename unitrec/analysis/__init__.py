@@ -22,16 +22,13 @@ from unitrec.analysis.plots import (
     plot_tuning_curves,
 )
 from unitrec.analysis.preferred import top_stimuli
-from unitrec.analysis.protocols import (
-    contrast_response,
-    modulation_ratio,
+from unitrec.analysis.protocol_plots import (
     plot_contrast_response,
     plot_modulation_ratio,
     plot_sf_tuning,
     plot_size_tuning,
-    sf_tuning,
-    size_tuning,
 )
+from unitrec.analysis.protocols import contrast_response, modulation_ratio, sf_tuning, size_tuning
 from unitrec.analysis.rf_mapping import effective_rf, plot_rf_map, sparse_noise_map, spike_triggered_average
 from unitrec.analysis.rsa import rdm, rsa
 from unitrec.analysis.similarity import layer_similarity
