@@ -106,7 +106,8 @@ def test_missing_and_extra_stimuli_use_the_intersection(synthetic):
     layers, neural = synthetic
     extra = neural.isel(stimulus=slice(0, 3)).assign_coords(stimulus=["other/a.png", "other/b.png", "other/c.png"])
     partial = xr.concat([neural.isel(stimulus=slice(10, None)), extra], "stimulus")
-    with pytest.warns(UnitrecWarning, match="3 stimuli with responses were not recorded"):
+    with pytest.warns(UnitrecWarning, match="10 recorded stimuli have no responses"), \
+            pytest.warns(UnitrecWarning, match="3 stimuli with responses were not recorded"):
         got = encoding_model(layers, partial)
     assert got.attrs["n_stimuli"] == N - 10 and list(got.stimulus.values) == list(LABELS[10:])
     assert "150 recorded stimuli, 143 with responses, 140 in both, 140 used" in got.attrs["alignment"]
@@ -135,7 +136,7 @@ def test_join_on_another_stimulus_coordinate(synthetic, result):
 
 def test_repeated_recording_keys_are_refused(synthetic):
     layers, neural = synthetic
-    with pytest.raises(ConfigError, match=r"on='orientation' does not identify .* values repeat \('0.0' ×25"):
+    with pytest.raises(ConfigError, match=r"on='orientation' does not identify .* values repeat \('0' ×25"):
         encoding_model(layers, neural, on="orientation")
 
 
@@ -307,3 +308,22 @@ def test_recorded_layers_of_a_small_model(tmp_path):
                           coords={"stimulus": layers["3"].stimulus.values[::-1]})  # in another order
     got = encoding_model(layers, neural)
     assert got.attrs["best_layer"] == "3" and float(got.median_r_ceiled.sel(layer="3")) > 0.9
+
+
+def test_number_keys_join_however_they_are_written(synthetic, tmp_path):
+    # metadata.csv reads the column `image_id` = 001000 as the number 1000; a CSV of responses
+    # keyed "001000", a float 1000.0 or an int 1000 names the same stimulus
+    import pandas as pd
+
+    layers, neural = synthetic
+    ids = layers["B"].image_id.values
+    wide = pd.DataFrame(neural.mean("trial").values, columns=[str(v) for v in neural.neuroid.values])
+    ref = None
+    for written in ([f"{i:06d}" for i in ids], [float(i) for i in ids], list(ids)):
+        path = tmp_path / "codes.csv"
+        wide.assign(image_id=written)[["image_id", *wide.columns]].to_csv(path, index=False)
+        ds = encoding_model(layers, path, on="image_id")
+        assert ds.attrs["alignment"].endswith(f"{N} used")
+        if ref is None:
+            ref = ds
+        np.testing.assert_array_equal(ds.r.values, ref.r.values)

@@ -317,3 +317,35 @@ def test_config_generate_kind_protocols():
         parse(GenerateSpec, {"kind": "gratings", "diameters": [4]})
     with pytest.raises(ConfigError, match="unknown key 'aperture_centre'.*aperture_center"):
         parse(GenerateSpec, {"kind": "protocols", "aperture_centre": [1, 1]})
+
+
+def test_frequencies_at_or_above_nyquist_are_refused_and_defaults_stop_below(tmp_path):
+    from unitrec.stimuli import gratings, protocols
+
+    with pytest.raises(ConfigError, match="Nyquist limit of a 32-pixel image"):
+        gratings(tmp_path / "a", size=32, spatial_frequencies=(4, 16))
+    folder = protocols(tmp_path / "p", size=16, orientations=(0,), phases=(0, 120, 240), diameters=(4, 8))
+    with open(folder / "metadata.csv", newline="") as fh:
+        assert max(float(r["spatial_frequency"]) for r in csv.DictReader(fh)) < 8
+
+
+@pytest.mark.parametrize("values", ["45", [True], [0, "90"]])
+def test_numbers_are_not_read_from_text_or_booleans(tmp_path, values):
+    from unitrec.stimuli import gratings
+
+    with pytest.raises(ConfigError, match="orientations must be a sequence of numbers"):
+        gratings(tmp_path / "g", orientations=values)
+
+
+def test_overwrite_refuses_images_it_did_not_write_and_unwritable_folders(tmp_path):
+    from unitrec.stimuli import gratings
+
+    small = {"size": 16, "orientations": (0,), "spatial_frequencies": (2,), "phases": (0,)}
+    folder = gratings(tmp_path / "g", **small)
+    (folder / "mine.png").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"images that unitrec did not generate \(mine.png\)"):
+        gratings(folder, overwrite=True, **small)
+    assert (folder / "mine.png").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot write stimuli to"):
+        gratings(tmp_path / "file" / "sub", **small)

@@ -312,3 +312,30 @@ def test_protocols_end_to_end(tmp_path, zoo):
         "f1f0": ("modulation ratio F1/F0 (dimensionless)", "units (count)"),
     }
     assert figures["sf"].axes[0].get_title().startswith("conv1 · channel=0")
+
+
+def test_units_without_responses_prefer_nothing_and_infinities_count_as_missing():
+    c = grid(orientation=[0.0, 90.0], spatial_frequency=[4.0], phase=PHASES8)
+    phi = np.deg2rad(c["phase"])
+    values = np.stack([1 + (1 + np.cos(phi)) * (c["orientation"] == 90), np.full(phi.size, np.nan),
+                       1 + (1 + np.cos(phi)) * (c["orientation"] == 0)], axis=1)
+    values[np.flatnonzero(c["orientation"] == 90)[0], 2] = np.inf  # an overflow where the unit is weak
+    ds = modulation_ratio(recording(values, c))
+    assert np.isnan(ds.preferred_orientation[1]) and np.isnan(ds.preferred_spatial_frequency[1])
+    assert np.isnan(ds.ratio[1])
+    np.testing.assert_array_equal(ds.preferred_orientation[[0, 2]], [90, 0])
+
+
+def test_fits_need_four_levels_and_flag_what_the_samples_cannot_tell():
+    c = grid(orientation=[0.0], spatial_frequency=[2.0, 4.0, 8.0], phase=PHASES8)
+    with pytest.raises(ConfigError, match="sf_tuning: fitting needs at least 4 spatial frequencies"):
+        sf_tuning(recording(np.ones((c["phase"].size, 1)), c))
+    c = grid(orientation=[0.0], contrast=[0.1, 1.0], phase=PHASES8)
+    with pytest.raises(ConfigError, match="contrast_response: fitting needs at least 4 contrasts"):
+        contrast_response(recording(np.ones((c["phase"].size, 1)), c | {"spatial_frequency": np.full(16, 4.0)}))
+    # a linear contrast response has not bent within the contrasts shown: c50 lies beyond them
+    levels = np.array([0.05, 0.1, 0.2, 0.4, 0.8])
+    c = grid(orientation=[0.0], contrast=levels, phase=PHASES8)
+    ds = contrast_response(recording(np.stack([c["contrast"], c["contrast"] ** 2 / (c["contrast"] ** 2 + 0.01)],
+                                              axis=1), c | {"spatial_frequency": np.full(c["phase"].size, 4.0)}))
+    np.testing.assert_array_equal(ds.c50_in_range, [False, True])

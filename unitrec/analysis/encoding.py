@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -214,6 +214,9 @@ def encoding_model(
     single = isinstance(population, xr.DataArray)
     layers = [(name, as_population(da).data) for name, da in _layers(population)]
     data = _read_neural(neural, on, trial_dim)
+    if on is not None and on != STIMULUS and on in layers[0][1].coords and layers[0][1][on].dtype.kind in "iuf":
+        # metadata.csv read `007` as the number 7: compare the neural keys as numbers too
+        data = replace(data, keys=_number_text(data.keys))
     rows, labels, notes, alignment = _match(layers, data, on, fit.folds)
     n = labels.size
     for name, flat in layers:
@@ -326,7 +329,8 @@ def _recording_keys(name: str, flat: xr.DataArray, on: str | None) -> np.ndarray
     if on is None or on == STIMULUS:
         keys = stimulus_labels(flat)
     elif on in flat.coords and flat[on].dims == (STIMULUS,):
-        keys = np.asarray(flat[on].values).astype(str)
+        values = np.asarray(flat[on].values)
+        keys = _number_text(values) if values.dtype.kind in "iuf" else values.astype(str)
     else:
         raise ConfigError(
             f"on={on!r} is not a stimulus coordinate of layer {name!r}; available: "
@@ -341,6 +345,20 @@ def _recording_keys(name: str, flat: xr.DataArray, on: str | None) -> np.ndarray
             "with one value per stimulus"
         )
     return keys
+
+
+def _number_text(values: np.ndarray) -> np.ndarray:
+    """Numbers as one text each (``7``, ``7.0`` and ``"007"`` all read ``7``), to join on;
+    a value that is not a number stays as it is written."""
+    out = []
+    for v in np.asarray(values).tolist():
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            out.append(str(v))
+            continue
+        out.append(str(int(x)) if np.isfinite(x) and x == int(x) else repr(x))
+    return np.array(out, dtype=str)
 
 
 def _read_neural(neural: Any, on: str | None, trial_dim: str) -> _Neural:
@@ -463,7 +481,12 @@ def _match(layers: list[tuple[str, xr.DataArray]], data: _Neural, on: str | None
             f"(recording coordinates: {', '.join(_stimulus_coords(layers[0][1]))})"
         )
     if data_keys - common:
-        notes.append(f"{len(data_keys - common)} stimuli with responses were not recorded")
+        notes.append(f"{len(data_keys - common)} stimuli with responses were not recorded (in every layer): "
+                     f"e.g. {', '.join(str(k) for k in sorted(data_keys - common)[:2])}")
+    unanswered = set(keys[0]) - data_keys
+    if unanswered:
+        notes.append(f"{len(unanswered)} recorded stimuli have no responses: "
+                     f"e.g. {', '.join(str(k) for k in sorted(unanswered)[:2])}")
     for note in notes:
         warnings.warn(f"encoding_model: {note}", UnitrecWarning, stacklevel=3)
     labels = np.array(used, dtype=str)

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from unitrec.analysis.protocols import _SF, _log_gaussian, _naka_rushton
-from unitrec.errors import SelectionError
+from unitrec.errors import ConfigError, SelectionError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -186,6 +186,10 @@ def _panels(ds: xr.Dataset, units: Sequence[int] | None, max_units: int, ncols: 
     """Small multiples of ``ds.response`` along ``ds.attrs["swept"]``, one per unit."""
     from unitrec.analysis.plots import _unit_name
 
+    missing = [k for k in ("response", *keys) if not isinstance(ds, xr.Dataset) or k not in ds]
+    if missing:
+        raise ConfigError(f"this figure draws the result of the matching analysis (sf_tuning, size_tuning or "
+                          f"contrast_response); what was given lacks {', '.join(missing)}")
     swept = str(ds.attrs.get("swept") or ds["response"].dims[0])
     response = ds["response"]
     unit_dims = [d for d in response.dims if d != swept]

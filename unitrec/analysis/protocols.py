@@ -207,6 +207,7 @@ def sf_tuning(da: xr.DataArray, rectify: bool = False) -> xr.Dataset:
         return {"response": np.moveaxis(mean, -1, 0)[units, o].T, "o": o, "s": s}
 
     (ori, sf, _), out = _stream(pop, rows, (_ORI, _SF, _PHASE), reduce, rectify=rectify)
+    _enough(sf, 4, "spatial frequencies", what)
     x = np.log2(sf)
     params, r2, failed = _fit_curves(_log_gaussian, _log_gaussian_jacobian, x, out["response"].T,
                                      _gaussian_start, what)
@@ -221,12 +222,17 @@ def sf_tuning(da: xr.DataArray, rectify: bool = False) -> xr.Dataset:
         "bandwidth": ((), np.where(inside, 2 * math.sqrt(2 * math.log(2)) * sigma, np.nan)),
         "fit_baseline": ((), b), "fit_amplitude": ((), a), "fit_mu": ((), mu), "fit_sigma": ((), sigma),
         "fit_r2": ((), r2),
+        # narrower than the sampling: the samples cannot pin down the width
+        "bandwidth_resolved": ((), np.where(inside, 2 * math.sqrt(2 * math.log(2)) * sigma, np.nan)
+                               >= np.diff(x).min()),
     }, {_SF: sf}, swept=_SF)
     ds.attrs.update({
         "protocol": "phase", "preferred": _PREFERRED, "rectify": int(bool(rectify)),
         "fit": "R(f) = b + A exp(-(log2 f - mu)^2 / (2 sigma^2)); fit_spatial_frequency = 2**mu; "
                "bandwidth = 2 sqrt(2 ln 2) sigma octaves (full width at half height above b)",
         "preferred_spatial_frequency": "fit-free: the sampled frequency of the largest response",
+        "bandwidth_resolved": "the bandwidth is at least the smallest step between the sampled "
+                              "frequencies (octaves); a narrower one is not determined by the data",
         "n_fit_failed": failed, "n_peak_outside": int(outside.sum()),
     })
     return ds
@@ -402,6 +408,7 @@ def contrast_response(da: xr.DataArray, rectify: bool = False) -> xr.Dataset:
         return {"response": np.moveaxis(mean, -1, 0)[units, o, s].T, "o": o, "s": s}
 
     (ori, sf, contrasts, _), out = _stream(pop, rows, (_ORI, _SF, "contrast", _PHASE), reduce, rectify=rectify)
+    _enough(contrasts, 4, "contrasts", what)
     params, r2, failed = _fit_curves(_naka_rushton, _naka_rushton_jacobian, contrasts, out["response"].T,
                                      _naka_rushton_start, what)
     r_max, c50, n, b = params.T
@@ -410,17 +417,27 @@ def contrast_response(da: xr.DataArray, rectify: bool = False) -> xr.Dataset:
         "preferred_orientation": ((), _pick(ori, out["o"])),
         "preferred_spatial_frequency": ((), _pick(sf, out["s"])),
         "r_max": ((), r_max), "c50": ((), c50), "exponent": ((), n), "baseline": ((), b), "r2": ((), r2),
+        "c50_in_range": ((), c50 <= contrasts.max()),  # beyond it: the curve has not bent yet
     }, {"contrast": contrasts}, swept="contrast")
     ds.attrs.update({
         "protocol": "contrast", "preferred": _PREFERRED + " (over every contrast too)",
         "rectify": int(bool(rectify)),
         "fit": "R(c) = r_max c^n / (c^n + c50^n) + baseline (Naka-Rushton); c50 in (0, 10], n in [0.1, 10]",
+        "c50_in_range": "c50 lies within the contrasts shown; beyond them it extrapolates a curve that "
+                        "has not saturated",
         "n_fit_failed": failed,
     })
     return ds
 
 
 # -- rows, tables, preferred conditions ------------------------------------------------
+
+
+def _enough(levels: np.ndarray, n: int, what: str, function: str) -> None:
+    """A 4-parameter fit needs at least 4 levels of the swept parameter."""
+    if np.isfinite(levels).sum() < n:
+        raise ConfigError(f"{function}: fitting needs at least {n} {what}; the recording has "
+                          f"{[float(v) for v in levels]}")
 
 
 def _select(da: xr.DataArray, protocol: str, needed: Sequence[str], what: str) -> tuple[Population, np.ndarray]:
@@ -501,7 +518,7 @@ def _stream(
     for block in unit_blocks(data, None):
         if rectify:
             block = np.maximum(block, 0.0)  # NaN stays NaN
-        valid = ~np.isnan(block)
+        valid = np.isfinite(block)  # an infinite response (float16 overflow) is no response
         sums = indicator @ np.where(valid, block, 0.0)
         counts = indicator @ valid
         mean = np.divide(sums, counts, out=np.full_like(sums, np.nan), where=counts > 0)
@@ -537,7 +554,10 @@ def _dataset(pop: Population, da: xr.DataArray, variables: Mapping[str, tuple[tu
     flat = pop.data
     unit_coords = {n: c for n, c in flat.coords.items() if c.dims == (UNIT,)}
     out = {}
+    dead = ~np.isfinite(variables["response"][1]).any(axis=0) if "response" in variables else None
     for name, (dims, values) in variables.items():
+        if name.startswith("preferred_") and dead is not None and dead.any():
+            values = np.where(dead, np.nan, values)  # a unit without any response prefers nothing
         arr = xr.DataArray(values, dims=(*dims, UNIT),
                            coords={**unit_coords, **{d: coords[d] for d in dims}})
         out[name] = pop.restore(arr)

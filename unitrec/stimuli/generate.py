@@ -219,6 +219,7 @@ def gabors(
 PROTOCOLS = ("phase", "size", "contrast")
 
 _SF_OCTAVES = (2, 2.83, 4, 5.66, 8, 11.31, 16)  # 2**(k/2), k = 2..8, rounded to 2 decimals
+_SIZE_SF = (4, 11.31)  # the size and contrast protocols' default frequencies
 #: Default aperture diameters as fractions of the image size (the full field, ceil(size·√2), is added).
 _DIAMETER_FRACTIONS = (0.0625, 0.11, 0.19, 0.31, 0.53)
 
@@ -230,9 +231,9 @@ def protocols(
     orientations: Sequence[float] = (0, 22.5, 45, 67.5, 90, 112.5, 135, 157.5),
     spatial_frequencies: Sequence[float] = _SF_OCTAVES,
     phases: Sequence[float] = (0, 45, 90, 135, 180, 225, 270, 315),
-    size_spatial_frequencies: Sequence[float] = (4, 11.31),
+    size_spatial_frequencies: Sequence[float] = _SIZE_SF,
     diameters: Sequence[float] | None = None,
-    contrast_spatial_frequencies: Sequence[float] = (4, 11.31),
+    contrast_spatial_frequencies: Sequence[float] = _SIZE_SF,
     contrasts: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
     aperture_center: tuple[float, float] | None = None,
     background: float = 0.5,
@@ -303,9 +304,10 @@ def protocols(
     The defaults write 448 + 768 + 768 = 1,984 images (a few seconds, 8 MB at 64 px)
     and suit a 64-pixel input to a ResNet's early stages (``conv1``: receptive
     field 7 px; ``layer1``: 43 px), recorded with ``units: center`` and without
-    resize or crop, so that stimulus pixels are input pixels. The spatial
-    frequencies, in cycles per image, scale with ``size``; the default diameters
-    too.
+    resize or crop, so that stimulus pixels are input pixels. The default
+    diameters scale with ``size``; the default spatial frequencies (cycles per
+    image) stop below the Nyquist limit ``size / 2``, and frequencies given at or
+    above it are refused (the pixels would show another frequency).
 
     Images are 8-bit: a contrast ``c`` spans ``255 · c`` grey levels, so at 0.02 the
     sine is a staircase of about 5 levels (±2.55 around the background) and its
@@ -323,6 +325,13 @@ def protocols(
     full = _numbers("spatial_frequencies", spatial_frequencies, positive=True)
     sizes_sf = _numbers("size_spatial_frequencies", size_spatial_frequencies, positive=True)
     contrast_sf = _numbers("contrast_spatial_frequencies", contrast_spatial_frequencies, positive=True)
+    # the default frequencies stop below the Nyquist limit of a small image; given ones are checked
+    if spatial_frequencies is _SF_OCTAVES:
+        full = [f for f in full if f < size / 2] or [size / 4]
+    if size_spatial_frequencies is _SIZE_SF:
+        sizes_sf = [f for f in sizes_sf if f < size / 2] or [size / 4]
+    if contrast_spatial_frequencies is _SIZE_SF:
+        contrast_sf = [f for f in contrast_sf if f < size / 2] or [size / 4]
     if diameters is None:
         diameters = sorted({*(max(1, round(size * f)) for f in _DIAMETER_FRACTIONS),
                             math.ceil(size * math.sqrt(2))})
@@ -402,6 +411,13 @@ def _write_set(
 ) -> Path:
     """Write one image per setting (all with the same keys, the metadata columns)."""
     size = _check_size(size)
+    top = max((float(s["spatial_frequency"]) for s in settings), default=0.0)
+    if top >= size / 2:
+        raise ConfigError(
+            f"spatial frequency {top:g} cycles/image is at or above the Nyquist limit of a {size}-pixel "
+            f"image ({size / 2:g}): its pixels would show another frequency; use frequencies below "
+            f"{size / 2:g} or a larger size"
+        )
     if fmt not in _FORMATS:
         allowed = ", ".join(_FORMATS)
         raise ConfigError(f"fmt={fmt!r} is not supported; choose one of {allowed}")
@@ -435,8 +451,11 @@ def _prepare(root: Path, overwrite: bool) -> Path:
     The marker is written before the images, so an interrupted run leaves a
     folder that the next run may replace.
     """
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"{root} exists and is not a folder")
+    try:
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"{root} exists and is not a folder")
+    except OSError as exc:  # a path through a file: NotADirectoryError
+        raise ConfigError(f"cannot write stimuli to {root}: {exc.strerror or exc}") from None
     marker = root / MARKER
     visible = [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
     if visible:
@@ -452,12 +471,24 @@ def _prepare(root: Path, overwrite: bool) -> Path:
                 f"{root} holds a stimulus set generated earlier; to replace it pass --overwrite "
                 "(command line) or overwrite=True (Python), or choose an empty folder"
             )
+        from .decode import IMAGE_EXTENSIONS
+
+        strangers = sorted(p.name for p in visible if p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not _OURS.fullmatch(p.name))
+        if strangers:  # they would be recorded with the set, without a row in metadata.csv
+            raise ConfigError(
+                f"{root} holds images that unitrec did not generate ({', '.join(strangers[:3])}"
+                f"{', ...' if len(strangers) > 3 else ''}); move them or choose another folder"
+            )
         for p in visible:
             if (p.name == METADATA or _OURS.fullmatch(p.name)) and p.is_file():
                 p.unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    marker.write_text("written by unitrec.stimuli: this folder holds a generated stimulus set\n",
-                      encoding="utf-8")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        marker.write_text("written by unitrec.stimuli: this folder holds a generated stimulus set\n",
+                          encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write stimuli to {root}: {exc.strerror or exc}") from None
     return root
 
 
@@ -465,7 +496,12 @@ def _numbers(
     name: str, values: Iterable[float], *, positive: bool = False
 ) -> list[float]:
     try:
-        numbers = [float(v) for v in values]
+        if isinstance(values, (str, bytes)):  # "45" would read as 4 and 5
+            raise TypeError
+        items = list(values)
+        if any(isinstance(v, (bool, np.bool_, str, bytes)) for v in items):
+            raise TypeError
+        numbers = [float(v) for v in items]
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"{name} must be a sequence of numbers, got {values!r}"
@@ -474,7 +510,7 @@ def _numbers(
         raise ConfigError(f"{name} must hold at least one value")
     if not all(np.isfinite(numbers)) or (positive and min(numbers) <= 0):
         rule = "positive finite" if positive else "finite"
-        raise ConfigError(f"{name} must hold {rule} numbers, got {list(values)!r}")
+        raise ConfigError(f"{name} must hold {rule} numbers, got {items!r}")
     return numbers
 
 
