@@ -339,3 +339,12 @@ def test_fits_need_four_levels_and_flag_what_the_samples_cannot_tell():
     ds = contrast_response(recording(np.stack([c["contrast"], c["contrast"] ** 2 / (c["contrast"] ** 2 + 0.01)],
                                               axis=1), c | {"spatial_frequency": np.full(c["phase"].size, 4.0)}))
     np.testing.assert_array_equal(ds.c50_in_range, [False, True])
+
+
+def test_a_figure_given_another_result_says_which_it_draws():
+    pytest.importorskip("matplotlib")
+    other = xr.Dataset({"f0": ("unit", np.ones(3))})
+    for plot, analysis in ((plot_sf_tuning, "sf_tuning"), (plot_size_tuning, "size_tuning"),
+                           (plot_contrast_response, "contrast_response"), (plot_modulation_ratio, "modulation_ratio")):
+        with pytest.raises(ConfigError, match=f"draws the result of {analysis}"):
+            plot(other)

@@ -64,6 +64,7 @@ def plot_sf_tuning(ds: xr.Dataset, units: Sequence[int] | None = None, *, max_un
             return f"peak {v['preferred_spatial_frequency']:g} (fit peaks outside the range)"
         return f"peak {v['preferred_spatial_frequency']:g} (no fit)"
 
+    _require(ds, (_SF,), "sf_tuning")
     fig = _panels(ds, units, max_units, ncols, draw, _parameter_label(_SF, ds[_SF].attrs), log=True,
                   keys=("fit_mu", "fit_baseline", "fit_amplitude", "fit_sigma", "bandwidth",
                         "fit_spatial_frequency", "preferred_spatial_frequency"))
@@ -91,6 +92,7 @@ def plot_size_tuning(ds: xr.Dataset, units: Sequence[int] | None = None, *, max_
         One panel per unit: response against aperture diameter, the preferred size
         dashed; the title gives the SSI.
     """
+    _require(ds, ("centered",), "size_tuning")
     centered = np.asarray(ds["centered"].values).reshape(-1)
     if units is None:
         units = np.flatnonzero(centered)[:max_units].tolist()
@@ -126,6 +128,8 @@ def plot_contrast_response(ds: xr.Dataset, units: Sequence[int] | None = None, *
     matplotlib.figure.Figure
         One panel per unit: the responses (dots), the fit (line) and c50 (dashed).
     """
+    _require(ds, ("contrast", "c50"), "contrast_response")
+
     def draw(ax: Any, x: np.ndarray, y: np.ndarray, v: Mapping[str, float]) -> str:
         ax.plot(x, y, "o", ms=3)
         if np.isfinite(v["c50"]):
@@ -158,6 +162,7 @@ def plot_modulation_ratio(ds: xr.Dataset, *, bins: int = 20) -> Figure:
     matplotlib.figure.Figure
         One axes; the dashed line at 1 is the simple/complex boundary.
     """
+    _require(ds, ("ratio",), "modulation_ratio")
     ratio = np.asarray(ds["ratio"].values, dtype=float).reshape(-1)
     ratio = ratio[np.isfinite(ratio)]
     fig = _new_figure(figsize=(4.2, 3.2), layout="constrained")
@@ -186,10 +191,7 @@ def _panels(ds: xr.Dataset, units: Sequence[int] | None, max_units: int, ncols: 
     """Small multiples of ``ds.response`` along ``ds.attrs["swept"]``, one per unit."""
     from unitrec.analysis.plots import _unit_name
 
-    missing = [k for k in ("response", *keys) if not isinstance(ds, xr.Dataset) or k not in ds]
-    if missing:
-        raise ConfigError(f"this figure draws the result of the matching analysis (sf_tuning, size_tuning or "
-                          f"contrast_response); what was given lacks {', '.join(missing)}")
+    _require(ds, ("response", *keys), "sf_tuning, size_tuning or contrast_response")
     swept = str(ds.attrs.get("swept") or ds["response"].dims[0])
     response = ds["response"]
     unit_dims = [d for d in response.dims if d != swept]
@@ -226,3 +228,11 @@ def _panels(ds: xr.Dataset, units: Sequence[int] | None, max_units: int, ncols: 
             ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
     return fig
+
+
+def _require(ds: Any, names: Sequence[str], analysis: str) -> None:
+    """A one-line error for a figure given something other than its analysis' result."""
+    missing = [k for k in names if not isinstance(ds, xr.Dataset) or k not in ds.variables]
+    if missing:
+        raise ConfigError(f"this figure draws the result of {analysis}; what was given lacks "
+                          f"{', '.join(missing)}")
