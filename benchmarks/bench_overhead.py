@@ -2,7 +2,9 @@
 
 The jobs of issue 14, each timed against a bare forward pass over the same
 stimuli with the same batch size, in the same process, alternating (bare, record,
-bare, record, ...), best of ``--repeats``:
+bare, record, ...), ``--repeats`` times: the ratio of the best times, and the
+median ratio of each recording to the bare pass run just before it (steadier on a
+machine whose speed drifts):
 
 1. resnet50, 224 px tensor images, batch 16, ``layer1`` + ``layer4`` stored whole,
    64 and 256 images; the same with ``layer4`` only (64 images).
@@ -20,7 +22,7 @@ DataLoader over the same PNGs with the same transform (job 2).
 
 Usage::
 
-    python benchmarks/bench_overhead.py              # about 6 minutes on 2 CPU cores
+    python benchmarks/bench_overhead.py              # about 10 minutes on 2 CPU cores
     python benchmarks/bench_overhead.py --quick      # one small job, a smoke run
     python benchmarks/bench_overhead.py --device cuda --repeats 3
 
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,9 +46,18 @@ from typing import Any, Callable
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+_CPU: list[float] = []  # the CPU seconds (all threads) of each _timed call, in order
+
+
 def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+    """Wall seconds of fn(); its CPU seconds (this process, every thread) go to _CPU.
+
+    CPU time does not count what a shared or virtual machine takes away (steal), so
+    its ratios hold where wall-clock ratios drift; it misses time spent waiting on
+    the disk, which the wall-clock ratios include."""
+    cpu, start = time.process_time(), time.perf_counter()
     fn()
+    _CPU.append(time.process_time() - cpu)
     return time.perf_counter() - start
 
 
@@ -194,18 +206,24 @@ def job_tensor(args: argparse.Namespace) -> dict[str, Any]:
         jobs.append(("r50 256 layer1+layer4", 256, ["layer1", "layer4"]))
     _bare_tensor(model, x[:16], 16, device)()  # warm-up
     for name, n, sites in jobs:
-        bare, rec, hooks = [], [], []
+        bare, rec, hooks, cpu_ratios = [], [], [], []
         for r in range(args.repeats):
             bare.append(_timed(_bare_tensor(model, x[:n], args.batch_size, device)))
             rec.append(_timed(lambda: ur.record(model, x[:n], sites, out / "t.h5", batch_size=args.batch_size,
                                                 device=device, progress=False, overwrite=True)))
+            cpu_ratios.append(_CPU[-1] / _CPU[-2])
             if name == "r50 64 layer1+layer4" and device.type == "cpu":
                 hooks.append(_timed(lambda: _hook_loop(model, x[:n], sites, args.batch_size, out / "h.h5")))
-        results[name] = {"bare_s": min(bare), "record_s": min(rec), "ratio": min(rec) / min(bare)}
+        paired = statistics.median(r / b for r, b in zip(rec, bare))  # each record beside its own bare pass
+        results[name] = {"bare_s": min(bare), "record_s": min(rec), "ratio": min(rec) / min(bare),
+                         "paired_ratio": paired, "cpu_ratio": statistics.median(cpu_ratios)}
         if hooks:
-            results[name] |= {"hooks_s": min(hooks), "hooks_ratio": min(hooks) / min(bare)}
-        print(f"  {name}: bare {min(bare):.2f} s, record {min(rec):.2f} s, ratio {min(rec) / min(bare):.3f}"
-              + (f"; hook loop {min(hooks):.2f} s ({min(hooks) / min(bare):.3f})" if hooks else ""), flush=True)
+            results[name] |= {"hooks_s": min(hooks), "hooks_ratio": statistics.median(
+                h / b for h, b in zip(hooks, bare))}
+        print(f"  {name}: bare {min(bare):.2f} s, record {min(rec):.2f} s, ratio {min(rec) / min(bare):.3f} "
+              f"(best of each), {paired:.3f} (median of paired runs), CPU time {results[name]['cpu_ratio']:.3f}"
+              + (f"; hook loop {min(hooks):.2f} s ({results[name]['hooks_ratio']:.3f} paired)" if hooks else ""),
+              flush=True)
     return results
 
 
@@ -230,6 +248,7 @@ def job_png(args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.out_dir)
     times: dict[str, list[float]] = {k: [] for k in ("bare", "truncated", "record", "record_layer1")}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
     for _ in range(args.repeats):
         times["bare"].append(_timed(bare(model)))
         times["record"].append(_timed(lambda: ur.record(
@@ -239,14 +258,26 @@ def job_png(args: argparse.Namespace) -> dict[str, Any]:
         times["record_layer1"].append(_timed(lambda: ur.record(
             model, folder, ["layer1"], out / "p1.h5", transform=tf, batch_size=args.batch_size, device=device,
             progress=False, overwrite=True)))
+        for key, seconds in zip(("bare", "record", "truncated", "record_layer1"), _CPU[-4:]):  # as run
+            cpu[key].append(seconds)
     best = {k: min(v) for k, v in times.items()}
+
+    def paired(key: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[key], times["bare"]))
+
+    def cpu_ratio(key: str) -> float:
+        return statistics.median(a / b for a, b in zip(cpu[key], cpu["bare"]))
+
     res = {"bare_s": best["bare"], "record_s": best["record"], "ratio": best["record"] / best["bare"],
-           "layer1_share": best["truncated"] / best["bare"],
-           "record_layer1_ratio": best["record_layer1"] / best["bare"]}
+           "paired_ratio": paired("record"), "layer1_share": paired("truncated"),
+           "record_layer1_ratio": paired("record_layer1"), "cpu_ratio": cpu_ratio("record"),
+           "cpu_layer1_share": cpu_ratio("truncated"), "cpu_record_layer1_ratio": cpu_ratio("record_layer1")}
     print(f"  r18 {n} PNGs layer1+layer4.1+fc: bare {best['bare']:.2f} s, record {best['record']:.2f} s, "
-          f"ratio {res['ratio']:.3f}", flush=True)
+          f"ratio {res['ratio']:.3f} (best of each), {res['paired_ratio']:.3f} (median of paired runs), "
+          f"CPU time {res['cpu_ratio']:.3f}", flush=True)
     print(f"  r18 {n} PNGs layer1 only: ratio {res['record_layer1_ratio']:.3f} "
-          f"(layer1's share of compute {res['layer1_share']:.3f})", flush=True)
+          f"(layer1's share of compute {res['layer1_share']:.3f}; both medians of paired runs); CPU time "
+          f"{res['cpu_record_layer1_ratio']:.3f} (share {res['cpu_layer1_share']:.3f})", flush=True)
     return res
 
 
@@ -255,7 +286,7 @@ JOBS = {"setup": job_setup, "tensor": job_tensor, "png": job_png}
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true")
