@@ -27,7 +27,8 @@ from unitrec.stimuli.generate import gratings  # noqa: E402
 @pytest.fixture
 def grating_recording(tmp_path) -> tuple[xr.DataArray, object]:
     """Gratings on disk and a fake (stimulus, channel, y, x) recording of them."""
-    root = gratings(tmp_path / "stim", size=16, orientations=(0, 45, 90, 135), phases=(0, 180))
+    root = gratings(tmp_path / "stim", size=16, orientations=(0, 45, 90, 135), spatial_frequencies=(2, 4, 6),
+                    phases=(0, 180))
     import csv
 
     with open(root / "metadata.csv", newline="") as handle:

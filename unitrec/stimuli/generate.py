@@ -39,6 +39,7 @@ PARAMETER_UNITS = {
 }
 
 METADATA = "metadata.csv"
+_GRATING_SF = (2, 4, 8)  # gratings' and gabors' default frequencies
 MARKER = ".unitrec-generated"  # hidden, so find_stimuli skips it
 # the images unitrec's generators name: _filename's, and noise.py's
 _OURS = re.compile(r"((grating|gabor)_ori\S*|sparse_y\d+_x\d+_(on|off)(_r\d+)?|white_s\d+_\d+)\.(png|bmp|tiff|jpg)")
@@ -50,7 +51,7 @@ def gratings(
     *,
     size: int = 64,
     orientations: Sequence[float] = (0, 30, 60, 90, 120, 150),
-    spatial_frequencies: Sequence[float] = (2, 4, 8),
+    spatial_frequencies: Sequence[float] = _GRATING_SF,
     phases: Sequence[float] = (0, 90, 180, 270),
     contrasts: Sequence[float] = (1.0,),
     apertures: Sequence[float] | None = None,
@@ -139,9 +140,7 @@ def gratings(
     size = _check_size(size)
     params = {
         "orientation": _numbers("orientations", orientations),
-        "spatial_frequency": _numbers(
-            "spatial_frequencies", spatial_frequencies, positive=True
-        ),
+        "spatial_frequency": _frequencies(spatial_frequencies, size),
         "phase": _numbers("phases", phases),
         "contrast": _contrasts(contrasts, background),
     }
@@ -163,7 +162,7 @@ def gabors(
     *,
     size: int = 64,
     orientations: Sequence[float] = (0, 30, 60, 90, 120, 150),
-    spatial_frequencies: Sequence[float] = (2, 4, 8),
+    spatial_frequencies: Sequence[float] = _GRATING_SF,
     phases: Sequence[float] = (0, 90, 180, 270),
     sigmas: Sequence[float] = (0.125,),
     contrasts: Sequence[float] = (1.0,),
@@ -204,9 +203,7 @@ def gabors(
     """
     params = {
         "orientation": _numbers("orientations", orientations),
-        "spatial_frequency": _numbers(
-            "spatial_frequencies", spatial_frequencies, positive=True
-        ),
+        "spatial_frequency": _frequencies(spatial_frequencies, size),
         "phase": _numbers("phases", phases),
         "contrast": _contrasts(contrasts, background),
         "sigma": _numbers("sigmas", sigmas, positive=True),
@@ -512,6 +509,14 @@ def _numbers(
         rule = "positive finite" if positive else "finite"
         raise ConfigError(f"{name} must hold {rule} numbers, got {items!r}")
     return numbers
+
+
+def _frequencies(spatial_frequencies: Sequence[float], size: Any) -> list[float]:
+    """The frequencies given, checked; the default ones only below the Nyquist limit of `size`."""
+    values = _numbers("spatial_frequencies", spatial_frequencies, positive=True)
+    if spatial_frequencies is _GRATING_SF:
+        values = [f for f in values if f < _check_size(size) / 2] or [_check_size(size) / 4]
+    return values
 
 
 def _contrasts(contrasts: Iterable[float], background: float) -> list[float]:
