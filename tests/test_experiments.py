@@ -77,7 +77,7 @@ def test_the_report_draws_the_protocols(zoo, tmp_path):
     from unitrec.report import write_report
     from unitrec.stimuli import protocols
 
-    folder = protocols(tmp_path / "p", size=32, orientations=(0, 90), spatial_frequencies=(2, 4, 8),
+    folder = protocols(tmp_path / "p", size=32, orientations=(0, 90), spatial_frequencies=(2, 4, 8, 12),
                        phases=(0, 90, 180, 270), size_spatial_frequencies=(4,), diameters=(4, 8, 16, 46),
                        contrast_spatial_frequencies=(4,), contrasts=(0.1, 0.3, 1.0))
     path = ur.record(zoo("resnet18"), folder, [{"name": "conv1", "units": "center"}, "layer1"],
@@ -85,7 +85,10 @@ def test_the_report_draws_the_protocols(zoo, tmp_path):
     index = write_report(path, tmp_path / "report")
     page = index.read_text()
     assert "Grating protocols (conv1, rectified responses)" in page
-    for stem in ("f1f0_conv1", "sf_conv1", "size_conv1", "contrast_conv1"):
+    for stem in ("f1f0_conv1", "sf_conv1", "size_conv1"):
         assert (tmp_path / "report" / f"{stem}.png").is_file() and (tmp_path / "report" / f"{stem}.svg").is_file()
+    # three contrasts cannot carry a 4-parameter fit: the report says so instead of failing
+    assert "contrast_response: fitting needs at least 4 contrasts" in page
+    assert not (tmp_path / "report" / "contrast_conv1.png").exists()
     # layer1 recorded whole: 64 x 8 x 8 = 4096 units, fitted too; the orientation tuning uses the phase sweep
     assert "f1f0_layer1.png" in page and "Tuning curves by orientation" in page

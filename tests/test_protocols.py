@@ -281,7 +281,7 @@ def test_protocols_end_to_end(tmp_path, zoo):
     import unitrec as ur
     from unitrec.stimuli import protocols
 
-    root = protocols(tmp_path / "stim", size=32, orientations=(0, 90), spatial_frequencies=(2, 4, 8, 16),
+    root = protocols(tmp_path / "stim", size=32, orientations=(0, 90), spatial_frequencies=(2, 4, 8, 12),
                      phases=(0, 90, 180, 270), size_spatial_frequencies=(4,), diameters=(4, 8, 16, 46),
                      contrast_spatial_frequencies=(4,), contrasts=(0.05, 0.1, 0.25, 0.5, 1.0))
     # no resize or crop: stimulus pixels are input pixels

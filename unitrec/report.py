@@ -206,26 +206,46 @@ def _protocol_sections(layers: dict[str, Any], save, safe: dict[str, str]) -> li
             continue
         rectify = bool(float(da.min()) < 0)
         figs = []
-        f1f0 = A.modulation_ratio(da, rectify=True)
-        ratio = np.asarray(f1f0["ratio"].values, dtype=float)
-        figs.append((f"F1/F0: {int(np.nansum(ratio > 1))} simple, {int(np.nansum(ratio <= 1))} complex "
-                     "(rectified responses)", save(A.plot_modulation_ratio(f1f0), f"f1f0_{safe[name]}.png")))
-        sf = A.sf_tuning(da, rectify=rectify)
-        figs.append((f"spatial frequency: median bandwidth {_median(sf['bandwidth'])} octaves",
-                     save(A.plot_sf_tuning(sf, max_units=8), f"sf_{safe[name]}.png")))
-        try:
-            size = A.size_tuning(da, rectify=rectify)
-        except ConfigError as exc:  # no unit with its field on the aperture
-            figs.append((f"size tuning: {exc}", ""))
-        else:
-            figs.append((f"size tuning: median suppression index {_median(size['ssi'])}",
-                         save(A.plot_size_tuning(size, max_units=8), f"size_{safe[name]}.png")))
-        contrast = A.contrast_response(da, rectify=rectify)
-        figs.append((f"contrast response: median c50 {_median(contrast['c50'])}",
-                     save(A.plot_contrast_response(contrast, max_units=8), f"contrast_{safe[name]}.png")))
+        for caption, analyse in _PROTOCOL_FIGURES:
+            try:  # a set without what one analysis needs (phases, 4 frequencies, apertures) skips it
+                text, fig, stem = analyse(da, rectify)
+            except ConfigError as exc:
+                figs.append((f"{caption}: {exc}", ""))
+            else:
+                figs.append((text, save(fig, f"{stem}_{safe[name]}.png")))
         title = f"Grating protocols ({name}" + (", rectified responses)" if rectify else ")")
         sections.append((title, figs))
     return sections
+
+
+def _f1f0(da, rectify: bool):
+    ds = A.modulation_ratio(da, rectify=True)
+    ratio = np.asarray(ds["ratio"].values, dtype=float)
+    return (f"F1/F0: {int(np.nansum(ratio > 1))} simple, {int(np.nansum(ratio <= 1))} complex "
+            "(rectified responses)", A.plot_modulation_ratio(ds), "f1f0")
+
+
+def _sf(da, rectify: bool):
+    ds = A.sf_tuning(da, rectify=rectify)
+    return (f"spatial frequency: median bandwidth {_median(ds['bandwidth'])} octaves",
+            A.plot_sf_tuning(ds, max_units=8), "sf")
+
+
+def _size(da, rectify: bool):
+    ds = A.size_tuning(da, rectify=rectify)
+    return (f"size tuning: median suppression index {_median(ds['ssi'])}", A.plot_size_tuning(ds, max_units=8),
+            "size")
+
+
+def _contrast(da, rectify: bool):
+    ds = A.contrast_response(da, rectify=rectify)
+    return (f"contrast response: median c50 {_median(ds['c50'])}", A.plot_contrast_response(ds, max_units=8),
+            "contrast")
+
+
+#: (what, analysis → (caption, figure, file stem)) for each grating protocol
+_PROTOCOL_FIGURES = (("F1/F0", _f1f0), ("spatial frequency", _sf), ("size tuning", _size),
+                     ("contrast response", _contrast))
 
 
 def _median(values) -> str:
