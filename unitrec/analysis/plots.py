@@ -116,10 +116,7 @@ def plot_tuning_curves(
     unit_dims = [d for d in mean.dims if d != by]
     shape = tuple(mean.sizes[d] for d in unit_dims)
     total = int(np.prod(shape)) if shape else 1
-    chosen = list(range(min(max_units, total))) if units is None else list(units)
-    for u in chosen:
-        if not isinstance(u, (int, np.integer)) or not 0 <= u < total:
-            raise SelectionError(f"unit {u!r} is outside 0..{total - 1}")
+    chosen = _chosen_units(units, max_units, total)
     ncols = max(1, min(ncols, len(chosen)))
     nrows = max(1, math.ceil(len(chosen) / ncols))
     fig = _new_figure(figsize=(2.7 * ncols, 2.5 * nrows + 0.4), layout="constrained")
@@ -164,6 +161,15 @@ def plot_tuning_curves(
     note = _selectivity_note(tuning_ds, str(by), coord_attrs, categorical)
     fig.supxlabel(textwrap.fill(note, max(40, int(16 * 2.7 * ncols))), fontsize=8)  # ~16 characters an inch
     return fig
+
+
+def _chosen_units(units: Sequence[int] | None, max_units: int, total: int) -> list[int]:
+    """The units to draw: `units` (positions in the flattened unit dims), checked, or the first `max_units`."""
+    chosen = list(range(min(max_units, total))) if units is None else list(units)
+    for u in chosen:
+        if not isinstance(u, (int, np.integer)) or not 0 <= u < total:
+            raise SelectionError(f"unit {u!r} is outside 0..{total - 1}")
+    return chosen
 
 
 def _period(by: str, attrs: Mapping[Hashable, Any]) -> float | None:

@@ -189,7 +189,7 @@ def _panels(ds: xr.Dataset, units: Sequence[int] | None, max_units: int, ncols: 
             draw: Callable[[Any, np.ndarray, np.ndarray, Mapping[str, float]], str], xlabel: str, *,
             keys: Sequence[str], log: bool = False) -> Figure:
     """Small multiples of ``ds.response`` along ``ds.attrs["swept"]``, one per unit."""
-    from unitrec.analysis.plots import _unit_name
+    from unitrec.analysis.plots import _chosen_units, _unit_name
 
     _require(ds, ("response", *keys), "sf_tuning, size_tuning or contrast_response")
     swept = str(ds.attrs.get("swept") or ds["response"].dims[0])
@@ -197,10 +197,7 @@ def _panels(ds: xr.Dataset, units: Sequence[int] | None, max_units: int, ncols: 
     unit_dims = [d for d in response.dims if d != swept]
     shape = tuple(response.sizes[d] for d in unit_dims)
     total = int(np.prod(shape)) if shape else 1
-    chosen = list(range(min(max_units, total))) if units is None else list(units)
-    for u in chosen:
-        if not isinstance(u, (int, np.integer)) or not 0 <= u < total:
-            raise SelectionError(f"unit {u!r} is outside 0..{total - 1}")
+    chosen = _chosen_units(units, max_units, total)
     if not chosen:
         raise SelectionError("no unit to draw")
     ncols = max(1, min(ncols, len(chosen)))
