@@ -317,8 +317,8 @@ def state_dict_sha256(model: nn.Module) -> str:
 def weights_sha256_on(pool: Executor, model: nn.Module) -> Callable[[], str]:
     """Start :func:`state_dict_sha256` on `pool`; call what it returns for the digest.
 
-    The model's tensors are taken now, so the model may be used (even traced with
-    its parameters swapped) while the threads hash them.
+    The model's tensors are taken now, so the model may be used (traced, say) while
+    the threads hash them.
     """
     tensors = _weight_bytes(model)
     stamp = _stamp(model)

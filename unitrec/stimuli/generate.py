@@ -415,25 +415,35 @@ def _write_set(
             f"image ({size / 2:g}): its pixels would show another frequency; use frequencies below "
             f"{size / 2:g} or a larger size"
         )
-    if fmt not in _FORMATS:
-        allowed = ", ".join(_FORMATS)
-        raise ConfigError(f"fmt={fmt!r} is not supported; choose one of {allowed}")
+    suffix = _suffix(fmt)
     root = _prepare(Path(out_dir), overwrite)
     names = list(settings[0])
     rows: list[list[str]] = []
     seen: set[str] = set()
     for setting in settings:
-        filename = _filename(kind, setting) + _FORMATS[fmt]
+        filename = _filename(kind, setting) + suffix
         if filename in seen:
             raise ConfigError(f"two parameter settings give the same file {filename}")
         seen.add(filename)
         Image.fromarray(_image(size, background, setting)).save(root / filename)
         rows.append([filename, *(_cell(setting[name]) for name in names)])
+    _write_metadata(root, ["path", *names], rows)
+    return root
+
+
+def _suffix(fmt: str) -> str:
+    """The file suffix of an image format the generators write."""
+    if fmt not in _FORMATS:
+        raise ConfigError(f"fmt={fmt!r} is not supported; choose one of {', '.join(_FORMATS)}")
+    return _FORMATS[fmt]
+
+
+def _write_metadata(root: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """``metadata.csv``: the header (``path`` first), then one row per image."""
     with open(root / METADATA, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", *names])
+        writer.writerow(header)
         writer.writerows(rows)
-    return root
 
 
 def _check_size(size: Any) -> int:

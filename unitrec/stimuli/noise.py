@@ -8,7 +8,6 @@ Images are grey (three equal channels), 8-bit.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from unitrec.errors import ConfigError
-from unitrec.stimuli.generate import _FORMATS, METADATA, _prepare, _to_rgb8
+from unitrec.stimuli.generate import _prepare, _suffix, _to_rgb8, _write_metadata
 
 __all__ = ["sparse_noise", "white_noise"]
 
@@ -230,19 +229,6 @@ def _fraction(name: str, value: Any, *, low_open: bool = True) -> float:
     if not (0 < number <= 1 if low_open else 0 <= number <= 1):
         raise ConfigError(f"{name} must be in {'(0' if low_open else '[0'}, 1], got {value!r}")
     return number
-
-
-def _suffix(fmt: str) -> str:
-    if fmt not in _FORMATS:
-        raise ConfigError(f"fmt={fmt!r} is not supported; choose one of {', '.join(_FORMATS)}")
-    return _FORMATS[fmt]
-
-
-def _write_metadata(root: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with open(root / METADATA, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def _num(value: float) -> int | float:
