@@ -129,3 +129,123 @@ def test_whole_chunks_go_straight_to_the_file(tmp_path, monkeypatch):
     with h5py.File(zpath, "r") as f:
         assert not W._raw_rows(f["fc"]["activation"])
     np.testing.assert_array_equal(ur.load_layer(zpath, "fc").values, ur.load_layer(path, "fc").values)
+
+
+# ------------------------------------------------------------------ the hollow trace
+# Convolutions and linear layers return zeros of their shape in the first pass; it
+# must give the real pass's trace, and give way to a real pass wherever values could
+# steer the model.
+
+_HOLLOW_MODELS = ["resnet18", "densenet121", "googlenet", "inception_v3", "mobilenet_v3_small",
+                  "timm:vit_small_patch16_224"]
+_MORE_HOLLOW_MODELS = ["resnet50", "alexnet", "vgg11", "squeezenet1_1", "efficientnet_b0", "convnext_tiny",
+                       "vit_b_16", "swin_t", "regnet_y_400mf", "shufflenet_v2_x0_5", "maxvit_t",
+                       "timm:inception_resnet_v2", "timm:convnext_atto", "timm:efficientnet_b0",
+                       "timm:swin_tiny_patch4_window7_224", "timm:levit_128s"]
+
+
+def _hollow_equals_real(model: nn.Module, size: int) -> None:
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    assert T._trace(model, x, hollow=True) == T._trace(model, x)
+
+
+@pytest.mark.parametrize("name", _HOLLOW_MODELS)
+def test_the_hollow_trace_is_the_real_trace(zoo, name):
+    pytest.importorskip("timm") if name.startswith("timm:") else None
+    _hollow_equals_real(zoo(name), 299 if "inception" in name else 224)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _MORE_HOLLOW_MODELS)
+def test_the_hollow_trace_is_the_real_trace_on_more_models(name):
+    pytest.importorskip("timm") if name.startswith("timm:") else None
+    _hollow_equals_real(ur.load_model(name, seed=0).eval(), 299 if "inception" in name else 224)
+
+
+class _Steered(nn.Module):
+    """Takes branch `a` when the convolution's output is positive in sum, which it
+    is for every input (a bias of 10); zeros in its place would take branch `b`."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 4, 3)
+        nn.init.constant_(self.conv.bias, 10.0)
+        nn.init.constant_(self.conv.weight, 0.0)
+        self.a, self.b = nn.ReLU(), nn.Tanh()
+        self.table = torch.ones(1)  # a plain attribute, not a buffer
+
+    def forward(self, x):
+        y = self.conv(x)
+        s = y.sum()
+        if self.how == "bool":
+            positive = bool(s > 0)
+        elif self.how == "item":
+            positive = s.item() > 0
+        elif self.how == "tolist":
+            positive = y.mean(dim=(2, 3)).tolist()[0][0] > 0
+        elif self.how == "int":
+            positive = int(s) > 0
+        elif self.how == "numpy":
+            positive = float(np.asarray(s)) > 0
+        elif self.how == "mask":  # a mask index: the shape depends on values
+            positive = y[y > 0].shape[0] > 0
+        elif self.how == "nonzero":
+            positive = torch.nonzero(y).shape[0] > 0
+        elif self.how == "attribute":  # a tensor the trace never saw made
+            positive = (s * self.table).shape == (1,) and True
+        elif self.how == "swallowed":  # a model that catches everything and takes the zeros' branch
+            try:
+                positive = bool(s > 0)
+            except BaseException:
+                positive = False
+        else:
+            raise AssertionError(self.how)
+        return self.a(y) if positive else self.b(y)
+
+
+@pytest.mark.parametrize("how", ["bool", "item", "tolist", "int", "numpy", "mask", "nonzero", "attribute",
+                                 "swallowed"])
+def test_values_that_steer_the_model_make_the_trace_real(how):
+    model = _Steered(how).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(T._NeedsValues):
+        T._trace(model, x, hollow=True)
+    trace = T.trace_model(model, x)
+    assert trace == T._trace(model, x)
+    assert "a" in trace.counts and "b" not in trace.counts
+
+
+def test_a_hook_that_reads_values_makes_the_trace_real():
+    model = _small()
+    seen: list[float] = []
+    handle = model[2].register_forward_hook(lambda m, a, out: seen.append(out.abs().max().item()))
+    try:
+        with pytest.raises(T._NeedsValues):
+            T._trace(model, torch.randn(1, 3, 16, 16), hollow=True)
+        T.trace_model(model, torch.randn(1, 3, 16, 16))
+    finally:
+        handle.remove()
+    assert seen[-1] > 0  # the hook saw real values
+
+
+def test_a_model_that_fails_fails_with_its_own_error():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(5, 2)).eval()  # 4*6*6 != 5
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        T.trace_model(model, torch.randn(1, 3, 8, 8))
+
+
+class _Unseen(nn.Module):
+    """Computes where no torch function mode looks, as a compiled extension does."""
+
+    def forward(self, x):
+        with torch._C.DisableTorchFunction():
+            return torch.relu(x) + 0
+
+
+def test_a_part_the_trace_cannot_see_makes_it_real():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _Unseen(), nn.Conv2d(4, 2, 3)).eval()
+    x = torch.randn(1, 3, 10, 10)
+    with pytest.raises(T._NeedsValues, match="outside the trace"):
+        T._trace(model, x, hollow=True)
+    assert T.trace_model(model, x) == T._trace(model, x)

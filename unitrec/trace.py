@@ -2,7 +2,16 @@
 
 The trace runs a single input through the model with a forward (pre-)hook on every
 module and a TorchFunctionMode that sees every torch function. It is cached per
-model and input shape while the model's anatomy stays the same. From it we learn,
+model and input shape while the model's anatomy stays the same.
+
+The trace needs shapes, not values, so it first runs *hollow*: convolutions and
+linear layers return zeros of the shape they would compute, at a fraction of their
+cost. That is only sound while no value can steer the pass, so every tensor that
+holds stand-in values is followed, and the hollow pass is abandoned for a real one
+as soon as such a tensor reaches an op whose result could depend on its values
+(anything outside :data:`_SHAPE_ONLY`: ``.item()``, ``bool(x)``, ``nonzero``, a mask
+index, ...), or a tensor made where the trace cannot see (a plain tensor attribute,
+a compiled extension) enters the pass, or the hollow pass fails. From it we learn,
 for every call of every module: the order of calls, input and output shapes, the
 theoretical receptive field of the output, and — for outputs that are a channel
 concatenation — which child produced each channel and which channels were changed
@@ -26,6 +35,7 @@ from .tokens import TokenGrid, find_grid
 __all__ = ["Call", "Trace", "trace_model"]
 
 _CAT = {"cat", "concat", "concatenate"}
+_SHAPE_QUERIES = {"dim", "size", "numel", "nelement", "ndimension", "__len__"}
 # in-place ops not named `*_` (`y[:, :4] = 0`); `y += x` reaches the mode as `add_`
 _IN_PLACE = {"__setitem__"}
 
@@ -76,15 +86,43 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
+def _tensor_list(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """The tensors in `obj`, in the order :func:`_tensors` gives them (faster, for every op)."""
+    out = [] if out is None else out
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple, dict)):
+        for item in obj.values() if isinstance(obj, dict) else obj:
+            if isinstance(item, torch.Tensor):
+                out.append(item)
+            elif isinstance(item, (list, tuple, dict)):
+                _tensor_list(item, out)
+    return out
+
+
 def _first_tensor(obj: Any) -> torch.Tensor | None:
     return next(_tensors(obj), None)
 
 
-class _Mode(TorchFunctionMode):
-    """Follows receptive fields and concatenations through every torch function."""
+class _NeedsValues(BaseException):
+    """The hollow pass met an op whose result could depend on values.
 
-    def __init__(self, keep: list[Any], events: list[int]) -> None:
+    A BaseException, so that a model's own ``except Exception`` cannot swallow it
+    (the mode also remembers it, in case a bare ``except`` does)."""
+
+
+class _Mode(TorchFunctionMode):
+    """Follows receptive fields and concatenations through every torch function.
+
+    With `hollow` (the ids of tensors holding stand-in values, see the module's
+    docstring), convolutions and linear layers return zeros of their output shape."""
+
+    def __init__(self, keep: list[Any], events: list[int], hollow: set[int] | None = None,
+                 known: set[int] | None = None) -> None:
         super().__init__()
+        self.hollow = hollow
+        self.known = known if known is not None else set()  # tensors whose origin the trace saw
+        self.needs_values: str | None = None
         self.keep = keep  # holds every tensor seen, so that id() stays unique
         self.events = events  # the clock shared with the module hooks: one tick per call
         self.born: dict[int, int] = {}  # when each tensor was made
@@ -101,21 +139,30 @@ class _Mode(TorchFunctionMode):
         kwargs = kwargs or {}
         self.events[0] += 1
         name = getattr(func, "__name__", "")
+        if name in _SHAPE_QUERIES:  # read no values, make no tensors: the hooks ask often
+            return func(*args, **kwargs)
         target = _written(name, args, kwargs)
         base = target if target is None or target._base is None else target._base
         if base is not None and base.dim() >= 2:
             self.keep.append(base)
             self.writes.setdefault(id(base), []).append(
                 (self.events[0], _channels_written(base, target, name, args)))
-        out = func(*args, **kwargs)
-        if name in ("dim", "size", "__get__", "numel") or not isinstance(out, (torch.Tensor, tuple, list)):
+        inputs = _tensor_list((args, kwargs))
+        out = None
+        if self.hollow is not None:
+            self._check_hollow(name, args, inputs)
+            out = _stand_in(name, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
+        if self.hollow is not None:
+            self._follow_hollow(name, out, inputs, base)
+        if name == "__get__" or not isinstance(out, (torch.Tensor, tuple, list)):
             return out
-        inputs = [t for t in _tensors((args, kwargs))]
         input_ids = {id(t) for t in inputs}
         known = [(tuple(t.shape), self.fields[id(t)]) for t in inputs if id(t) in self.fields]
         tainted = any(id(t) in self.unknown for t in inputs)
         derived = tainted or bool(known)
-        for result in _tensors(out):
+        for result in _tensor_list(out):
             self.keep.append(result)
             fld = None if tainted else propagate(name.rstrip("_"), args, kwargs, known, tuple(result.shape))
             if fld is not None:
@@ -134,6 +181,37 @@ class _Mode(TorchFunctionMode):
             if out.dim() >= 2 and dim % out.dim() == 1:
                 self.cats[id(out)] = tensors
         return out
+
+    def _is_hollow(self, t: torch.Tensor) -> bool:
+        assert self.hollow is not None
+        return id(t) in self.hollow or (t._base is not None and id(t._base) in self.hollow)
+
+    def _check_hollow(self, name: str, args: tuple, inputs: list[torch.Tensor]) -> None:
+        """Give up the hollow pass where values could steer it."""
+        if any(id(t) not in self.known and (t._base is None or id(t._base) not in self.known) for t in inputs):
+            self._give_up(f"{name} got a tensor made outside the trace")
+        if not any(self._is_hollow(t) for t in inputs):
+            return
+        if name not in _SHAPE_ONLY:
+            self._give_up(f"{name} may read values")
+        if name in ("__getitem__", "__setitem__") and any(self._is_hollow(t) for t in _tensors(args[1:2])):
+            self._give_up(f"{name} with an index computed from values")
+        if name == "where" and len(args) == 1:
+            self._give_up("where(condition) has a shape that depends on values")
+
+    def _give_up(self, why: str) -> None:
+        self.needs_values = why
+        raise _NeedsValues(why)
+
+    def _follow_hollow(self, name: str, out: Any, inputs: list[torch.Tensor], base: torch.Tensor | None) -> None:
+        assert self.hollow is not None
+        results = _tensor_list(out)
+        self.known.update(id(t) for t in results)
+        if name in _STAND_INS or any(self._is_hollow(t) for t in inputs):
+            self.hollow.update(id(t) for t in results)
+            if base is not None:  # written in place (`y[:, :4] = hollow` returns None)
+                self.hollow.add(id(base))
+        self.keep.extend(results)
 
     def changed(self, t: torch.Tensor, after: int, before: int) -> set[int]:
         """Channels of `t` written in place between two events."""
@@ -164,6 +242,67 @@ def _channels_written(base: torch.Tensor, target: torch.Tensor, name: str, args:
     if name == "__setitem__" and _first_tensor(args[1]) is None:  # a tensor index: assume all of it
         region = region[args[1]]
     return set(region.unique().tolist())
+
+
+# ------------------------------------------------------------------ the hollow pass
+#: ops that return zeros of their output's shape in the hollow pass
+_STAND_INS = {"conv1d", "conv2d", "conv3d", "linear"}
+
+
+def _stand_in(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Zeros of the shape a convolution or linear layer would return, or None to
+    compute the op (anything unusual is computed, and raises if it must)."""
+    if name not in _STAND_INS or len(args) < 2 or kwargs.keys() - {"bias", "stride", "padding", "dilation", "groups"}:
+        return None
+    x, w = args[0], args[1]
+    if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)) or (x.dtype, x.device) != (w.dtype, w.device):
+        return None
+    if name == "linear":
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1] or (
+                bias is not None and tuple(bias.shape) != (w.shape[0],)):
+            return None
+        return x.new_zeros((*x.shape[:-1], w.shape[0]))
+    if x.dim() != w.dim() or x.shape[0] == 0:  # unbatched: computed
+        return None
+    conv = getattr(torch, name)
+    shape = conv(x[:0], *args[1:], **kwargs).shape  # the op's own shape rules, on no images
+    return x.new_zeros((x.shape[0], *shape[1:]))
+
+
+def _with_inplace(names: str) -> set[str]:
+    return {n for name in names.split() for n in (name, name + "_")}
+
+
+#: ops whose result's shape (and every other property the trace reads) depends on
+#: the shapes of their inputs and on plain arguments only, never on values
+_SHAPE_ONLY = frozenset(_with_inplace("""
+    relu relu6 leaky_relu elu selu celu gelu silu mish sigmoid tanh hardtanh hardswish hardsigmoid
+    softplus softsign prelu glu logsigmoid threshold exp log log1p sqrt rsqrt square pow abs neg
+    reciprocal sign clamp clip clamp_min clamp_max erf sin cos floor ceil round trunc add sub mul div
+    true_divide floor_divide remainder fmod maximum minimum lerp addcmul addcdiv masked_fill where
+    eq ne lt le gt ge logical_and logical_or logical_not
+""") | set("""
+    __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__ __rmul__ __imul__ __truediv__
+    __rtruediv__ __itruediv__ __floordiv__ __rfloordiv__ __mod__ __neg__ __pos__ __abs__ __pow__
+    __rpow__ __ipow__ __matmul__ __rmatmul__ __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __and__
+    __or__ __xor__ __invert__
+    batch_norm layer_norm group_norm instance_norm local_response_norm normalize rms_norm
+    max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices avg_pool1d
+    avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d
+    adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool2d_with_indices lp_pool2d
+    conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear bilinear matmul mm
+    bmm addmm baddbmm einsum scaled_dot_product_attention multi_head_attention_forward softmax
+    log_softmax dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
+    view view_as reshape reshape_as flatten unflatten permute transpose swapaxes swapdims t movedim
+    contiguous expand expand_as repeat tile unsqueeze squeeze chunk split tensor_split unbind cat
+    concat concatenate stack hstack vstack flip roll narrow select __getitem__ __setitem__ pad
+    interpolate pixel_shuffle pixel_unshuffle unfold fold diagonal tril triu
+    mean sum amax amin max min std var norm logsumexp prod cumsum argmax argmin topk sort all any
+    clone detach detach_ to type type_as float half double bfloat16 cpu cuda requires_grad_
+    new_zeros new_ones new_empty new_full zeros_like ones_like empty_like full_like
+    __get__ dim size numel nelement ndimension __len__ __iter__
+""".split()))
 
 
 # Ops that keep every channel where it was (elementwise or per channel): a module that
@@ -270,7 +409,9 @@ def _merge(runs: list[tuple[str, int]]) -> list[tuple[str, int]]:
 def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
     """Run `example` (a batch, usually of one) through `model` and map every call.
 
-    The model is put in eval mode for the pass and its training flag restored.
+    The model is put in eval mode for the pass and its training flag restored. The
+    pass is hollow where that is sound, else real (see the module's docstring); both
+    give the same trace.
 
     The trace is cached per model object and input shape, dtype and device, and
     reused only while the model's anatomy is what it was: the same module objects
@@ -283,7 +424,10 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
     per_model = _CACHE.get(model)
     if per_model is not None and key in per_model and per_model[key][0] == anatomy:
         return per_model[key][1]
-    trace = _trace(model, example)
+    try:
+        trace = _trace(model, example, hollow=True)
+    except _NeedsValues:
+        trace = _trace(model, example)
     _CACHE.setdefault(model, {})[key] = (anatomy, trace)
     return trace
 
@@ -314,7 +458,9 @@ def _anatomy(model: nn.Module) -> tuple:
 
 
 @torch.no_grad()
-def _trace(model: nn.Module, example: torch.Tensor) -> Trace:
+def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Trace:
+    """The trace of one pass; hollow, it raises :class:`_NeedsValues` where values
+    could matter, and where the pass fails (the real pass then shows the error)."""
     keep: list[Any] = [example]
     producers: dict[int, list[_Made]] = {}
     calls: list[Call] = []
@@ -326,7 +472,8 @@ def _trace(model: nn.Module, example: torch.Tensor) -> Trace:
     token_shapes: list[tuple[int, ...]] = []  # (batch, tokens, channels) outputs
     inputs_of: dict[tuple[str, int], set[int]] = {}
     events = [0]
-    mode = _Mode(keep, events)
+    known = {id(example), *(id(t) for t in model.parameters()), *(id(t) for t in model.buffers())}
+    mode = _Mode(keep, events, hollow=set() if hollow else None, known=known)
     mode.fields[id(example)] = image_field()
 
     def pre(name: str):
@@ -381,10 +528,16 @@ def _trace(model: nn.Module, example: torch.Tensor) -> Trace:
         model.eval()
         with mode:
             model(example)
+    except Exception as exc:
+        if hollow:
+            raise _NeedsValues(f"the hollow pass failed: {exc}") from exc
+        raise
     finally:
         for handle in handles:
             handle.remove()
         model.train(training)
+    if mode.needs_values is not None:  # the model caught _NeedsValues and carried on
+        raise _NeedsValues(mode.needs_values)
     # labelled once the pass is over, when every module's call count is known
     for call, y, input_ids in concatenating:
         base, read, changes = _channel_base(y, mode, input_ids, call.end)
