@@ -11,12 +11,15 @@ machine whose speed drifts):
 2. resnet18, 192 PNGs of 224 px through unitrec's loader, ``layer1`` + ``layer4.1``
    + ``fc``; ``layer1`` alone (stops after it) next to layer1's share of compute (a
    forward truncated by hand after it ÷ the full forward).
-3. The fixed set-up of ``ur.record`` (call → first batch handed to the model):
-   the first call in a fresh process and a second call on the same model.
+3. The fixed set-up of ``ur.record`` (call → first batch handed to the model): the
+   first call in each of ``--setup-runs`` fresh processes (with and without the import
+   of unitrec's recording modules, and with the trace forced to run the model for real,
+   as before the hollow pass), and a second call on the same model.
 4. What a user writes by hand for job 1 at 64 images: forward hooks that copy
    numpy arrays into memory and save them with h5py at the end.
 
-Every recording writes to ``--out-dir`` and fsyncs (ur.record always does). The
+Every recording writes a new file to ``--out-dir`` (the last run's file is deleted
+before the clock starts) and fsyncs (ur.record always does). The
 bare pass is ``torch.inference_mode`` over slices of the same tensor (job 1) or a
 DataLoader over the same PNGs with the same transform (job 2).
 
@@ -59,6 +62,13 @@ def _timed(fn: Callable[[], Any]) -> float:
     fn()
     _CPU.append(time.process_time() - cpu)
     return time.perf_counter() - start
+
+
+def _fresh(path: Path) -> Path:
+    """`path`, removed first (untimed): a recording writes a new file, as a user's does;
+    deleting the last run's file (0.06 s per 100 MB here) is not part of recording."""
+    path.unlink(missing_ok=True)
+    return path
 
 
 def _bare_tensor(model, x, batch_size: int, device) -> Callable[[], None]:
@@ -170,11 +180,22 @@ def _hook_loop(model, x, sites: list[str], batch_size: int, out: Path) -> None:
 
 # ------------------------------------------------------------------------------ jobs
 def job_setup(args: argparse.Namespace) -> dict[str, Any]:
-    """In a fresh process: the first and second ``ur.record`` of resnet50's layer1 + layer4."""
+    """In a fresh process: the first and second ``ur.record`` of resnet50's layer1 + layer4.
+
+    ``--setup-variant``: ``fresh`` (unitrec's recording modules are imported by the first
+    call, as in a new notebook), ``imported`` (imported before it), ``real-trace``
+    (imported, and the trace forced to run the model for real, as before the hollow pass)."""
     import torch
 
     import unitrec as ur
 
+    if args.setup_variant != "fresh":
+        import unitrec.recording  # noqa: F401
+    if args.setup_variant == "real-trace":
+        from unitrec import trace as T
+
+        real = T._trace
+        T._trace = lambda model, example, hollow=False: real(model, example)  # type: ignore[assignment]
     device = torch.device(args.device)
     model = ur.load_model("resnet50", seed=0).to(device)
     x = torch.randn(args.batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -182,11 +203,13 @@ def job_setup(args: argparse.Namespace) -> dict[str, Any]:
         model(x.to(device))  # warm the kernels, as any notebook has
     clock = _SetupClock()
     out = Path(args.out_dir)
-    first = clock.record(model, x, ["layer1", "layer4"], out / "setup1.h5", batch_size=args.batch_size,
-                         device=device, progress=False, overwrite=True)
-    second = [clock.record(model, x, ["layer1", "layer4"], out / f"setup{i}.h5", batch_size=args.batch_size,
-                           device=device, progress=False, overwrite=True)[0] for i in range(2, 2 + args.repeats)]
-    return {"setup_first_s": first[0], "setup_again_s": min(second)}
+    first = clock.record(model, x, ["layer1", "layer4"], _fresh(out / "setup1.h5"), batch_size=args.batch_size,
+                         device=device, progress=False)
+    repeats = args.repeats if args.setup_variant == "fresh" else 0
+    second = [clock.record(model, x, ["layer1", "layer4"], _fresh(out / f"setup{i}.h5"),
+                           batch_size=args.batch_size, device=device, progress=False)[0]
+              for i in range(2, 2 + repeats)]
+    return {"setup_first_s": first[0], "setup_again_s": min(second) if second else None}
 
 
 def job_tensor(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,8 +232,9 @@ def job_tensor(args: argparse.Namespace) -> dict[str, Any]:
         bare, rec, hooks, cpu_ratios = [], [], [], []
         for r in range(args.repeats):
             bare.append(_timed(_bare_tensor(model, x[:n], args.batch_size, device)))
-            rec.append(_timed(lambda: ur.record(model, x[:n], sites, out / "t.h5", batch_size=args.batch_size,
-                                                device=device, progress=False, overwrite=True)))
+            path = _fresh(out / "t.h5")
+            rec.append(_timed(lambda: ur.record(model, x[:n], sites, path, batch_size=args.batch_size,
+                                                device=device, progress=False)))
             cpu_ratios.append(_CPU[-1] / _CPU[-2])
             if name == "r50 64 layer1+layer4" and device.type == "cpu":
                 hooks.append(_timed(lambda: _hook_loop(model, x[:n], sites, args.batch_size, out / "h.h5")))
@@ -251,13 +275,15 @@ def job_png(args: argparse.Namespace) -> dict[str, Any]:
     cpu: dict[str, list[float]] = {k: [] for k in times}
     for _ in range(args.repeats):
         times["bare"].append(_timed(bare(model)))
+        path = _fresh(out / "p.h5")
         times["record"].append(_timed(lambda: ur.record(
-            model, folder, ["layer1", "layer4.1", "fc"], out / "p.h5", transform=tf, batch_size=args.batch_size,
-            device=device, progress=False, overwrite=True)))
+            model, folder, ["layer1", "layer4.1", "fc"], path, transform=tf, batch_size=args.batch_size,
+            device=device, progress=False)))
         times["truncated"].append(_timed(bare(trunc)))
+        path1 = _fresh(out / "p1.h5")
         times["record_layer1"].append(_timed(lambda: ur.record(
-            model, folder, ["layer1"], out / "p1.h5", transform=tf, batch_size=args.batch_size, device=device,
-            progress=False, overwrite=True)))
+            model, folder, ["layer1"], path1, transform=tf, batch_size=args.batch_size, device=device,
+            progress=False)))
         for key, seconds in zip(("bare", "record", "truncated", "record_layer1"), _CPU[-4:]):  # as run
             cpu[key].append(seconds)
     best = {k: min(v) for k, v in times.items()}
@@ -282,6 +308,9 @@ def job_png(args: argparse.Namespace) -> dict[str, Any]:
 
 
 JOBS = {"setup": job_setup, "tensor": job_tensor, "png": job_png}
+_SETUP_VARIANTS = {"fresh": "imports included (a new notebook)",
+                   "imported": "unitrec's modules already imported",
+                   "real-trace": "imported, trace run for real (as before the hollow pass)"}
 
 
 def main() -> None:
@@ -292,7 +321,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out-dir", default=None, help="where the recordings go (default: a temp folder)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--setup-runs", type=int, default=3,
+                   help="fresh processes per set-up variant (the first call happens once per process)")
     p.add_argument("--job", choices=list(JOBS), default=None, help=argparse.SUPPRESS)  # one job, in a child
+    p.add_argument("--setup-variant", choices=list(_SETUP_VARIANTS), default="fresh", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.job:  # a child process: one job, results as JSON on the last line
         print(json.dumps(JOBS[args.job](args)))
@@ -303,21 +335,37 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, device {args.device}, load {os.getloadavg()[0]:.2f}", flush=True)
         results: dict[str, Any] = {}
-        for name in JOBS:  # each job in a fresh process: the set-up's first call must be a first call
+
+        def child(name: str, *extra: str) -> dict[str, Any]:
             cmd = [sys.executable, __file__, "--job", name, "--repeats", str(args.repeats), "--batch-size",
-                   str(args.batch_size), "--device", args.device, "--out-dir", tmp] + (["--quick"] if args.quick else [])
-            print(f"{name}:", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = proc.stdout.strip().splitlines()
+                   str(args.batch_size), "--device", args.device, "--out-dir", tmp, *extra]
+            proc = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True, text=True)
+            lines = proc.stdout.rstrip().splitlines()
             if proc.returncode != 0 or not lines:
                 print(proc.stdout + proc.stderr, file=sys.stderr)
                 raise SystemExit(f"job {name} failed")
             for line in lines[:-1]:
                 print(line)
-            results[name] = json.loads(lines[-1])
-        s = results["setup"]
-        print(f"set-up of ur.record (call -> first batch), resnet50 224 px: first call {s['setup_first_s']:.3f} s, "
-              f"again {s['setup_again_s']:.3f} s")
+            return json.loads(lines[-1])
+
+        # the set-up: each variant in fresh processes, interleaved, since a first call happens once per process
+        print("setup:", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in _SETUP_VARIANTS}
+        for _ in range(1 if args.quick else args.setup_runs):
+            for variant in _SETUP_VARIANTS:
+                runs[variant].append(child("setup", "--setup-variant", variant))
+        setup = results["setup"] = {}
+        for variant, what in _SETUP_VARIANTS.items():
+            first = sorted(r["setup_first_s"] for r in runs[variant])
+            setup[variant] = {"first_s": first, "median_first_s": statistics.median(first)}
+            print(f"  first call, {what}: {', '.join(f'{t:.3f}' for t in first)} s "
+                  f"(median {statistics.median(first):.3f} s)", flush=True)
+        again = sorted(r["setup_again_s"] for r in runs["fresh"])
+        setup["again_s"] = again
+        print(f"  a second call on the same model: {', '.join(f'{t:.3f}' for t in again)} s", flush=True)
+        for name in ("tensor", "png"):  # each job in a fresh process
+            print(f"{name}:", flush=True)
+            results[name] = child(name)
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))

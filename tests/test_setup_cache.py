@@ -235,6 +235,32 @@ def test_a_model_that_fails_fails_with_its_own_error():
         T.trace_model(model, torch.randn(1, 3, 8, 8))
 
 
+class _Peak(nn.Module):
+    """Keeps the largest response it has seen in a buffer, in eval mode too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        nn.init.constant_(self.conv.bias, 10.0)
+        self.register_buffer("peak", torch.zeros(()))
+
+    def forward(self, x):
+        y = self.conv(x)
+        torch.maximum(self.peak, y.amax(), out=self.peak)
+        return y
+
+
+def test_no_stand_in_value_is_left_in_the_model():
+    model = _Peak().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(T._NeedsValues, match="model's tensors"):
+        T._trace(model, x, hollow=True)
+    assert model.peak == 0  # given up before the write
+    T.trace_model(model, x)
+    with torch.no_grad():
+        assert model.peak == model.conv(x).amax()  # what a real pass leaves
+
+
 class _Unseen(nn.Module):
     """Computes where no torch function mode looks, as a compiled extension does."""
 

@@ -10,8 +10,9 @@ cost. That is only sound while no value can steer the pass, so every tensor that
 holds stand-in values is followed, and the hollow pass is abandoned for a real one
 as soon as such a tensor reaches an op whose result could depend on its values
 (anything outside :data:`_SHAPE_ONLY`: ``.item()``, ``bool(x)``, ``nonzero``, a mask
-index, ...), or a tensor made where the trace cannot see (a plain tensor attribute,
-a compiled extension) enters the pass, or the hollow pass fails. From it we learn,
+index, ...) or would be written into the model's parameters or buffers, or a tensor
+made where the trace cannot see (a plain tensor attribute, a compiled extension)
+enters the pass, or the hollow pass fails. From it we learn,
 for every call of every module: the order of calls, input and output shapes, the
 theoretical receptive field of the output, and — for outputs that are a channel
 concatenation — which child produced each channel and which channels were changed
@@ -122,6 +123,7 @@ class _Mode(TorchFunctionMode):
         super().__init__()
         self.hollow = hollow
         self.known = known if known is not None else set()  # tensors whose origin the trace saw
+        self.kept = set(self.known)  # the model's parameters and buffers, and the example: no stand-ins in them
         self.needs_values: str | None = None
         self.keep = keep  # holds every tensor seen, so that id() stays unique
         self.events = events  # the clock shared with the module hooks: one tick per call
@@ -150,7 +152,7 @@ class _Mode(TorchFunctionMode):
         inputs = _tensor_list((args, kwargs))
         out = None
         if self.hollow is not None:
-            self._check_hollow(name, args, inputs)
+            self._check_hollow(name, args, inputs, base)
             out = _stand_in(name, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
@@ -186,14 +188,16 @@ class _Mode(TorchFunctionMode):
         assert self.hollow is not None
         return id(t) in self.hollow or (t._base is not None and id(t._base) in self.hollow)
 
-    def _check_hollow(self, name: str, args: tuple, inputs: list[torch.Tensor]) -> None:
-        """Give up the hollow pass where values could steer it."""
+    def _check_hollow(self, name: str, args: tuple, inputs: list[torch.Tensor], base: torch.Tensor | None) -> None:
+        """Give up the hollow pass where values could steer it or outlast it."""
         if any(id(t) not in self.known and (t._base is None or id(t._base) not in self.known) for t in inputs):
             self._give_up(f"{name} got a tensor made outside the trace")
         if not any(self._is_hollow(t) for t in inputs):
             return
         if name not in _SHAPE_ONLY:
             self._give_up(f"{name} may read values")
+        if base is not None and id(base) in self.kept:  # a buffer updated from activations
+            self._give_up(f"{name} writes stand-in values into the model's tensors")
         if name in ("__getitem__", "__setitem__") and any(self._is_hollow(t) for t in _tensors(args[1:2])):
             self._give_up(f"{name} with an index computed from values")
         if name == "where" and len(args) == 1:
@@ -255,6 +259,8 @@ def _stand_in(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
     if name not in _STAND_INS or len(args) < 2 or kwargs.keys() - {"bias", "stride", "padding", "dilation", "groups"}:
         return None
     x, w = args[0], args[1]
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):  # it would change dtypes
+        return None
     if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)) or (x.dtype, x.device) != (w.dtype, w.device):
         return None
     if name == "linear":
@@ -295,7 +301,7 @@ _SHAPE_ONLY = frozenset(_with_inplace("""
     bmm addmm baddbmm einsum scaled_dot_product_attention multi_head_attention_forward softmax
     log_softmax dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
     view view_as reshape reshape_as flatten unflatten permute transpose swapaxes swapdims t movedim
-    contiguous expand expand_as repeat tile unsqueeze squeeze chunk split tensor_split unbind cat
+    contiguous expand expand_as repeat tile unsqueeze squeeze chunk split unbind cat
     concat concatenate stack hstack vstack flip roll narrow select __getitem__ __setitem__ pad
     interpolate pixel_shuffle pixel_unshuffle unfold fold diagonal tril triu
     mean sum amax amin max min std var norm logsumexp prod cumsum argmax argmin topk sort all any
