@@ -22,3 +22,13 @@ def test_cuda_recording_matches_cpu(images, transform64, tmp_path):
         a, b = ur.load_layer(cpu, site).values, ur.load_layer(gpu, site).values
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3, err_msg=site)
     assert ur.load_layer(gpu, "bn1").values.min() < 0  # copied before the in-place ReLU, on the GPU too
+
+
+@cuda
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "googlenet"])
+def test_the_hollow_trace_is_the_real_trace_on_cuda(name):
+    from unitrec import trace as T
+
+    model = ur.load_model(name, seed=0).eval().to("cuda")
+    x = torch.randn(1, 3, 224, 224, device="cuda")
+    assert T._trace(model, x, hollow=True) == T._trace(model, x)  # zero-image convolutions on cuDNN too
