@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import unitrec as ur
 from unitrec import trace as T
@@ -169,10 +170,13 @@ class _Steered(nn.Module):
     def __init__(self, how: str) -> None:
         super().__init__()
         self.how = how
-        self.conv = nn.Conv2d(3, 4, 3)
+        self.conv = nn.Conv2d(3, 8, 3)
         nn.init.constant_(self.conv.bias, 10.0)
         nn.init.constant_(self.conv.weight, 0.0)
         self.a, self.b = nn.ReLU(), nn.Tanh()
+        if how == "slice":
+            with torch.no_grad():
+                self.conv.bias[5:] = 0.0
         self.table = torch.ones(1)  # a plain attribute, not a buffer
 
     def forward(self, x):
@@ -194,6 +198,22 @@ class _Steered(nn.Module):
             positive = torch.nonzero(y).shape[0] > 0
         elif self.how == "attribute":  # a tensor the trace never saw made
             positive = (s * self.table).shape == (1,) and True
+        elif self.how == "slice":  # a size read from a one-element tensor: a slice bound ...
+            k = (y.amax(dim=(0, 2, 3)) > 5).sum() + 1  # 5 channels for real, 1 from zeros
+            positive = y[:, :k].shape[1] > 1
+        elif self.how == "view":  # ... a view's size ...
+            k = (y.amax(dim=(0, 2, 3)) > 5).sum() + 1  # 9 for real (288 values), 1 from zeros
+            positive = y.reshape(-1).view(k, -1).shape[0] > 1
+        elif self.how == "interpolate":  # ... an argument of a whitelisted op
+            k = (y.amax(dim=(0, 2, 3)) > 5).sum() + 1
+            positive = F.interpolate(y, size=(k, k)).shape[-1] > 1
+        elif self.how == "where":  # by keyword: indices whose count depends on values
+            positive = torch.where(condition=y > 5)[0].shape[0] > 0
+        elif self.how == "setitem":  # an index read from values
+            i = y.mean(dim=(0, 2, 3)).argmax()
+            y = y.clone()
+            y[:, i : i + 1] = 0
+            positive = True
         elif self.how == "swallowed":  # a model that catches everything and takes the zeros' branch
             try:
                 positive = bool(s > 0)
@@ -205,7 +225,7 @@ class _Steered(nn.Module):
 
 
 @pytest.mark.parametrize("how", ["bool", "item", "tolist", "int", "numpy", "mask", "nonzero", "attribute",
-                                 "swallowed"])
+                                 "slice", "view", "interpolate", "where", "setitem", "swallowed"])
 def test_values_that_steer_the_model_make_the_trace_real(how):
     model = _Steered(how).eval()
     x = torch.randn(1, 3, 8, 8)
@@ -275,3 +295,123 @@ def test_a_part_the_trace_cannot_see_makes_it_real():
     with pytest.raises(T._NeedsValues, match="outside the trace"):
         T._trace(model, x, hollow=True)
     assert T.trace_model(model, x) == T._trace(model, x)
+
+
+class _Keeps(nn.Module):
+    """Keeps something of its activations between calls."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 4, 3)
+        nn.init.constant_(self.conv.bias, 1.0)
+        self.register_buffer("avg", torch.zeros(()))
+        self.history: list[torch.Tensor] = []
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.how == "assign":  # a new buffer object
+            self.avg = 0.9 * self.avg + 0.1 * y.mean()
+        elif self.how == "data":  # in place through an alias that is not a view
+            self.avg.data.add_(y.mean())
+        elif self.how == "attribute":
+            self.last = y
+        elif self.how == "list":
+            self.history.append(y)
+        elif self.how == "input":  # the input changed in place, without stand-in values
+            x.mul_(2)
+        return y
+
+
+@pytest.mark.parametrize("how", ["assign", "data", "attribute", "list", "input"])
+def test_the_hollow_pass_leaves_nothing_in_the_model(how):
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model, twin = _Keeps(how).eval(), _Keeps(how).eval()
+    twin.load_state_dict(model.state_dict())
+    x_twin = x.clone()
+    with pytest.raises(T._NeedsValues):
+        T._trace(model, x, hollow=True)
+    assert model.avg == 0 and not hasattr(model, "last") and torch.equal(x, x_twin)
+    T.trace_model(model, x)
+    T._trace(twin, x_twin)  # what one real pass leaves
+    assert torch.equal(model.avg, twin.avg) and torch.equal(x, x_twin)
+    if how == "attribute":
+        assert torch.equal(model.last, twin.last) and model.last.abs().sum() > 0
+    if how == "list":  # Python-side state sees both passes: the stand-in pass's entry, then the real one
+        assert torch.equal(model.history[-1], twin.history[-1])
+
+
+def test_channels_last_models_get_real_strides():
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fast, self.slow = nn.Identity(), nn.Flatten()
+
+        def forward(self, x):
+            y = self.conv(x)
+            try:
+                return self.fast(y.view(y.size(0), -1))
+            except RuntimeError:  # not contiguous
+                return self.slow(y)
+
+    model = Flat().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    trace = T.trace_model(model, x)
+    assert trace == T._trace(model, x) and "slow" in trace.counts
+
+
+def test_user_hooks_and_the_switch_make_the_trace_real(monkeypatch):
+    model = _small()
+    kept: dict[str, torch.Tensor] = {}
+    handle = model[0].register_forward_hook(lambda m, a, out: kept.__setitem__("out", out))
+    try:
+        T.trace_model(model, torch.randn(1, 3, 16, 16))
+    finally:
+        handle.remove()
+    assert kept["out"].abs().sum() > 0  # the hook kept real values, not stand-ins
+    calls: list[bool] = []
+    real = T._trace
+    monkeypatch.setattr(T, "_trace", lambda m, e, hollow=False: calls.append(hollow) or real(m, e, hollow))
+    T.trace_model(_small(), torch.randn(1, 3, 16, 16))
+    monkeypatch.setenv("UNITREC_TRACE", "real")
+    T.trace_model(_small(), torch.randn(1, 3, 16, 16))
+    assert calls == [True, False]
+
+
+def test_giving_up_does_not_draw_twice_from_the_generator():
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x) + torch.randn(4, 1, 1)
+            return y if y.sum().item() != 0 else -y
+
+    model, x = Noisy().eval(), torch.randn(1, 3, 8, 8)
+    torch.manual_seed(5)
+    T.trace_model(model, x)
+    after_trace = torch.rand(3)
+    torch.manual_seed(5)
+    T._trace(model, x)
+    assert torch.equal(after_trace, torch.rand(3))
+
+
+def test_a_site_whose_shape_changes_with_the_stimulus_is_refused_not_broadcast(tmp_path):
+    class Varying(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Identity()
+
+        def forward(self, x):
+            rows = 4 if x.mean() > 0 else 1  # the first stimulus gives 4 rows, the second 1
+            return self.head(self.conv(x)[:, :, :rows])
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x[0] += 5
+    x[1] -= 5
+    with pytest.raises(ur.RecordingError, match=r"shape \(4, 1, 8\) per stimulus where the traced pass gave "
+                                                r"\(4, 4, 8\)"):
+        ur.record(Varying().eval(), x, ["head"], tmp_path / "v.h5", batch_size=1, progress=False)

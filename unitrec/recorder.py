@@ -146,7 +146,14 @@ class Recorder:
             if tensor is None:
                 raise RecordingError(f"site {site.key!r}: the module's {site.capture} is not a tensor")
             with torch.no_grad():
-                self._sink(site, site.selection.apply(tensor.detach()))
+                kept = site.selection.apply(tensor.detach())
+            if tuple(kept.shape[1:]) != site.shape:  # never broadcast into a buffer of another shape
+                raise RecordingError(
+                    f"site {site.key!r} gave values of shape {tuple(kept.shape[1:])} per stimulus where the "
+                    f"traced pass gave {site.shape}: the model's control flow depends on its input's values "
+                    "(set UNITREC_TRACE=real to trace with real values), or record a site whose shape does "
+                    "not change")
+            self._sink(site, kept)
             self._seen.add(site.key)
             stop = stop or site is self._stop_at
         if stop:  # only after every entry on this call has its value

@@ -10,9 +10,15 @@ cost. That is only sound while no value can steer the pass, so every tensor that
 holds stand-in values is followed, and the hollow pass is abandoned for a real one
 as soon as such a tensor reaches an op whose result could depend on its values
 (anything outside :data:`_SHAPE_ONLY`: ``.item()``, ``bool(x)``, ``nonzero``, a mask
-index, ...) or would be written into the model's parameters or buffers, or a tensor
-made where the trace cannot see (a plain tensor attribute, a compiled extension)
-enters the pass, or the hollow pass fails. From it we learn,
+index, a one-element tensor where an op takes a size or an index, ...), or before
+anything is written into the model's parameters or buffers or into the example, or
+when a tensor made where the trace cannot see (a plain tensor attribute, a compiled
+extension) enters the pass, or when the hollow pass fails. Stand-in values are followed
+by storage, so views and ``.data`` aliases carry them. A model with forward hooks of
+its own is traced for real (a hook could keep what it sees), and so is every model
+under ``UNITREC_TRACE=real``. What the hollow pass cannot see is a value read where no
+torch function mode looks, inside a TorchScript function or a compiled extension that
+returns a Python number; for such a model set ``UNITREC_TRACE=real``. From it we learn,
 for every call of every module: the order of calls, input and output shapes, the
 theoretical receptive field of the output, and — for outputs that are a channel
 concatenation — which child produced each channel and which channels were changed
@@ -22,9 +28,10 @@ network that concatenates its children is mapped the same way as a DenseNet bloc
 
 from __future__ import annotations
 
+import os
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +44,7 @@ __all__ = ["Call", "Trace", "trace_model"]
 
 _CAT = {"cat", "concat", "concatenate"}
 _SHAPE_QUERIES = {"dim", "size", "numel", "nelement", "ndimension", "__len__"}
+_PROPERTIES = {"shape", "dtype", "device", "ndim", "layout", "is_cuda", "requires_grad"}
 # in-place ops not named `*_` (`y[:, :4] = 0`); `y += x` reaches the mode as `add_`
 _IN_PLACE = {"__setitem__"}
 
@@ -101,6 +109,20 @@ def _tensor_list(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.
     return out
 
 
+def _all_tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in `obj`, slice bounds included (``y[:, :k]``)."""
+    if isinstance(obj, slice):
+        return _tensor_list([obj.start, obj.stop, obj.step])
+    if isinstance(obj, (list, tuple, dict)):
+        items = obj.values() if isinstance(obj, dict) else obj
+        return [t for item in items for t in _all_tensors(item)]
+    return [obj] if isinstance(obj, torch.Tensor) else []
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
 def _first_tensor(obj: Any) -> torch.Tensor | None:
     return next(_tensors(obj), None)
 
@@ -115,15 +137,17 @@ class _NeedsValues(BaseException):
 class _Mode(TorchFunctionMode):
     """Follows receptive fields and concatenations through every torch function.
 
-    With `hollow` (the ids of tensors holding stand-in values, see the module's
-    docstring), convolutions and linear layers return zeros of their output shape."""
+    With `hollow` (the storages holding stand-in values, see the module's docstring),
+    convolutions and linear layers return zeros of their output shape."""
 
     def __init__(self, keep: list[Any], events: list[int], hollow: set[int] | None = None,
-                 known: set[int] | None = None) -> None:
+                 kept: Sequence[torch.Tensor] = ()) -> None:
         super().__init__()
         self.hollow = hollow
-        self.known = known if known is not None else set()  # tensors whose origin the trace saw
-        self.kept = set(self.known)  # the model's parameters and buffers, and the example: no stand-ins in them
+        # the model's parameters and buffers, and the example: the hollow pass writes into none of them
+        self.kept = {id(t) for t in kept}
+        self.kept_storage = {_storage(t) for t in kept if t.numel()} if hollow is not None else set()
+        self.known = set(self.kept)  # tensors whose origin the trace saw
         self.needs_values: str | None = None
         self.keep = keep  # holds every tensor seen, so that id() stays unique
         self.events = events  # the clock shared with the module hooks: one tick per call
@@ -141,7 +165,8 @@ class _Mode(TorchFunctionMode):
         kwargs = kwargs or {}
         self.events[0] += 1
         name = getattr(func, "__name__", "")
-        if name in _SHAPE_QUERIES:  # read no values, make no tensors: the hooks ask often
+        if name in _SHAPE_QUERIES or (  # read no values, make no tensors: the hooks ask often
+                name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") in _PROPERTIES):
             return func(*args, **kwargs)
         target = _written(name, args, kwargs)
         base = target if target is None or target._base is None else target._base
@@ -152,7 +177,7 @@ class _Mode(TorchFunctionMode):
         inputs = _tensor_list((args, kwargs))
         out = None
         if self.hollow is not None:
-            self._check_hollow(name, args, inputs, base)
+            self._check_hollow(name, args, kwargs, inputs, base)
             out = _stand_in(name, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
@@ -184,23 +209,33 @@ class _Mode(TorchFunctionMode):
                 self.cats[id(out)] = tensors
         return out
 
+    # Stand-in values are followed by storage, not by tensor object, so that a view, a
+    # `.data` alias or a tensor written in place is seen to hold them too.
     def _is_hollow(self, t: torch.Tensor) -> bool:
         assert self.hollow is not None
-        return id(t) in self.hollow or (t._base is not None and id(t._base) in self.hollow)
+        return t.numel() > 0 and _storage(t) in self.hollow
 
-    def _check_hollow(self, name: str, args: tuple, inputs: list[torch.Tensor], base: torch.Tensor | None) -> None:
-        """Give up the hollow pass where values could steer it or outlast it."""
+    def _check_hollow(self, name: str, args: tuple, kwargs: dict, inputs: list[torch.Tensor],
+                      base: torch.Tensor | None) -> None:
+        """Give up the hollow pass, before the op runs, where values could steer it or outlast it."""
         if any(id(t) not in self.known and (t._base is None or id(t._base) not in self.known) for t in inputs):
             self._give_up(f"{name} got a tensor made outside the trace")
-        if not any(self._is_hollow(t) for t in inputs):
+        if base is not None and (id(base) in self.kept or _storage(base) in self.kept_storage):
+            # a buffer updated in forward, an input changed in place: a real pass does it once
+            self._give_up(f"{name} writes into the model's tensors or its input")
+        hollow = [t for t in _all_tensors((args, kwargs)) if self._is_hollow(t)]
+        if not hollow:
             return
         if name not in _SHAPE_ONLY:
             self._give_up(f"{name} may read values")
-        if base is not None and id(base) in self.kept:  # a buffer updated from activations
-            self._give_up(f"{name} writes stand-in values into the model's tensors")
-        if name in ("__getitem__", "__setitem__") and any(self._is_hollow(t) for t in _tensors(args[1:2])):
+        # a one-element tensor where an op takes an int (a size, a slice bound, an index)
+        # is read as that int: only the data, and an arithmetic op's operands, may hold stand-ins
+        operands = args[:2] if name in _ARITHMETIC else args[:1]
+        if any(t.numel() == 1 and not any(t is a for a in operands) for t in hollow):
+            self._give_up(f"{name} may take a size or an index from values")
+        if name in ("__getitem__", "__setitem__") and any(self._is_hollow(t) for t in _all_tensors(args[1:2])):
             self._give_up(f"{name} with an index computed from values")
-        if name == "where" and len(args) == 1:
+        if name == "where" and len(args) + len(kwargs) < 3:
             self._give_up("where(condition) has a shape that depends on values")
 
     def _give_up(self, why: str) -> None:
@@ -212,9 +247,11 @@ class _Mode(TorchFunctionMode):
         results = _tensor_list(out)
         self.known.update(id(t) for t in results)
         if name in _STAND_INS or any(self._is_hollow(t) for t in inputs):
-            self.hollow.update(id(t) for t in results)
+            # a result that is a view of an input with real values (`expand_as`) keeps them
+            real = {_storage(t) for t in inputs if not self._is_hollow(t)}
+            self.hollow.update(_storage(t) for t in results if _storage(t) not in real)
             if base is not None:  # written in place (`y[:, :4] = hollow` returns None)
-                self.hollow.add(id(base))
+                self.hollow.add(_storage(base))
         self.keep.extend(results)
 
     def changed(self, t: torch.Tensor, after: int, before: int) -> set[int]:
@@ -271,6 +308,8 @@ def _stand_in(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
         return x.new_zeros((*x.shape[:-1], w.shape[0]))
     if x.dim() != w.dim() or x.shape[0] == 0:  # unbatched: computed
         return None
+    if not (x.is_contiguous() and w.is_contiguous()):  # channels_last: the real output's strides differ
+        return None
     conv = getattr(torch, name)
     shape = conv(x[:0], *args[1:], **kwargs).shape  # the op's own shape rules, on no images
     return x.new_zeros((x.shape[0], *shape[1:]))
@@ -278,6 +317,17 @@ def _stand_in(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
 
 def _with_inplace(names: str) -> set[str]:
     return {n for name in names.split() for n in (name, name + "_")}
+
+
+#: elementwise ops whose first two arguments are operands (a one-element tensor there is a value)
+_ARITHMETIC = frozenset(_with_inplace("""
+    add sub mul div true_divide floor_divide remainder fmod maximum minimum pow eq ne lt le gt ge
+    logical_and logical_or
+""") | set("""
+    __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__ __rmul__ __imul__ __truediv__
+    __rtruediv__ __itruediv__ __floordiv__ __rfloordiv__ __mod__ __pow__ __rpow__ __ipow__ __eq__
+    __ne__ __lt__ __le__ __gt__ __ge__ __and__ __or__ __xor__
+""".split()))
 
 
 #: ops whose result's shape (and every other property the trace reads) depends on
@@ -430,12 +480,39 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
     per_model = _CACHE.get(model)
     if per_model is not None and key in per_model and per_model[key][0] == anatomy:
         return per_model[key][1]
-    try:
-        trace = _trace(model, example, hollow=True)
-    except _NeedsValues:
+    trace = None
+    if _may_run_hollow(model):
+        rng = _rng_state()
+        try:
+            trace = _trace(model, example, hollow=True)
+        except _NeedsValues:
+            _set_rng_state(rng)  # the real pass draws what one pass draws
+    if trace is None:
         trace = _trace(model, example)
     _CACHE.setdefault(model, {})[key] = (anatomy, trace)
     return trace
+
+
+def _may_run_hollow(model: nn.Module) -> bool:
+    """Not where a hook could keep what it sees (it would keep stand-in values), nor
+    where the user asked for real passes (``UNITREC_TRACE=real``)."""
+    if os.environ.get("UNITREC_TRACE", "").lower() == "real":
+        return False
+    from torch.nn.modules import module as M
+
+    if M._global_forward_hooks or M._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 #: model -> {(input shape, dtype, device): (anatomy, trace)}; entries go with the model
@@ -478,8 +555,8 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
     token_shapes: list[tuple[int, ...]] = []  # (batch, tokens, channels) outputs
     inputs_of: dict[tuple[str, int], set[int]] = {}
     events = [0]
-    known = {id(example), *(id(t) for t in model.parameters()), *(id(t) for t in model.buffers())}
-    mode = _Mode(keep, events, hollow=set() if hollow else None, known=known)
+    mode = _Mode(keep, events, hollow=set() if hollow else None,
+                 kept=[example, *model.parameters(), *model.buffers()])
     mode.fields[id(example)] = image_field()
 
     def pre(name: str):
@@ -525,6 +602,7 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
 
     handles = []
     training = model.training
+    state = _ModelState(model) if hollow else None
     try:
         for name, module in model.named_modules():
             if not name:
@@ -534,15 +612,20 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
         model.eval()
         with mode:
             model(example)
+        if mode.needs_values is None and state is not None and state.changed(mode):
+            mode.needs_values = "the pass left tensors in the model"
     except Exception as exc:
         if hollow:
-            raise _NeedsValues(f"the hollow pass failed: {exc}") from exc
-        raise
+            mode.needs_values = f"the hollow pass failed: {exc}"
+        else:
+            raise
     finally:
         for handle in handles:
             handle.remove()
         model.train(training)
-    if mode.needs_values is not None:  # the model caught _NeedsValues and carried on
+        if state is not None and mode.needs_values is not None:
+            state.restore()
+    if mode.needs_values is not None:  # also where the model caught _NeedsValues and carried on
         raise _NeedsValues(mode.needs_values)
     # labelled once the pass is over, when every module's call count is known
     for call, y, input_ids in concatenating:
@@ -562,6 +645,44 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
             call.input_sources = runs
     return Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]),
                  tokens=find_grid(model, patch_calls, token_shapes) if token_shapes else None)
+
+
+class _ModelState:
+    """The tensors a model holds (parameters, buffers, tensor attributes), to see
+    whether a hollow pass replaced any of them or left stand-in values in its
+    attributes (``self.avg = 0.9 * self.avg + 0.1 * y.mean()``, ``self.last = y``),
+    and to put them back before the real pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.held = [(m, _held(m)) for m in model.modules()]
+
+    def changed(self, mode: _Mode) -> bool:
+        for m, before in self.held:
+            now = _held(m)
+            if now.keys() != before.keys() or any(now[k] is not before[k] for k in now):
+                return True
+            for key, value in vars(m).items():  # stand-ins kept in a list or dict attribute
+                if (key not in _MODULE_INTERNALS and isinstance(value, (list, tuple, dict))
+                        and any(mode._is_hollow(t) for t in _tensor_list(value))):
+                    return True
+        return False
+
+    def restore(self) -> None:
+        for m, before in self.held:
+            now = _held(m)
+            for (where, key), value in now.items():
+                if (where, key) not in before:
+                    (m._parameters if where == "p" else m._buffers if where == "b" else m.__dict__).pop(key, None)
+            for (where, key), value in before.items():
+                (m._parameters if where == "p" else m._buffers if where == "b" else m.__dict__)[key] = value
+
+
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))  # _parameters, _buffers, _modules, the hooks, ...
+
+
+def _held(m: nn.Module) -> dict[tuple[str, str], Any]:
+    return {**{("p", k): v for k, v in m._parameters.items()}, **{("b", k): v for k, v in m._buffers.items()},
+            **{("a", k): v for k, v in vars(m).items() if isinstance(v, torch.Tensor)}}
 
 
 def _layout_field(mode: _Mode, t: torch.Tensor | None) -> Field | None:
