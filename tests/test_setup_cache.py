@@ -8,6 +8,8 @@ the slow path it replaces.
 
 from __future__ import annotations
 
+import collections
+
 import h5py
 import numpy as np
 import pytest
@@ -207,6 +209,9 @@ class _Steered(nn.Module):
         elif self.how == "interpolate":  # ... an argument of a whitelisted op
             k = (y.amax(dim=(0, 2, 3)) > 5).sum() + 1
             positive = F.interpolate(y, size=(k, k)).shape[-1] > 1
+        elif self.how == "adaptive":  # a size given as a tensor of several elements
+            k = (y.amax(dim=(0, 2, 3)) > 5).sum() + 1
+            positive = F.adaptive_avg_pool2d(y, torch.stack([k, k])).shape[-1] > 1
         elif self.how == "where":  # by keyword: indices whose count depends on values
             positive = torch.where(condition=y > 5)[0].shape[0] > 0
         elif self.how == "setitem":  # an index read from values
@@ -225,7 +230,7 @@ class _Steered(nn.Module):
 
 
 @pytest.mark.parametrize("how", ["bool", "item", "tolist", "int", "numpy", "mask", "nonzero", "attribute",
-                                 "slice", "view", "interpolate", "where", "setitem", "swallowed"])
+                                 "slice", "view", "interpolate", "adaptive", "where", "setitem", "swallowed"])
 def test_values_that_steer_the_model_make_the_trace_real(how):
     model = _Steered(how).eval()
     x = torch.randn(1, 3, 8, 8)
@@ -253,6 +258,32 @@ def test_a_model_that_fails_fails_with_its_own_error():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(5, 2)).eval()  # 4*6*6 != 5
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         T.trace_model(model, torch.randn(1, 3, 8, 8))
+    with pytest.raises(RuntimeError, match="not implemented for 'Bool'"):  # only the kernel knows
+        T.trace_model(_BoolConv().eval(), torch.ones(1, 3, 8, 8, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):  # integers divided by zero, for real
+        T.trace_model(_Remainder().eval(), torch.ones(1, 3, 2, 2))
+
+
+class _BoolConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.ones(4, 3, 3, 3, dtype=torch.bool))
+
+    def forward(self, x):
+        return F.conv2d(x, self.w)
+
+
+class _Remainder(nn.Module):
+    """Divides by zero for real (the convolution gives 1), by -1 on stand-in zeros."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.ones_(self.conv.bias)
+
+    def forward(self, x):
+        return torch.ones(1, dtype=torch.int64) % (self.conv(x).to(torch.int64) - 1)
 
 
 class _Peak(nn.Module):
@@ -306,7 +337,11 @@ class _Keeps(nn.Module):
         self.conv = nn.Conv2d(3, 4, 3)
         nn.init.constant_(self.conv.bias, 1.0)
         self.register_buffer("avg", torch.zeros(()))
+        self.register_buffer("running_mean", torch.zeros(4))
+        self.register_buffer("running_var", torch.ones(4))
+        self.register_buffer("flags", torch.tensor([1, 0, 1]))
         self.history: list[torch.Tensor] = []
+        self.queue: collections.deque[torch.Tensor] = collections.deque(maxlen=2)
 
     def forward(self, x):
         y = self.conv(x)
@@ -320,10 +355,21 @@ class _Keeps(nn.Module):
             self.history.append(y)
         elif self.how == "input":  # the input changed in place, without stand-in values
             x.mul_(2)
+        elif self.how == "numpy":  # ... or through numpy
+            x.numpy()[0, 0, 0, 0] += 1
+        elif self.how == "deque":
+            self.queue.append(y)
+        elif self.how == "batchnorm":  # batch statistics, as test-time adaptation uses
+            y = F.batch_norm(y, self.running_mean, self.running_var, training=True)
+        elif self.how == "max_out":  # several outputs written into buffers
+            torch.max(y.flatten(2), 2, out=(self.running_mean.view(1, 4), self.flags.new_empty(1, 4)))
+        elif self.how == "xor":  # an in-place operator that is not named *_
+            self.flags ^= 1
         return y
 
 
-@pytest.mark.parametrize("how", ["assign", "data", "attribute", "list", "input"])
+@pytest.mark.parametrize("how", ["assign", "data", "attribute", "list", "input", "numpy", "deque", "batchnorm",
+                                 "max_out", "xor"])
 def test_the_hollow_pass_leaves_nothing_in_the_model(how):
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
@@ -332,10 +378,17 @@ def test_the_hollow_pass_leaves_nothing_in_the_model(how):
     x_twin = x.clone()
     with pytest.raises(T._NeedsValues):
         T._trace(model, x, hollow=True)
-    assert model.avg == 0 and not hasattr(model, "last") and torch.equal(x, x_twin)
+    assert all(torch.equal(v, twin.state_dict()[k]) for k, v in model.state_dict().items())  # as it was
+    assert not hasattr(model, "last") and torch.equal(x, x_twin)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     T.trace_model(model, x)
     T._trace(twin, x_twin)  # what one real pass leaves
-    assert torch.equal(model.avg, twin.avg) and torch.equal(x, x_twin)
+    assert all(torch.equal(v, twin.state_dict()[k]) for k, v in model.state_dict().items())
+    assert torch.equal(x, x_twin)
+    if how in ("batchnorm", "max_out", "xor"):
+        assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())  # a real write
+    if how == "deque":
+        assert torch.equal(model.queue[-1], twin.queue[-1]) and model.queue[-1].abs().sum() > 0
     if how == "attribute":
         assert torch.equal(model.last, twin.last) and model.last.abs().sum() > 0
     if how == "list":  # Python-side state sees both passes: the stand-in pass's entry, then the real one
@@ -415,3 +468,16 @@ def test_a_site_whose_shape_changes_with_the_stimulus_is_refused_not_broadcast(t
     with pytest.raises(ur.RecordingError, match=r"shape \(4, 1, 8\) per stimulus where the traced pass gave "
                                                 r"\(4, 4, 8\)"):
         ur.record(Varying().eval(), x, ["head"], tmp_path / "v.h5", batch_size=1, progress=False)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_the_convolution_shape_formula_agrees_with_the_convolution(dims):
+    conv = getattr(F, f"conv{dims}d")
+    rng = np.random.default_rng(dims)
+    for _ in range(40):
+        groups = int(rng.choice([1, 2]))
+        k, s, p, d = (tuple(int(v) for v in rng.integers(lo, hi, dims)) for lo, hi in ((1, 4), (1, 3), (0, 3), (1, 3)))
+        x = torch.zeros(1, 2 * groups, *rng.integers(5, 12, dims).tolist())
+        w = torch.zeros(2 * groups, 2, *k)
+        assert T._conv_shape(x, w, s, p, d, groups) == tuple(conv(x, w, None, s, p, d, groups).shape[1:])
+    assert T._conv_shape(x, w, 1, "same", 1, groups) is None  # the op is asked instead

@@ -46,7 +46,8 @@ _CAT = {"cat", "concat", "concatenate"}
 _SHAPE_QUERIES = {"dim", "size", "numel", "nelement", "ndimension", "__len__"}
 _PROPERTIES = {"shape", "dtype", "device", "ndim", "layout", "is_cuda", "requires_grad"}
 # in-place ops not named `*_` (`y[:, :4] = 0`); `y += x` reaches the mode as `add_`
-_IN_PLACE = {"__setitem__"}
+_IN_PLACE = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
+             "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__"}
 
 
 @dataclass
@@ -149,6 +150,7 @@ class _Mode(TorchFunctionMode):
         self.kept_storage = {_storage(t) for t in kept if t.numel()} if hollow is not None else set()
         self.known = set(self.kept)  # tensors whose origin the trace saw
         self.needs_values: str | None = None
+        self.stand_ins: list[weakref.ref[torch.Tensor]] = []  # every tensor holding stand-in values
         self.keep = keep  # holds every tensor seen, so that id() stays unique
         self.events = events  # the clock shared with the module hooks: one tick per call
         self.born: dict[int, int] = {}  # when each tensor was made
@@ -177,7 +179,7 @@ class _Mode(TorchFunctionMode):
         inputs = _tensor_list((args, kwargs))
         out = None
         if self.hollow is not None:
-            self._check_hollow(name, args, kwargs, inputs, base)
+            self._check_hollow(func, name, args, kwargs, inputs, base)
             out = _stand_in(name, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
@@ -215,7 +217,7 @@ class _Mode(TorchFunctionMode):
         assert self.hollow is not None
         return t.numel() > 0 and _storage(t) in self.hollow
 
-    def _check_hollow(self, name: str, args: tuple, kwargs: dict, inputs: list[torch.Tensor],
+    def _check_hollow(self, func: Any, name: str, args: tuple, kwargs: dict, inputs: list[torch.Tensor],
                       base: torch.Tensor | None) -> None:
         """Give up the hollow pass, before the op runs, where values could steer it or outlast it."""
         if any(id(t) not in self.known and (t._base is None or id(t._base) not in self.known) for t in inputs):
@@ -223,18 +225,23 @@ class _Mode(TorchFunctionMode):
         if base is not None and (id(base) in self.kept or _storage(base) in self.kept_storage):
             # a buffer updated in forward, an input changed in place: a real pass does it once
             self._give_up(f"{name} writes into the model's tensors or its input")
+        if (name in _ESCAPES or name.startswith("_foreach") or isinstance(kwargs.get("out"), (tuple, list))
+                or getattr(getattr(func, "_schema", None), "is_mutable", False) and base is None
+                or name in _RUNNING_STATS and _updates_running_stats(name, args, kwargs)):
+            # writes the trace cannot follow: through numpy or a storage, several outputs, running statistics
+            self._give_up(f"{name} may write where the trace cannot follow")
         hollow = [t for t in _all_tensors((args, kwargs)) if self._is_hollow(t)]
         if not hollow:
             return
         if name not in _SHAPE_ONLY:
             self._give_up(f"{name} may read values")
-        # a one-element tensor where an op takes an int (a size, a slice bound, an index)
-        # is read as that int: only the data, and an arithmetic op's operands, may hold stand-ins
-        operands = args[:2] if name in _ARITHMETIC else args[:1]
-        if any(t.numel() == 1 and not any(t is a for a in operands) for t in hollow):
+        # anywhere but the data and an op's tensor operands, a tensor may be read as a
+        # size, a slice bound or an index (`y[:, :k]`, `view(k, -1)`, `adaptive_avg_pool2d(x, t)`)
+        operands = _operands(name, args, kwargs)
+        if any(not any(t is o for o in operands) for t in hollow):
             self._give_up(f"{name} may take a size or an index from values")
-        if name in ("__getitem__", "__setitem__") and any(self._is_hollow(t) for t in _all_tensors(args[1:2])):
-            self._give_up(f"{name} with an index computed from values")
+        if name in _DIVISIONS and any(not t.is_floating_point() for t in hollow):
+            self._give_up(f"{name} of integers may divide by zero for real")
         if name == "where" and len(args) + len(kwargs) < 3:
             self._give_up("where(condition) has a shape that depends on values")
 
@@ -249,9 +256,11 @@ class _Mode(TorchFunctionMode):
         if name in _STAND_INS or any(self._is_hollow(t) for t in inputs):
             # a result that is a view of an input with real values (`expand_as`) keeps them
             real = {_storage(t) for t in inputs if not self._is_hollow(t)}
-            self.hollow.update(_storage(t) for t in results if _storage(t) not in real)
+            made = [t for t in results if _storage(t) not in real]
             if base is not None:  # written in place (`y[:, :4] = hollow` returns None)
-                self.hollow.add(_storage(base))
+                made.append(base)
+            self.hollow.update(_storage(t) for t in made)
+            self.stand_ins.extend(weakref.ref(t) for t in made)
         self.keep.extend(results)
 
     def changed(self, t: torch.Tensor, after: int, before: int) -> set[int]:
@@ -296,12 +305,15 @@ def _stand_in(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
     if name not in _STAND_INS or len(args) < 2 or kwargs.keys() - {"bias", "stride", "padding", "dilation", "groups"}:
         return None
     x, w = args[0], args[1]
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):  # it would change dtypes
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)) or not x.is_floating_point():
+        return None  # integer and bool kernels may not exist: computed, so that the real error shows
+    if torch.is_autocast_enabled(x.device.type):  # it would change dtypes
         return None
-    if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)) or (x.dtype, x.device) != (w.dtype, w.device):
+    if (x.dtype, x.device) != (w.dtype, w.device) or (
+            bias is not None and (not isinstance(bias, torch.Tensor) or (bias.dtype, bias.device) != (x.dtype, x.device))):
         return None
     if name == "linear":
-        bias = args[2] if len(args) > 2 else kwargs.get("bias")
         if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1] or (
                 bias is not None and tuple(bias.shape) != (w.shape[0],)):
             return None
@@ -310,9 +322,72 @@ def _stand_in(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
         return None
     if not (x.is_contiguous() and w.is_contiguous()):  # channels_last: the real output's strides differ
         return None
-    conv = getattr(torch, name)
-    shape = conv(x[:0], *args[1:], **kwargs).shape  # the op's own shape rules, on no images
-    return x.new_zeros((x.shape[0], *shape[1:]))
+    shape = _conv_shape(x, w, *args[3:], **{k: v for k, v in kwargs.items() if k != "bias"})
+    if shape is None:  # string padding, odd arguments: the op's own shape rules, on no images
+        shape = getattr(torch, name)(x[:0], *args[1:], **kwargs).shape[1:]
+    return x.new_zeros((x.shape[0], *shape))
+
+
+def _conv_shape(x: torch.Tensor, w: torch.Tensor, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+                groups: Any = 1) -> tuple[int, ...] | None:
+    """A convolution's output shape without the batch, by the formula of the PyTorch
+    docs; None where the arguments are not plain (the caller asks the op)."""
+    n = w.dim() - 2
+
+    def each(v: Any) -> tuple[int, ...] | None:
+        v = (v,) * n if isinstance(v, int) else tuple(v) if isinstance(v, (tuple, list)) else None
+        return v if v is not None and len(v) == n and all(type(i) is int for i in v) else None
+    s, p, d = each(stride), each(padding), each(dilation)
+    if s is None or p is None or d is None or type(groups) is not int or groups < 1 or x.shape[1] != w.shape[1] * groups:
+        return None
+    sizes = [(size + 2 * pad - dil * (k - 1) - 1) // st + 1
+             for size, pad, dil, k, st in zip(x.shape[2:], p, d, w.shape[2:], s)]
+    if min(sizes) < 1 or w.shape[0] % groups or min(s) < 1:
+        return None
+    return (int(w.shape[0]), *sizes)
+
+
+#: ops that take several tensor operands: the positional arguments (and keywords) that
+#: may hold stand-ins; any other op takes them in its first argument only
+_OPERANDS: dict[str, tuple[int, tuple[str, ...]]] = {
+    **{n: (3, ()) for n in ("matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "baddbmm", "where",
+                            "masked_fill", "masked_fill_", "lerp", "lerp_", "addcmul", "addcmul_", "addcdiv",
+                            "addcdiv_", "expand_as", "view_as", "reshape_as", "type_as")},
+    **{n: (3, ("min", "max")) for n in ("clamp", "clamp_", "clip", "clip_")},
+    "__setitem__": (3, ()),  # the index (second) is checked on its own below
+    "einsum": (99, ()),
+    "scaled_dot_product_attention": (4, ("attn_mask",)),
+    "multi_head_attention_forward": (3, ("key_padding_mask", "attn_mask")),
+    **{n: (5, ("weight", "bias", "running_mean", "running_var")) for n in (
+        "batch_norm", "instance_norm", "layer_norm", "group_norm", "linear", "bilinear", "conv1d", "conv2d",
+        "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")},
+}
+_RUNNING_STATS = {"batch_norm", "instance_norm"}
+_DIVISIONS = {"div", "div_", "floor_divide", "floor_divide_", "remainder", "remainder_", "fmod", "fmod_",
+              "__floordiv__", "__rfloordiv__", "__ifloordiv__", "__mod__", "__imod__", "__truediv__",
+              "__rtruediv__", "__itruediv__", "true_divide", "true_divide_"}
+#: ops through which values can be read or written out of the trace's sight
+_ESCAPES = {"numpy", "__array__", "__dlpack__", "untyped_storage", "storage", "_typed_storage", "data_ptr",
+            "set_", "share_memory_"}
+
+
+def _operands(name: str, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensors an op takes as data or operands (never as a size or an index)."""
+    n, keys = _OPERANDS.get(name, (2, ()) if name in _ARITHMETIC else (1, ()))
+    if name == "__setitem__":
+        chosen = [args[0], *args[2:3]]
+    else:
+        chosen = [*args[:n], *(kwargs.get(k) for k in keys), *(kwargs.get(k) for k in ("input", "other"))]
+    return [t for item in chosen for t in _tensor_list(item)]
+
+
+def _updates_running_stats(name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether F.batch_norm(training=True) / F.instance_norm(use_input_stats) writes running statistics."""
+    def arg(i: int, key: str, default: Any) -> Any:
+        return args[i] if len(args) > i else kwargs.get(key, default)
+    if arg(1, "running_mean", None) is None and arg(2, "running_var", None) is None:
+        return False
+    return bool(arg(5, "training", False) if name == "batch_norm" else arg(5, "use_input_stats", True))
 
 
 def _with_inplace(names: str) -> set[str]:
@@ -540,10 +615,30 @@ def _anatomy(model: nn.Module) -> tuple:
     return tuple(parts)
 
 
-@torch.no_grad()
 def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Trace:
     """The trace of one pass; hollow, it raises :class:`_NeedsValues` where values
-    could matter, and where the pass fails (the real pass then shows the error)."""
+    could matter, and where the pass fails (the real pass then shows the error),
+    having put back the tensors the model held."""
+    if not hollow:
+        return _pass(model, example, None)[0]
+    state = _ModelState(model)
+    try:
+        trace, stand_ins = _pass(model, example, state)
+    except _NeedsValues:
+        state.restore()
+        raise
+    # the pass has let go of its tensors: a stand-in still alive is kept elsewhere
+    if any(ref() is not None for ref in stand_ins):
+        state.restore()
+        raise _NeedsValues("stand-in values outlived the pass (kept by the model, a hook or a global)")
+    return trace
+
+
+@torch.no_grad()
+def _pass(model: nn.Module, example: torch.Tensor,
+          state: _ModelState | None) -> tuple[Trace, list[weakref.ref[torch.Tensor]]]:
+    """One traced forward pass, hollow where `state` (the model's tensors before it) is given."""
+    hollow = state is not None
     keep: list[Any] = [example]
     producers: dict[int, list[_Made]] = {}
     calls: list[Call] = []
@@ -602,7 +697,6 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
 
     handles = []
     training = model.training
-    state = _ModelState(model) if hollow else None
     try:
         for name, module in model.named_modules():
             if not name:
@@ -612,7 +706,7 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
         model.eval()
         with mode:
             model(example)
-        if mode.needs_values is None and state is not None and state.changed(mode):
+        if mode.needs_values is None and state is not None and state.changed():
             mode.needs_values = "the pass left tensors in the model"
     except Exception as exc:
         if hollow:
@@ -623,8 +717,6 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
         for handle in handles:
             handle.remove()
         model.train(training)
-        if state is not None and mode.needs_values is not None:
-            state.restore()
     if mode.needs_values is not None:  # also where the model caught _NeedsValues and carried on
         raise _NeedsValues(mode.needs_values)
     # labelled once the pass is over, when every module's call count is known
@@ -643,28 +735,26 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
         runs = _merge(_describe(x, parent, ids, mode, producers, counts, call.start))
         if len(runs) > 1:
             call.input_sources = runs
-    return Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]),
-                 tokens=find_grid(model, patch_calls, token_shapes) if token_shapes else None)
+    trace = Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]),
+                  tokens=find_grid(model, patch_calls, token_shapes) if token_shapes else None)
+    return trace, mode.stand_ins
 
 
 class _ModelState:
     """The tensors a model holds (parameters, buffers, tensor attributes), to see
-    whether a hollow pass replaced any of them or left stand-in values in its
-    attributes (``self.avg = 0.9 * self.avg + 0.1 * y.mean()``, ``self.last = y``),
-    and to put them back before the real pass."""
+    whether a hollow pass replaced any of them (``self.avg = 0.9 * self.avg + ...``,
+    ``self.last = y``) and to put them back before the real pass. (Stand-ins kept
+    anywhere else, in a list, a deque or a global, are found as stand-ins still alive
+    when the pass lets go of its own.)"""
 
     def __init__(self, model: nn.Module) -> None:
         self.held = [(m, _held(m)) for m in model.modules()]
 
-    def changed(self, mode: _Mode) -> bool:
+    def changed(self) -> bool:
         for m, before in self.held:
             now = _held(m)
             if now.keys() != before.keys() or any(now[k] is not before[k] for k in now):
                 return True
-            for key, value in vars(m).items():  # stand-ins kept in a list or dict attribute
-                if (key not in _MODULE_INTERNALS and isinstance(value, (list, tuple, dict))
-                        and any(mode._is_hollow(t) for t in _tensor_list(value))):
-                    return True
         return False
 
     def restore(self) -> None:
@@ -675,9 +765,6 @@ class _ModelState:
                     (m._parameters if where == "p" else m._buffers if where == "b" else m.__dict__).pop(key, None)
             for (where, key), value in before.items():
                 (m._parameters if where == "p" else m._buffers if where == "b" else m.__dict__)[key] = value
-
-
-_MODULE_INTERNALS = frozenset(vars(nn.Module()))  # _parameters, _buffers, _modules, the hooks, ...
 
 
 def _held(m: nn.Module) -> dict[tuple[str, str], Any]:
