@@ -365,11 +365,22 @@ class _Keeps(nn.Module):
             torch.max(y.flatten(2), 2, out=(self.running_mean.view(1, 4), self.flags.new_empty(1, 4)))
         elif self.how == "xor":  # an in-place operator that is not named *_
             self.flags ^= 1
+        elif self.how == "torch_bn":  # torch.batch_norm: weight and bias come before the statistics
+            y = torch.batch_norm(y, None, None, self.running_mean, self.running_var, True, 0.1, 1e-5, False)
+        elif self.how == "parameter":  # a new tensor object over the stand-in's storage
+            self.history.append(nn.Parameter(y))
+        elif self.how in ("native_bn", "data_set"):  # writes the trace cannot see, then a reason to give up
+            if self.how == "native_bn":
+                torch.native_batch_norm(x.mean(1).expand(1, 4, 8, 8).contiguous(), None, None, self.running_mean,
+                                        self.running_var, True, 0.1, 1e-5)
+            else:
+                self.conv.bias.data = self.conv.bias.data * 0.5
+            y = y if y.mean().item() > -1e9 else -y
         return y
 
 
 @pytest.mark.parametrize("how", ["assign", "data", "attribute", "list", "input", "numpy", "deque", "batchnorm",
-                                 "max_out", "xor"])
+                                 "max_out", "xor", "torch_bn", "parameter", "native_bn", "data_set"])
 def test_the_hollow_pass_leaves_nothing_in_the_model(how):
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
@@ -385,7 +396,7 @@ def test_the_hollow_pass_leaves_nothing_in_the_model(how):
     T._trace(twin, x_twin)  # what one real pass leaves
     assert all(torch.equal(v, twin.state_dict()[k]) for k, v in model.state_dict().items())
     assert torch.equal(x, x_twin)
-    if how in ("batchnorm", "max_out", "xor"):
+    if how in ("batchnorm", "max_out", "xor", "torch_bn", "native_bn", "data_set"):
         assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())  # a real write
     if how == "deque":
         assert torch.equal(model.queue[-1], twin.queue[-1]) and model.queue[-1].abs().sum() > 0
@@ -481,3 +492,45 @@ def test_the_convolution_shape_formula_agrees_with_the_convolution(dims):
         w = torch.zeros(2 * groups, 2, *k)
         assert T._conv_shape(x, w, s, p, d, groups) == tuple(conv(x, w, None, s, p, d, groups).shape[1:])
     assert T._conv_shape(x, w, 1, "same", 1, groups) is None  # the op is asked instead
+
+
+class _Edges(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 4, 1 if how == "channels_last_1x1" else 3)
+        self.fast, self.slow = nn.Identity(), nn.Flatten()
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.how == "channels_last_1x1":  # a 1x1 weight in channels_last passes is_contiguous()
+            try:
+                return self.fast(y.view(y.size(0), -1))
+            except RuntimeError:
+                return self.slow(y)
+        if self.how == "unseen_bound":  # a slice bound computed where the trace cannot see
+            with torch._C.DisableTorchFunction():
+                k = (y > 0).sum() // 8
+            return self.fast(y[:, :, :k])
+        if self.how == "grad":  # autograd state differs for a stand-in
+            with torch.enable_grad():
+                z = self.conv(x)
+            return self.fast(z) if z.requires_grad else self.slow(z)
+        raise AssertionError(self.how)
+
+
+@pytest.mark.parametrize("how", ["channels_last_1x1", "unseen_bound", "grad"])
+def test_what_a_stand_in_cannot_reproduce_makes_the_trace_real(how):
+    torch.manual_seed(0)
+    model = _Edges(how).eval()
+    if how == "channels_last_1x1":
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 8, 8)
+    assert T.trace_model(model, x) == T._trace(model, x)
+
+
+def test_the_real_convolution_checks_its_bias():
+    model = nn.Conv2d(3, 4, 3).eval()
+    model.bias = nn.Parameter(torch.zeros(5))  # channels pruned, bias left alone
+    with pytest.raises(RuntimeError, match="bias"):
+        T.trace_model(model, torch.randn(1, 3, 8, 8))

@@ -35,6 +35,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 
 from .receptive_field import Field, image_field, propagate
@@ -150,7 +151,7 @@ class _Mode(TorchFunctionMode):
         self.kept_storage = {_storage(t) for t in kept if t.numel()} if hollow is not None else set()
         self.known = set(self.kept)  # tensors whose origin the trace saw
         self.needs_values: str | None = None
-        self.stand_ins: list[weakref.ref[torch.Tensor]] = []  # every tensor holding stand-in values
+        self.stand_ins: list[StorageWeakRef] = []  # every storage holding stand-in values
         self.keep = keep  # holds every tensor seen, so that id() stays unique
         self.events = events  # the clock shared with the module hooks: one tick per call
         self.born: dict[int, int] = {}  # when each tensor was made
@@ -220,14 +221,15 @@ class _Mode(TorchFunctionMode):
     def _check_hollow(self, func: Any, name: str, args: tuple, kwargs: dict, inputs: list[torch.Tensor],
                       base: torch.Tensor | None) -> None:
         """Give up the hollow pass, before the op runs, where values could steer it or outlast it."""
-        if any(id(t) not in self.known and (t._base is None or id(t._base) not in self.known) for t in inputs):
+        if any(id(t) not in self.known and (t._base is None or id(t._base) not in self.known)
+               for t in _all_tensors((args, kwargs))):
             self._give_up(f"{name} got a tensor made outside the trace")
         if base is not None and (id(base) in self.kept or _storage(base) in self.kept_storage):
             # a buffer updated in forward, an input changed in place: a real pass does it once
             self._give_up(f"{name} writes into the model's tensors or its input")
         if (name in _ESCAPES or name.startswith("_foreach") or isinstance(kwargs.get("out"), (tuple, list))
                 or getattr(getattr(func, "_schema", None), "is_mutable", False) and base is None
-                or name in _RUNNING_STATS and _updates_running_stats(name, args, kwargs)):
+                or name in _RUNNING_STATS and _updates_running_stats(func, name, args, kwargs)):
             # writes the trace cannot follow: through numpy or a storage, several outputs, running statistics
             self._give_up(f"{name} may write where the trace cannot follow")
         hollow = [t for t in _all_tensors((args, kwargs)) if self._is_hollow(t)]
@@ -260,7 +262,7 @@ class _Mode(TorchFunctionMode):
             if base is not None:  # written in place (`y[:, :4] = hollow` returns None)
                 made.append(base)
             self.hollow.update(_storage(t) for t in made)
-            self.stand_ins.extend(weakref.ref(t) for t in made)
+            self.stand_ins.extend(StorageWeakRef(t.untyped_storage()) for t in made)
         self.keep.extend(results)
 
     def changed(self, t: torch.Tensor, after: int, before: int) -> set[int]:
@@ -296,36 +298,48 @@ def _channels_written(base: torch.Tensor, target: torch.Tensor, name: str, args:
 
 # ------------------------------------------------------------------ the hollow pass
 #: ops that return zeros of their output's shape in the hollow pass
-_STAND_INS = {"conv1d", "conv2d", "conv3d", "linear"}
+_STAND_INS = {"conv2d", "linear"}
 
 
 def _stand_in(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """Zeros of the shape a convolution or linear layer would return, or None to
-    compute the op (anything unusual is computed, and raises if it must)."""
+    """Zeros of the shape a 2-D convolution or a linear layer would return, or None to
+    compute the op: anything unusual is computed, so that its real error, strides,
+    views and autograd state show."""
     if name not in _STAND_INS or len(args) < 2 or kwargs.keys() - {"bias", "stride", "padding", "dilation", "groups"}:
         return None
     x, w = args[0], args[1]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
-    if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)) or not x.is_floating_point():
-        return None  # integer and bool kernels may not exist: computed, so that the real error shows
-    if torch.is_autocast_enabled(x.device.type):  # it would change dtypes
+    if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)) or x.dtype not in _FLOATS:
         return None
-    if (x.dtype, x.device) != (w.dtype, w.device) or (
-            bias is not None and (not isinstance(bias, torch.Tensor) or (bias.dtype, bias.device) != (x.dtype, x.device))):
+    if (x.dtype, x.device) != (w.dtype, w.device) or torch.is_autocast_enabled(x.device.type):
         return None
-    if name == "linear":
-        if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1] or (
-                bias is not None and tuple(bias.shape) != (w.shape[0],)):
+    if bias is not None and not (isinstance(bias, torch.Tensor) and (bias.dtype, bias.device) == (x.dtype, x.device)
+                                 and tuple(bias.shape) == (w.shape[0],)):
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias)):
+        return None
+    if not (_row_major(x) and _row_major(w)):  # channels_last or a view: the real output's strides may differ
+        return None
+    if name == "linear":  # more dims: the real output may be a view of a 2-D product
+        if w.dim() != 2 or x.dim() not in (1, 2) or x.shape[-1] != w.shape[1]:
             return None
         return x.new_zeros((*x.shape[:-1], w.shape[0]))
-    if x.dim() != w.dim() or x.shape[0] == 0:  # unbatched: computed
-        return None
-    if not (x.is_contiguous() and w.is_contiguous()):  # channels_last: the real output's strides differ
+    if x.dim() != 4 or w.dim() != 4 or x.shape[0] == 0:
         return None
     shape = _conv_shape(x, w, *args[3:], **{k: v for k, v in kwargs.items() if k != "bias"})
-    if shape is None:  # string padding, odd arguments: the op's own shape rules, on no images
-        shape = getattr(torch, name)(x[:0], *args[1:], **kwargs).shape[1:]
-    return x.new_zeros((x.shape[0], *shape))
+    return None if shape is None else x.new_zeros((x.shape[0], *shape))
+
+
+_FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+def _row_major(t: torch.Tensor) -> bool:
+    """Laid out row-major, stride for stride (a size-1 dim's stride counts too)."""
+    expected, step = [], 1
+    for size in reversed(t.shape):
+        expected.append(step)
+        step *= max(int(size), 1)
+    return t.stride() == tuple(reversed(expected)) and int(t.storage_offset()) == 0
 
 
 def _conv_shape(x: torch.Tensor, w: torch.Tensor, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
@@ -340,9 +354,11 @@ def _conv_shape(x: torch.Tensor, w: torch.Tensor, stride: Any = 1, padding: Any 
     s, p, d = each(stride), each(padding), each(dilation)
     if s is None or p is None or d is None or type(groups) is not int or groups < 1 or x.shape[1] != w.shape[1] * groups:
         return None
+    if min(s) < 1 or min(p) < 0 or min(d) < 1:
+        return None
     sizes = [(size + 2 * pad - dil * (k - 1) - 1) // st + 1
              for size, pad, dil, k, st in zip(x.shape[2:], p, d, w.shape[2:], s)]
-    if min(sizes) < 1 or w.shape[0] % groups or min(s) < 1:
+    if min(sizes) < 1 or w.shape[0] % groups:
         return None
     return (int(w.shape[0]), *sizes)
 
@@ -381,11 +397,14 @@ def _operands(name: str, args: tuple, kwargs: dict) -> list[torch.Tensor]:
     return [t for item in chosen for t in _tensor_list(item)]
 
 
-def _updates_running_stats(name: str, args: tuple, kwargs: dict) -> bool:
-    """Whether F.batch_norm(training=True) / F.instance_norm(use_input_stats) writes running statistics."""
+def _updates_running_stats(func: Any, name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether a batch or instance norm in training mode (use_input_stats) writes running statistics."""
     def arg(i: int, key: str, default: Any) -> Any:
         return args[i] if len(args) > i else kwargs.get(key, default)
-    if arg(1, "running_mean", None) is None and arg(2, "running_var", None) is None:
+    # F.batch_norm(input, running_mean, running_var, weight, bias, training, ...);
+    # torch.batch_norm(input, weight, bias, running_mean, running_var, training, ...)
+    first = 1 if getattr(func, "__module__", "") == "torch.nn.functional" else 3
+    if arg(first, "running_mean", None) is None and arg(first + 1, "running_var", None) is None:
         return False
     return bool(arg(5, "training", False) if name == "batch_norm" else arg(5, "use_input_stats", True))
 
@@ -621,14 +640,14 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
     having put back the tensors the model held."""
     if not hollow:
         return _pass(model, example, None)[0]
-    state = _ModelState(model)
+    state = _ModelState(model, example)
     try:
         trace, stand_ins = _pass(model, example, state)
     except _NeedsValues:
         state.restore()
         raise
     # the pass has let go of its tensors: a stand-in still alive is kept elsewhere
-    if any(ref() is not None for ref in stand_ins):
+    if not all(ref.expired() for ref in stand_ins):
         state.restore()
         raise _NeedsValues("stand-in values outlived the pass (kept by the model, a hook or a global)")
     return trace
@@ -636,7 +655,7 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
 
 @torch.no_grad()
 def _pass(model: nn.Module, example: torch.Tensor,
-          state: _ModelState | None) -> tuple[Trace, list[weakref.ref[torch.Tensor]]]:
+          state: _ModelState | None) -> tuple[Trace, list[StorageWeakRef]]:
     """One traced forward pass, hollow where `state` (the model's tensors before it) is given."""
     hollow = state is not None
     keep: list[Any] = [example]
@@ -741,21 +760,34 @@ def _pass(model: nn.Module, example: torch.Tensor,
 
 
 class _ModelState:
-    """The tensors a model holds (parameters, buffers, tensor attributes), to see
-    whether a hollow pass replaced any of them (``self.avg = 0.9 * self.avg + ...``,
-    ``self.last = y``) and to put them back before the real pass. (Stand-ins kept
-    anywhere else, in a list, a deque or a global, are found as stand-ins still alive
-    when the pass lets go of its own.)"""
+    """What a model holds (parameters, buffers, tensor attributes) and the example, to
+    see whether a hollow pass changed any of it and to put it back before the real
+    pass: a tensor replaced (``self.avg = 0.9 * self.avg + ...``, ``self.last = y``),
+    given new storage (``p.data = ...``) or, buffers and the example, written by an op
+    the trace could not see (they are copied first to that end). Stand-ins kept anywhere
+    else, in a list, a deque or a global, are found as storages still alive when the
+    pass lets go of its own."""
 
-    def __init__(self, model: nn.Module) -> None:
+    #: larger buffers are not copied: such a model is traced for real
+    LIMIT = 64 << 20
+
+    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
         self.held = [(m, _held(m)) for m in model.modules()]
+        buffers = {id(t): t for t in [example, *model.buffers()]}
+        params = {id(p): p for p in model.parameters()}
+        if sum(t.numel() * t.element_size() for t in buffers.values()) > self.LIMIT:
+            raise _NeedsValues("buffers too large to set aside")
+        self.tensors = [(t, _storage(t), t.detach(), t.detach().clone() if i in buffers else None)
+                        for i, t in {**params, **buffers}.items()]
 
     def changed(self) -> bool:
+        """Whether a tensor was replaced or given new storage. (A write the trace did not
+        see is one real pass's write, unless the pass gives up: then it is undone.)"""
         for m, before in self.held:
             now = _held(m)
             if now.keys() != before.keys() or any(now[k] is not before[k] for k in now):
                 return True
-        return False
+        return any(_storage(t) != ptr for t, ptr, _, _ in self.tensors)
 
     def restore(self) -> None:
         for m, before in self.held:
@@ -765,6 +797,12 @@ class _ModelState:
                     (m._parameters if where == "p" else m._buffers if where == "b" else m.__dict__).pop(key, None)
             for (where, key), value in before.items():
                 (m._parameters if where == "p" else m._buffers if where == "b" else m.__dict__)[key] = value
+        with torch.no_grad():
+            for t, ptr, alias, copy in self.tensors:
+                if _storage(t) != ptr:  # `p.data = ...`
+                    t.data = alias
+                if copy is not None and not torch.equal(t, copy):  # a write the trace did not see
+                    t.copy_(copy)
 
 
 def _held(m: nn.Module) -> dict[tuple[str, str], Any]:
