@@ -4,21 +4,19 @@ The trace runs a single input through the model with a forward (pre-)hook on eve
 module and a TorchFunctionMode that sees every torch function. It is cached per
 model and input shape while the model's anatomy stays the same.
 
-The trace needs shapes, not values, so it first runs *hollow*: convolutions and
-linear layers return zeros of the shape they would compute, at a fraction of their
-cost. That is only sound while no value can steer the pass, so every tensor that
-holds stand-in values is followed, and the hollow pass is abandoned for a real one
-as soon as such a tensor reaches an op whose result could depend on its values
-(anything outside :data:`_SHAPE_ONLY`: ``.item()``, ``bool(x)``, ``nonzero``, a mask
-index, a one-element tensor where an op takes a size or an index, ...), or before
-anything is written into the model's parameters or buffers or into the example, or
-when a tensor made where the trace cannot see (a plain tensor attribute, a compiled
-extension) enters the pass, or when the hollow pass fails. Stand-in values are followed
-by storage, so views and ``.data`` aliases carry them. A model with forward hooks of
-its own is traced for real (a hook could keep what it sees), and so is every model
-under ``UNITREC_TRACE=real``. What the hollow pass cannot see is a value read where no
-torch function mode looks, inside a TorchScript function or a compiled extension that
-returns a Python number; for such a model set ``UNITREC_TRACE=real``. From it we learn,
+The trace needs shapes, not values, so it first runs *hollow*: plain 2-D convolutions
+and linear layers return zeros of the shape they would compute, at a fraction of their
+cost. That is only sound while no value can steer the pass or outlast it, so every
+storage that holds stand-in values is followed, and the hollow pass is abandoned for a
+real one (docs/design.md, "Data flow", lists every case) where such a tensor reaches
+an op whose result could depend on its values (anything outside :data:`_SHAPE_ONLY`,
+or a stand-in where an op may read a size or an index), before anything is written
+into the model's tensors or the example, where a tensor made out of the trace's sight
+enters, where a stand-in outlives the pass, or where the pass fails; what it changed in
+the model is put back first. Models with hooks of their own, and every model under
+``UNITREC_TRACE=real``, are traced for real. What the hollow pass cannot see is a value
+read inside a TorchScript function or a compiled extension that returns a Python
+number; for such a model set ``UNITREC_TRACE=real``. From it we learn,
 for every call of every module: the order of calls, input and output shapes, the
 theoretical receptive field of the output, and — for outputs that are a channel
 concatenation — which child produced each channel and which channels were changed
@@ -140,7 +138,7 @@ class _Mode(TorchFunctionMode):
     """Follows receptive fields and concatenations through every torch function.
 
     With `hollow` (the storages holding stand-in values, see the module's docstring),
-    convolutions and linear layers return zeros of their output shape."""
+    plain 2-D convolutions and linear layers return zeros of their output shape."""
 
     def __init__(self, keep: list[Any], events: list[int], hollow: set[int] | None = None,
                  kept: Sequence[torch.Tensor] = ()) -> None:
