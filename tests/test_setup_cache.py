@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import unitrec as ur
+from unitrec import hollow as H
 from unitrec import trace as T
 from unitrec.model import _HASHES, _sha256, _weight_bytes, state_dict_sha256
 
@@ -234,7 +235,7 @@ class _Steered(nn.Module):
 def test_values_that_steer_the_model_make_the_trace_real(how):
     model = _Steered(how).eval()
     x = torch.randn(1, 3, 8, 8)
-    with pytest.raises(T._NeedsValues):
+    with pytest.raises(H.NeedsValues):
         T._trace(model, x, hollow=True)
     trace = T.trace_model(model, x)
     assert trace == T._trace(model, x)
@@ -246,7 +247,7 @@ def test_a_hook_that_reads_values_makes_the_trace_real():
     seen: list[float] = []
     handle = model[2].register_forward_hook(lambda m, a, out: seen.append(out.abs().max().item()))
     try:
-        with pytest.raises(T._NeedsValues):
+        with pytest.raises(H.NeedsValues):
             T._trace(model, torch.randn(1, 3, 16, 16), hollow=True)
         T.trace_model(model, torch.randn(1, 3, 16, 16))
     finally:
@@ -304,7 +305,7 @@ class _Peak(nn.Module):
 def test_no_stand_in_value_is_left_in_the_model():
     model = _Peak().eval()
     x = torch.randn(1, 3, 8, 8)
-    with pytest.raises(T._NeedsValues, match="model's tensors"):
+    with pytest.raises(H.NeedsValues, match="model's tensors"):
         T._trace(model, x, hollow=True)
     assert model.peak == 0  # given up before the write
     T.trace_model(model, x)
@@ -323,7 +324,7 @@ class _Unseen(nn.Module):
 def test_a_part_the_trace_cannot_see_makes_it_real():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), _Unseen(), nn.Conv2d(4, 2, 3)).eval()
     x = torch.randn(1, 3, 10, 10)
-    with pytest.raises(T._NeedsValues, match="outside the trace"):
+    with pytest.raises(H.NeedsValues, match="outside the trace"):
         T._trace(model, x, hollow=True)
     assert T.trace_model(model, x) == T._trace(model, x)
 
@@ -387,7 +388,7 @@ def test_the_hollow_pass_leaves_nothing_in_the_model(how):
     model, twin = _Keeps(how).eval(), _Keeps(how).eval()
     twin.load_state_dict(model.state_dict())
     x_twin = x.clone()
-    with pytest.raises(T._NeedsValues):
+    with pytest.raises(H.NeedsValues):
         T._trace(model, x, hollow=True)
     assert all(torch.equal(v, twin.state_dict()[k]) for k, v in model.state_dict().items())  # as it was
     assert not hasattr(model, "last") and torch.equal(x, x_twin)
@@ -490,8 +491,8 @@ def test_the_convolution_shape_formula_agrees_with_the_convolution(dims):
         k, s, p, d = (tuple(int(v) for v in rng.integers(lo, hi, dims)) for lo, hi in ((1, 4), (1, 3), (0, 3), (1, 3)))
         x = torch.zeros(1, 2 * groups, *rng.integers(5, 12, dims).tolist())
         w = torch.zeros(2 * groups, 2, *k)
-        assert T._conv_shape(x, w, s, p, d, groups) == tuple(conv(x, w, None, s, p, d, groups).shape[1:])
-    assert T._conv_shape(x, w, 1, "same", 1, groups) is None  # the op is asked instead
+        assert H.conv_shape(x, w, s, p, d, groups) == tuple(conv(x, w, None, s, p, d, groups).shape[1:])
+    assert H.conv_shape(x, w, 1, "same", 1, groups) is None  # the op is asked instead
 
 
 class _Edges(nn.Module):
