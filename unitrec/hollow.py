@@ -32,7 +32,7 @@ class NeedsValues(BaseException):
 
 
 def tensor_list(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """The tensors in `obj`, in the order ``trace._tensors`` gives them (faster, for every op)."""
+    """The tensors in `obj` (nested in lists, tuples and dicts), in order."""
     out = [] if out is None else out
     if isinstance(obj, torch.Tensor):
         out.append(obj)
@@ -188,17 +188,13 @@ ARITHMETIC = frozenset(_with_inplace("""
 
 #: ops whose result's shape (and every other property the trace reads) depends on
 #: the shapes of their inputs and on plain arguments only, never on values
-SHAPE_ONLY = frozenset(_with_inplace("""
+SHAPE_ONLY = ARITHMETIC | frozenset(_with_inplace("""
     relu relu6 leaky_relu elu selu celu gelu silu mish sigmoid tanh hardtanh hardswish hardsigmoid
-    softplus softsign prelu glu logsigmoid threshold exp log log1p sqrt rsqrt square pow abs neg
-    reciprocal sign clamp clip clamp_min clamp_max erf sin cos floor ceil round trunc add sub mul div
-    true_divide floor_divide remainder fmod maximum minimum lerp addcmul addcdiv masked_fill where
-    eq ne lt le gt ge logical_and logical_or logical_not
+    softplus softsign prelu glu logsigmoid threshold exp log log1p sqrt rsqrt square abs neg
+    reciprocal sign clamp clip clamp_min clamp_max erf sin cos floor ceil round trunc lerp addcmul
+    addcdiv masked_fill where logical_not
 """) | set("""
-    __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__ __rmul__ __imul__ __truediv__
-    __rtruediv__ __itruediv__ __floordiv__ __rfloordiv__ __mod__ __neg__ __pos__ __abs__ __pow__
-    __rpow__ __ipow__ __matmul__ __rmatmul__ __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __and__
-    __or__ __xor__ __invert__
+    __neg__ __pos__ __abs__ __matmul__ __rmatmul__ __invert__
     batch_norm layer_norm group_norm instance_norm local_response_norm normalize rms_norm
     max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices avg_pool1d
     avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d
@@ -213,8 +209,9 @@ SHAPE_ONLY = frozenset(_with_inplace("""
     mean sum amax amin max min std var norm logsumexp prod cumsum argmax argmin topk sort all any
     clone detach detach_ to type type_as float half double bfloat16 cpu cuda requires_grad_
     new_zeros new_ones new_empty new_full zeros_like ones_like empty_like full_like
-    __get__ dim size numel nelement ndimension __len__ __iter__
+    __get__ __iter__
 """.split()))
+# (dim, size, numel and the other shape queries never get here: the trace answers them first)
 
 
 def may_run_hollow(model: nn.Module) -> bool:
@@ -271,18 +268,20 @@ class ModelState:
 
     def restore(self) -> None:
         for m, before in self.held:
-            now = _held(m)
-            for (where, key), value in now.items():
-                if (where, key) not in before:
-                    (m._parameters if where == "p" else m._buffers if where == "b" else m.__dict__).pop(key, None)
+            for where, key in _held(m).keys() - before.keys():
+                _place(m, where).pop(key, None)
             for (where, key), value in before.items():
-                (m._parameters if where == "p" else m._buffers if where == "b" else m.__dict__)[key] = value
+                _place(m, where)[key] = value
         with torch.no_grad():
             for t, ptr, alias, copy in self.tensors:
                 if storage(t) != ptr:  # `p.data = ...`
                     t.data = alias
                 if copy is not None and not torch.equal(t, copy):  # a write the trace did not see
                     t.copy_(copy)
+
+
+def _place(m: nn.Module, where: str) -> dict[str, Any]:
+    return m._parameters if where == "p" else m._buffers if where == "b" else m.__dict__
 
 
 def _held(m: nn.Module) -> dict[tuple[str, str], Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -37,7 +37,8 @@ __all__ = ["Call", "Trace", "trace_model"]
 _CAT = {"cat", "concat", "concatenate"}
 _SHAPE_QUERIES = {"dim", "size", "numel", "nelement", "ndimension", "__len__"}
 _PROPERTIES = {"shape", "dtype", "device", "ndim", "layout", "is_cuda", "requires_grad"}
-# in-place ops not named `*_` (`y[:, :4] = 0`); `y += x` reaches the mode as `add_`
+# in-place ops not named `*_`: `y[:, :4] = 0`, and the operators (`y ^= m`; `y += x` may
+# reach the mode as `add_` instead)
 _IN_PLACE = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
              "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__"}
 
@@ -77,19 +78,9 @@ class Trace:
         raise KeyError((module, index))
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
-
-
 def _first_tensor(obj: Any) -> torch.Tensor | None:
-    return next(_tensors(obj), None)
+    found = tensor_list(obj)
+    return found[0] if found else None
 
 
 class _Mode(TorchFunctionMode):
@@ -177,8 +168,8 @@ class _Mode(TorchFunctionMode):
     def _check_hollow(self, func: Any, name: str, args: tuple, kwargs: dict, inputs: list[torch.Tensor],
                       base: torch.Tensor | None) -> None:
         """Give up the hollow pass, before the op runs, where values could steer it or outlast it."""
-        if any(id(t) not in self.known and (t._base is None or id(t._base) not in self.known)
-               for t in all_tensors((args, kwargs))):
+        every = all_tensors((args, kwargs))  # slice bounds too
+        if any(id(t) not in self.known and (t._base is None or id(t._base) not in self.known) for t in every):
             self._give_up(f"{name} got a tensor made outside the trace")
         if base is not None and (id(base) in self.kept or storage(base) in self.kept_storage):
             # a buffer updated in forward, an input changed in place: a real pass does it once
@@ -188,7 +179,7 @@ class _Mode(TorchFunctionMode):
                 or name in RUNNING_STATS and updates_running_stats(func, name, args, kwargs)):
             # writes the trace cannot follow: through numpy or a storage, several outputs, running statistics
             self._give_up(f"{name} may write where the trace cannot follow")
-        hollow = [t for t in all_tensors((args, kwargs)) if self._is_hollow(t)]
+        hollow = [t for t in every if self._is_hollow(t)]
         if not hollow:
             return
         if name not in SHAPE_ONLY:
@@ -454,7 +445,7 @@ def _pass(model: nn.Module, example: torch.Tensor,
             events[0] += 1
             fld = _layout_field(mode, x)
             open_calls.setdefault(name, []).append(
-                (events[0], x, fld, {id(t) for t in _tensors(args)})
+                (events[0], x, fld, {id(t) for t in tensor_list(args)})
             )
         return hook
 
