@@ -9,6 +9,7 @@ the slow path it replaces.
 from __future__ import annotations
 
 import collections
+from concurrent.futures import Executor, Future
 
 import h5py
 import numpy as np
@@ -20,7 +21,7 @@ from torch.nn import functional as F
 import unitrec as ur
 from unitrec import hollow as H
 from unitrec import trace as T
-from unitrec.model import _HASHES, _sha256, _weight_bytes, state_dict_sha256
+from unitrec.model import _HASHES, _sha256, _weight_bytes, state_dict_sha256, weights_sha256_on
 
 
 def test_the_trace_is_cached_until_the_anatomy_changes():
@@ -78,6 +79,89 @@ def test_the_weights_hash_sees_every_change(change):
     after = state_dict_sha256(model)
     assert after != before
     assert after == _fresh(model)
+
+
+class _AtOnce(Executor):
+    """Runs each task as it is submitted: the hash is done before the caller goes on."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        done: Future = Future()
+        done.set_result(fn(*args, **kwargs))
+        return done
+
+
+class _Counting(nn.Module):
+    """Counts its calls in a buffer, written in place by every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.conv(x)
+
+
+def test_weights_written_while_hashed_are_hashed_again():
+    # record() hashes the weights beside the trace; a forward that updates a buffer
+    # in place changes them meanwhile, and the digest must be of what they are after
+    model = _Counting().eval()
+    before = _fresh(model)
+    digest = weights_sha256_on(_AtOnce(), model)  # hashed now, before the forward
+    with torch.no_grad():
+        model(torch.randn(1, 3, 8, 8))
+    assert digest() == _fresh(model) != before
+    assert state_dict_sha256(model) == _fresh(model)  # and the cache holds the new one
+
+
+def test_record_hashes_the_weights_the_trace_left(tmp_path):
+    model = _Counting().eval()
+    path = ur.record(model, torch.randn(2, 3, 8, 8), ["conv"], tmp_path / "a.h5", batch_size=2, progress=False)
+    traced = _Counting().eval()
+    traced.load_state_dict(model.state_dict())
+    traced.calls.fill_(1)  # after the trace's one pass, before the recording's batch
+    assert h5py.File(path, "r").attrs["weights_sha256"] == _fresh(traced)
+
+
+def _gives_up(x):
+    return x[:, :, : int(x.sum() > 0) + 2]  # a value decides a shape
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("model", ["hollow", "gives_up", "fails"])
+def test_the_trace_gives_back_torchs_threads(threads, model):
+    # the hollow pass runs torch on one thread; whatever happens, the count is put back
+    class Fails(nn.Module):
+        def forward(self, x):
+            raise ValueError("broken model")
+
+    net = {"hollow": _small(), "gives_up": nn.Sequential(nn.Conv2d(3, 4, 3), _Lambda(_gives_up)),
+           "fails": Fails()}[model]
+    x = torch.randn(1, 3, 16, 16)
+    if model == "gives_up":
+        with pytest.raises(H.NeedsValues):
+            T._trace(net, x, hollow=True)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if model == "fails":
+            with pytest.raises(ValueError, match="broken model"):
+                T.trace_model(net, x)
+        else:
+            T.trace_model(net, x)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(old)
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
 
 
 def _small() -> nn.Module:
