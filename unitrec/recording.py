@@ -233,6 +233,10 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
         # it (measured on 2 cores: the trace and every hash at once slowed both)
         weights_digest = weights_sha256_on(pool, model)
         sites, trace = resolve_sites(model, specs, example.unsqueeze(0).to(job.device))
+        if not trace.hollow:
+            # the model ran for real meanwhile and may have written into its tensors where
+            # no version counter sees it (numpy, .data): hash what it left, as a whole
+            weights_digest = weights_sha256_on(pool, model)
         stim_digest = pool.submit(stim.sha256)
         weights_sha, stim_sha = weights_digest(), stim_digest.result()
     _check_names(sites, stim)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -71,6 +71,8 @@ class Trace:
     counts: dict[str, int]  # calls per forward, per module name
     input_shape: tuple[int, ...]
     tokens: TokenGrid | None = None  # a vision transformer's token layout
+    # made by a hollow pass: the model ran no real op and wrote into none of its tensors
+    hollow: bool = field(default=False, compare=False)
 
     def find(self, module: str, index: int) -> Call:
         for call in self.calls:
@@ -435,6 +437,7 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
     if not all(ref.expired() for ref in stand_ins):
         state.restore()
         raise NeedsValues("stand-in values outlived the pass (kept by the model, a hook or a global)")
+    trace.hollow = True
     return trace
 
 
