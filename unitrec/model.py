@@ -318,26 +318,16 @@ def weights_sha256_on(pool: Executor, model: nn.Module) -> Callable[[], str]:
     """Start :func:`state_dict_sha256` on `pool`; call what it returns for the digest.
 
     The model's tensors are taken now, so the model may be used (traced, say) while
-    the threads hash them; where the use wrote into them in a way autograd counts (a
-    buffer updated in place), the digest hashes them again as they are then.
+    the threads hash them.
     """
     tensors = _weight_bytes(model)
     stamp = _stamp(model)
     cached = _HASHES.get(model)
-    fresh = cached is None or cached[0] != stamp
-    # unknown weights: the SHA-256 starts now, on one thread; the CRC-32s (kept for the
-    # next call's check) wait for digest(), so that the caller's own work meanwhile (the
-    # trace) keeps a core (measured on 2 cores: set-up 0.03 s shorter than both at once)
-    sha = pool.submit(_sha256, tensors) if fresh else None
-    crcs = [] if fresh else [pool.submit(zlib.crc32, data) for *_, data in tensors]
+    # unknown weights: the SHA-256 on one thread while the others take the CRC-32s
+    sha = pool.submit(_sha256, tensors) if cached is None or cached[0] != stamp else None
+    crcs = [pool.submit(zlib.crc32, data) for *_, data in tensors]
 
     def digest() -> str:
-        if fresh and _stamp(model) != stamp:
-            # written while hashed (a forward that updates its own buffers ran meanwhile):
-            # what was hashed may be torn, so hash the weights as they are now
-            return weights_sha256_on(pool, model)()
-        if fresh:
-            crcs.extend(pool.submit(zlib.crc32, data) for *_, data in tensors)
         values = [f.result() for f in crcs]
         if sha is None and cached is not None and values == cached[1]:
             return cached[2]

@@ -17,10 +17,9 @@ network that concatenates its children is mapped the same way as a DenseNet bloc
 
 from __future__ import annotations
 
-import contextlib
 import weakref
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -71,8 +70,6 @@ class Trace:
     counts: dict[str, int]  # calls per forward, per module name
     input_shape: tuple[int, ...]
     tokens: TokenGrid | None = None  # a vision transformer's token layout
-    # made by a hollow pass: the model ran no real op and wrote into none of its tensors
-    hollow: bool = field(default=False, compare=False)
 
     def find(self, module: str, index: int) -> Call:
         for call in self.calls:
@@ -369,31 +366,13 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
     if may_run_hollow(model):
         rng = rng_state()
         try:
-            with _one_thread(example.device):
-                trace = _trace(model, example, hollow=True)
+            trace = _trace(model, example, hollow=True)
         except NeedsValues:
             set_rng_state(rng)  # the real pass draws what one pass draws
     if trace is None:
         trace = _trace(model, example)
     _CACHE.setdefault(model, {})[key] = (anatomy, trace)
     return trace
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """torch on one CPU thread for the hollow pass: its real ops are small (a batch of
-    one, mostly elementwise), and on 2 cores a second thread only waits for the core
-    that hashes the weights meanwhile (measured: trace beside the SHA-256 0.09 s on one
-    thread, 0.16 s on two)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 #: model -> {(input shape, dtype, device): (anatomy, trace)}; entries go with the model
@@ -437,7 +416,6 @@ def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Tra
     if not all(ref.expired() for ref in stand_ins):
         state.restore()
         raise NeedsValues("stand-in values outlived the pass (kept by the model, a hook or a global)")
-    trace.hollow = True
     return trace
 
 
