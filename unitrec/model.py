@@ -317,8 +317,9 @@ def state_dict_sha256(model: nn.Module) -> str:
 def weights_sha256_on(pool: Executor, model: nn.Module) -> Callable[[], str]:
     """Start :func:`state_dict_sha256` on `pool`; call what it returns for the digest.
 
-    The model's tensors are taken now, so the model may be used (traced, say) while
-    the threads hash them.
+    The model's tensors are taken now. Run no forward pass until the digest is in: a
+    forward may write them where no version counter sees it (a numpy view, a deferred
+    ``nn.init.*_(w.data)``), and the hash would be of weights that never ran, or torn.
     """
     tensors = _weight_bytes(model)
     stamp = _stamp(model)
