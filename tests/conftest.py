@@ -83,6 +83,40 @@ def image_batch(folder: Path, transform) -> tuple[list[str], torch.Tensor]:
     return labels, torch.stack([transform(load_rgb(folder / lab)) for lab in labels])
 
 
+def in_blocks(fn, x: torch.Tensor, batch_size: int):
+    """`fn(x)` computed as a recording computes it: on blocks of `batch_size` rows, the
+    last padded with copies of its first row, keeping the real rows (a tensor, or a dict
+    of them).
+
+    PyTorch picks its kernels by batch size, so a row computed in another batch can differ
+    in the last bits (1.2e-5 on resnet50's `fc` on an AVX-512 machine with MKL): an oracle
+    equals a recording bit for bit only when computed in the recording's own blocks.
+    """
+    parts = []
+    for start in range(0, len(x), batch_size):
+        block = x[start : start + batch_size]
+        padded = torch.cat([block, block[:1].expand(batch_size - len(block), *block.shape[1:])])
+        out = fn(padded)
+        parts.append({k: v[: len(block)] for k, v in out.items()} if isinstance(out, dict) else out[: len(block)])
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def float32_sum_bound(abs_terms: torch.Tensor | np.ndarray, n: int) -> np.ndarray:
+    """How far apart two float32 sums of the same `n` terms may be, in any order or grouping
+    (another kernel, thread count or batch size): each lies within (n - 1)·u·Σ|term| of the
+    exact sum (Higham, Accuracy and Stability, eq. 4.4; u = eps / 2), so the two within
+    (n - 1)·eps·Σ|term|. `abs_terms`: Σ|term| per output, e.g. the layer applied to |x| with |W|."""
+    abs_terms = abs_terms.numpy() if isinstance(abs_terms, torch.Tensor) else np.asarray(abs_terms)
+    return (n - 1) * float(np.finfo(np.float32).eps) * abs_terms.astype(np.float64)
+
+
+def as_tensor(values: np.ndarray) -> torch.Tensor:
+    """Values read from a file as a tensor in torch's own (aligned) memory, as the model had them."""
+    return torch.tensor(values)
+
+
 _RUN_CONFIG = """
 import sys, unitrec as ur
 ur.run_config(sys.argv[1], progress=False)

@@ -23,7 +23,7 @@ from unitrec.preprocess import build_transform
 from unitrec.sites import resolve_sites, stages
 from unitrec.trace import trace_model
 
-from .conftest import image_batch
+from .conftest import as_tensor, image_batch, in_blocks
 
 # ---------------------------------------------------------------- every site, every model
 
@@ -104,7 +104,7 @@ def test_every_site_equals_an_out_of_place_feature_extractor(zoo, name, size, ev
     assert set(got) == set(sites)
     for site in sites:
         assert got[site].shape == want[site].shape, site
-        torch.testing.assert_close(got[site], want[site], rtol=0, atol=1e-5, msg=site)
+        torch.testing.assert_close(got[site], want[site], rtol=0, atol=0, msg=site)  # the same batch
 
 
 def test_the_oracle_sees_what_in_place_ops_later_erase(zoo):
@@ -151,17 +151,22 @@ def test_densenet_block_sources_name_the_input_then_each_denselayer(zoo, images,
     block = ur.load_layer(path, "features.denseblock2")
     source = block.source.values
     # by hand: run the block's layers on the recorded input, as DenseNet does
-    inp = torch.from_numpy(ur.load_layer(path, "features.denseblock2@input").values)
-    features = [inp]
-    for layer in m.features.denseblock2.values():
-        features.append(layer(features))
-    names = ["input"] + [f"denselayer{i}" for i in range(1, len(features))]
+    inp = as_tensor(ur.load_layer(path, "features.denseblock2@input").values)
+    names = ["input"] + [f"denselayer{i}" for i in range(1, len(m.features.denseblock2) + 1)]
+
+    def dense(x):
+        features = [x]
+        for layer in m.features.denseblock2.values():
+            features.append(layer(features))
+        return dict(zip(names, features))
+
+    features = list(in_blocks(dense, inp, 5).values())  # in the recording's blocks: equal bit for bit
     assert _runs(source) == [(n, f.shape[1]) for n, f in zip(names, features)]
     assert _runs(source)[:3] == [("input", 128), ("denselayer1", 32), ("denselayer2", 32)]
     # the label is right about the values too: denselayer3's channels are its output
     values = block.values
     for name, feat in zip(names, features):
-        np.testing.assert_allclose(values[:, source == name], feat.numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(values[:, source == name], feat.numpy(), err_msg=name)
 
 
 @torch.no_grad()
@@ -169,13 +174,13 @@ def test_googlenet_inception_sources_are_its_four_branches(zoo, images, tmp_path
     m = zoo("googlenet")
     path = _record(m, images, ["inception4a", "inception4a@input"], tmp_path / "g.h5", 64)
     block = ur.load_layer(path, "inception4a")
-    inp = torch.from_numpy(ur.load_layer(path, "inception4a@input").values)
-    branches = {f"branch{i}": getattr(m.inception4a, f"branch{i}")(inp) for i in range(1, 5)}
+    inp = as_tensor(ur.load_layer(path, "inception4a@input").values)
+    branches = in_blocks(lambda x: {f"branch{i}": getattr(m.inception4a, f"branch{i}")(x) for i in range(1, 5)},
+                         inp, 5)
     assert _runs(block.source.values) == [(k, v.shape[1]) for k, v in branches.items()]
     assert [n for _, n in _runs(block.source.values)] == [192, 208, 48, 64]
     for name, value in branches.items():
-        np.testing.assert_allclose(block.values[:, block.source.values == name], value.numpy(),
-                                   rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(block.values[:, block.source.values == name], value.numpy(), err_msg=name)
 
 
 @torch.no_grad()
@@ -184,32 +189,30 @@ def test_inception_v3_sources_name_the_last_module_of_each_branch(zoo, images, t
     sites = ["Mixed_5b", "Mixed_5b@input", "Mixed_6a", "Mixed_6a@input"]
     path = _record(m, images, sites, tmp_path / "i.h5", 80)
     b5 = m.Mixed_5b
-    inp = torch.from_numpy(ur.load_layer(path, "Mixed_5b@input").values)
-    by_hand = {
-        "branch1x1": b5.branch1x1(inp),
-        "branch5x5_2": b5.branch5x5_2(b5.branch5x5_1(inp)),
-        "branch3x3dbl_3": b5.branch3x3dbl_3(b5.branch3x3dbl_2(b5.branch3x3dbl_1(inp))),
-        "branch_pool": b5.branch_pool(F.avg_pool2d(inp, kernel_size=3, stride=1, padding=1)),
-    }
+    inp = as_tensor(ur.load_layer(path, "Mixed_5b@input").values)
+    by_hand = in_blocks(lambda x: {
+        "branch1x1": b5.branch1x1(x),
+        "branch5x5_2": b5.branch5x5_2(b5.branch5x5_1(x)),
+        "branch3x3dbl_3": b5.branch3x3dbl_3(b5.branch3x3dbl_2(b5.branch3x3dbl_1(x))),
+        "branch_pool": b5.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)),
+    }, inp, 5)
     mixed = ur.load_layer(path, "Mixed_5b")
     assert _runs(mixed.source.values) == [(k, v.shape[1]) for k, v in by_hand.items()]
     for name, value in by_hand.items():
-        np.testing.assert_allclose(mixed.values[:, mixed.source.values == name], value.numpy(),
-                                   rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(mixed.values[:, mixed.source.values == name], value.numpy(), err_msg=name)
     # Mixed_6a passes a max-pooled copy of its input through
     b6 = m.Mixed_6a
-    inp = torch.from_numpy(ur.load_layer(path, "Mixed_6a@input").values)
-    by_hand = {
-        "branch3x3": b6.branch3x3(inp),
-        "branch3x3dbl_3": b6.branch3x3dbl_3(b6.branch3x3dbl_2(b6.branch3x3dbl_1(inp))),
-        "max_pool2d(input)": F.max_pool2d(inp, kernel_size=3, stride=2),
-    }
+    inp = as_tensor(ur.load_layer(path, "Mixed_6a@input").values)
+    by_hand = in_blocks(lambda x: {
+        "branch3x3": b6.branch3x3(x),
+        "branch3x3dbl_3": b6.branch3x3dbl_3(b6.branch3x3dbl_2(b6.branch3x3dbl_1(x))),
+        "max_pool2d(input)": F.max_pool2d(x, kernel_size=3, stride=2),
+    }, inp, 5)
     mixed = ur.load_layer(path, "Mixed_6a")
     assert _runs(mixed.source.values) == [(k, v.shape[1]) for k, v in by_hand.items()]
     assert _runs(mixed.source.values)[-1] == ("max_pool2d(input)", 288)
     for name, value in by_hand.items():
-        np.testing.assert_allclose(mixed.values[:, mixed.source.values == name], value.numpy(),
-                                   rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(mixed.values[:, mixed.source.values == name], value.numpy(), err_msg=name)
 
 
 def test_provenance_summary_in_the_listing(zoo):
@@ -252,12 +255,16 @@ def test_fc_input_is_the_pooled_flattened_features(zoo, images, tmp_path, transf
     path = ur.record(m, images, layers, tmp_path / "f.h5", transform=transform64, batch_size=4,
                      progress=False)
     _, x = image_batch(images, transform64)
-    stem = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-    want = torch.flatten(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(stem))))), 1)
+
+    def features(b):
+        stem = m.maxpool(m.relu(m.bn1(m.conv1(b))))
+        return torch.flatten(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(stem))))), 1)
+
+    want = in_blocks(features, x, 4)  # in the recording's blocks: equal bit for bit
     for key in ("fc@input", "features"):
         da = ur.load_layer(path, key)
         assert da.dims == ("stimulus", "channel") and da.sizes["channel"] == 512
-        np.testing.assert_allclose(da.values, want.numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(da.values, want.numpy())
     assert ur.load_layer(path, "features").attrs["capture"] == "input"
     assert ur.load_layer(path, "fc@input").attrs["module"] == "fc"
 
@@ -268,7 +275,7 @@ def test_two_entries_of_the_deepest_module(zoo):
     layers = ["fc@input", {"name": "fc", "capture": "input", "as": "features"}]
     with ur.Recorder(m, layers, input_size=(3, 64, 64)) as rec:
         rec.run(torch.randn(2, 3, 64, 64))
-    torch.testing.assert_close(rec.activations["fc@input"], rec.activations["features"])
+    torch.testing.assert_close(rec.activations["fc@input"], rec.activations["features"], rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- stages
@@ -380,13 +387,16 @@ def test_a_users_network_records_values_sources_and_fields(images, tmp_path):
     path = ur.record(m, images, ["stem", "body.0", "body", "body.0.relu:1", "head"], tmp_path / "u.h5",
                      transform=tf, batch_size=3, progress=False)
     _, x = image_batch(images, tf)
-    stem = m.stem(x)
-    a, b = torch.relu(m.body[0].a(stem)), torch.relu(m.body[0].b(stem))
-    block = torch.cat([a, b, stem], 1)
-    want = {"stem": stem, "body.0": block, "body": torch.relu(block), "body.0.relu:1": b,
-            "head": m.head(torch.relu(block).mean((2, 3)))}
-    for site, value in want.items():
-        np.testing.assert_allclose(ur.load_layer(path, site).values, value.numpy(), rtol=0, atol=1e-6)
+
+    def by_hand(x):
+        stem = m.stem(x)
+        a, b = torch.relu(m.body[0].a(stem)), torch.relu(m.body[0].b(stem))
+        block = torch.cat([a, b, stem], 1)
+        return {"stem": stem, "body.0": block, "body": torch.relu(block), "body.0.relu:1": b,
+                "head": m.head(torch.relu(block).mean((2, 3)))}
+
+    for site, value in in_blocks(by_hand, x, 3).items():  # the recording's blocks: equal bit for bit
+        np.testing.assert_array_equal(ur.load_layer(path, site).values, value.numpy(), err_msg=site)
     # the concatenation is recorded before the Sequential's out-of-place ReLU
     assert ur.load_layer(path, "body.0").values.min() < 0
     assert list(ur.load_layer(path, "body.0").source.values) == ["relu:0"] * 4 + ["relu:1"] * 6 + ["input"] * 8

@@ -15,7 +15,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def test_cuda_recording_matches_cpu(images, transform64, tmp_path):
     sites = ["bn1", "layer1.0.relu:1", {"name": "layer3", "units": "center"}, {"name": "layer4", "pool": "max"}]
     cpu = ur.record(ur.load_model("resnet18"), images, sites, tmp_path / "cpu.h5", transform=transform64,
-                    progress=False)
+                    progress=False, batch_size=4)  # the same blocks: only the device differs (TF32 convolutions)
     gpu = ur.record(ur.load_model("resnet18"), images, sites, tmp_path / "gpu.h5", transform=transform64,
                     progress=False, device="cuda", num_workers=2, batch_size=4)
     for site in ("bn1", "layer1.0.relu:1", "layer3", "layer4"):

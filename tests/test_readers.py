@@ -207,3 +207,30 @@ def _stitched_gratings(single, tmp_path):
         path = ur.record(model, stim, ["1", "3"], tmp_path / "st.h5", batch_size=2, progress=False,
                          transform=transform, shard=(i, 2))
     return path
+
+
+def test_to_brainscore_takes_the_stimulus_id_column_and_the_rename_is_warned(tmp_path):
+    from unitrec.convert import to_brainscore
+
+    root = tmp_path / "stim"
+    ur.stimuli.gratings(root, size=8, orientations=[0, 90], spatial_frequencies=[2], phases=[0])
+    labels = ur.stimuli.find_stimuli(root)
+    (root / "metadata.csv").write_text("path,stimulus_id,image_id\n" + "".join(
+        f"{lab},bs{i},{10 + i}\n" for i, lab in enumerate(labels)))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten()).eval()
+    transform = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)  # noqa: E731
+    with pytest.warns(ur.UnitrecWarning, match="'stimulus_id' as 'meta_stimulus_id'"):
+        path = ur.record(model, root, ["1"], tmp_path / "a.h5", progress=False, transform=transform)
+    da = ur.load_layer(path, "1")
+    assembly = to_brainscore(da)
+    assert list(assembly["stimulus_id"].values) == ["bs0", "bs1"]  # the column, not the file names
+    assert list(assembly["stimulus_file"].values) == labels
+    assert "meta_stimulus_id" not in assembly.coords
+    chosen = to_brainscore(da, stimulus_id="image_id")
+    assert list(chosen["stimulus_id"].values) == ["10", "11"]
+    assert list(to_brainscore(da, stimulus_id="stimulus_id")["stimulus_id"].values) == ["bs0", "bs1"]
+    with pytest.raises(ur.ConfigError, match=r"stimulus_id='imageid' is not a stimulus coordinate.*image_id"):
+        to_brainscore(da, stimulus_id="imageid")
+    with pytest.raises(ur.ConfigError, match="repeats ids"):
+        to_brainscore(da.assign_coords(image_id=("stimulus", [5, 5])), stimulus_id="image_id")

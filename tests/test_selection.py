@@ -77,13 +77,15 @@ def test_positions_with_channels_are_their_product(recorded):
 def test_pooling_over_space(recorded):
     acts, sites = recorded
     full = acts["layer2"]
-    torch.testing.assert_close(acts["mean"], full.mean((2, 3)), rtol=0, atol=1e-6)
+    torch.testing.assert_close(acts["mean"], full.mean((2, 3)), rtol=0, atol=0)  # the same op on the same batch
     torch.testing.assert_close(acts["max"], full[:, [5, 0]].amax((2, 3)), rtol=0, atol=0)
     assert sites["mean"].selection.dims == ("channel",)
     np.testing.assert_array_equal(_coords(sites["max"])["channel"], [5, 0])
     assert "rf_center_y" not in _coords(sites["mean"])
-    # a pooled unit sees the union of the fields of every position it pools
-    assert sites["mean"].attrs()["rf_size"] == [99 + 7 * 8] * 2
+    # a pooled unit sees the union of the fields of every position it pools; rf_size
+    # stays one position's, as `unitrec layers` lists it
+    assert sites["mean"].attrs()["rf_size_pooled"] == [99 + 7 * 8] * 2
+    assert sites["mean"].attrs()["rf_size"] == [99, 99]
     assert sites["layer2"].attrs()["rf_size"] == [99, 99]
 
 

@@ -198,8 +198,14 @@ def test_whole_chunks_go_straight_to_the_file(tmp_path, monkeypatch):
     model = _small()
     x = torch.randn(10, 3, 16, 16)
     sites = [{"name": "1", "as": "layer1"}, {"name": "5", "as": "fc"}]
+    checked = ur.record(model, x, sites, tmp_path / "c.h5", batch_size=4, progress=False)
+    assert set(paths) == {"normal"}  # Fletcher-32 chunks (the default) go through HDF5's filter
+    paths.clear()
+    monkeypatch.setattr(W, "_CHECKSUM", False)  # without the checksum, whole chunks go straight to the file
     path = ur.record(model, x, sites, tmp_path / "r.h5", batch_size=4, progress=False)
     assert paths.count("direct") == 4 and paths.count("normal") == 2  # the last block holds 2 of 4 rows
+    for key in ("layer1", "fc"):
+        np.testing.assert_array_equal(ur.load_layer(path, key).values, ur.load_layer(checked, key).values)
     with monkeypatch.context() as m:  # the oracle: every row through HDF5's normal write
         m.setattr(W, "_raw_rows", lambda ds: False)
         paths.clear()

@@ -363,9 +363,10 @@ def test_metadata_columns_named_like_summary_variables_are_prefixed(tmp_path):
     rows = [",".join(["path", *names])] + [",".join([f, *[str(100 + i)] * len(names)]) for i, f in enumerate(files)]
     (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
     to_tensor = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)  # noqa: E731
-    path = ur.record(_model(), folder, [{"name": "1", "keep": "both", "top": 2}, {"name": "3", "keep": "summary",
-                                                                                 "pool": "max", "top": 2}],
-                     tmp_path / "a.h5", batch_size=3, progress=False, transform=to_tensor)
+    with pytest.warns(ur.UnitrecWarning, match="'mean' as 'meta_mean', 'response' as 'meta_response'"):
+        path = ur.record(_model(), folder, [{"name": "1", "keep": "both", "top": 2},
+                                            {"name": "3", "keep": "summary", "pool": "max", "top": 2}],
+                         tmp_path / "a.h5", batch_size=3, progress=False, transform=to_tensor)
     _check_against_numpy(path, "1")
     s = ur.load_summary(path, "3")
     assert "top_meta_response" in s and float(s["top_response"].max()) < 100  # the responses, not the column

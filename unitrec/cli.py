@@ -51,7 +51,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     import unitrec as ur
     from .load import recording_info
 
-    path = ur.merge(args.out, copy=args.copy)
+    path = ur.merge(args.out, copy=args.copy, overwrite=args.overwrite)
     info = recording_info(path)
     how = ("a self-contained copy" if args.copy else
            f"virtual datasets over {Path(info['shards'][0]['file']).parent}/, {_size(info['shards_size'])}")
@@ -72,9 +72,16 @@ def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> No
               f"by `unitrec merge {out}`)")
         return
     finished = info.get("finished")
-    if finished and datetime.datetime.fromisoformat(finished) < started:
+    from .writer import finisher
+
+    by = info.get("finished_by")
+    if by is not None and by != finisher() and "shards" in info:
+        print(f"{path} was stitched by another process (a shard that finished at the same time, or an earlier "
+              f"run): {info['n_recorded']} of {info['n_stimuli']} stimuli, finished {str(finished)[:19]}")
+        return
+    if (finished and datetime.datetime.fromisoformat(finished) < started) or (by is not None and by != finisher()):
         print(f"nothing to record: {path} already holds this job's finished recording "
-              f"({info['n_recorded']} of {info['n_stimuli']} stimuli, finished {finished[:19]}); "
+              f"({info['n_recorded']} of {info['n_stimuli']} stimuli, finished {str(finished)[:19]}); "
               "--overwrite records it again")
         return
     print(f"\nrecorded {info['n_recorded']} of {info['n_stimuli']} stimuli"
@@ -121,14 +128,13 @@ def _stitching(info: dict) -> str:
 
 def _cmd_layers(args: argparse.Namespace) -> int:
     import unitrec as ur
-    from .sites import stages
-    from .trace import trace_model
+    from .sites import stages, trace_example
     import torch
 
     model = ur.load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
     size = (3, args.input_size, args.input_size) if args.input_size else getattr(model, "unitrec_input_size",
                                                                                    (3, 224, 224))
-    trace = trace_model(model, torch.randn(1, *size, generator=torch.Generator().manual_seed(0)))
+    trace = trace_example(model, torch.randn(1, *size, generator=torch.Generator().manual_seed(0)), every=True)
     rows = ur.list_layers(model, size, trace=trace)
     if args.stages:
         keep = set(stages(model, trace))
@@ -138,21 +144,29 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.__dict__ | {"provenance": r.provenance} for r in rows], default=list, indent=1))
         return 0
-    header = ("site", "type", "output", "units", "calls", "rf size", "rf stride", "channels")
+    header = ("site", "type", "output", "units", "calls", "rf size", "rf stride", "pooled rf", "channels")
     table = [header]
     for r in rows:
         shape = "×".join(map(str, r.output_shape)) if r.output_shape is not None else "-"
         table.append((r.name, r.type, shape, str(r.units), str(r.calls), _rows_by_cols(r.rf_size),
-                      _rows_by_cols(r.rf_stride), r.provenance))
+                      _rows_by_cols(r.rf_stride), _rows_by_cols(r.rf_size_pooled), r.provenance))
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     print(f"\n{len(rows)} sites of {args.model} at input {size}. Sites called more than once per "
-          "forward are indexed (name:k); add @input to record what enters a module.")
+          "forward are indexed (name:k); add @input to record what enters a module. rf size: the field "
+          "of one position; pooled rf: of a unit pooled over the whole map (pool: mean | max).")
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .load import _damage_is_one_line
+
+    with _damage_is_one_line(args.file):  # a garbled attribute (JSON, a type) of a damaged file: one line
+        return _print_info(args)
+
+
+def _print_info(args: argparse.Namespace) -> int:
     from .load import recording_info
 
     info = recording_info(args.file)
@@ -180,6 +194,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for site in info["sites"]:
         dims = ", ".join(f"{d}={n}" for d, n in zip(site["dims"], site["shape"]))
         rf = f"  rf {_rows_by_cols(site['rf_size'].tolist())} px" if "rf_size" in site else ""
+        if "rf_size_pooled" in site:
+            rf += f" (pooled over the map: {_rows_by_cols(site['rf_size_pooled'].tolist())} px)"
         print(f"  {site['name']:<28} {site.get('module_type', ''):<18} ({dims}) {site['dtype']}{rf}{_kept(site)}")
     print(*_reader_notes(info), sep="\n", end="\n" if _reader_notes(info) else "")
     for reason in info["skipped"][:10]:
@@ -222,7 +238,8 @@ def _cmd_stimuli(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    index = write_report(args.file, args.out_dir, by=args.by)
+    index = write_report(args.file, args.out_dir, by=args.by, units_per_site=args.units_per_site, force=args.force,
+                         progress=not args.no_progress)
     print(f"report: {index}")
     return 0
 
@@ -256,6 +273,9 @@ def _parser() -> argparse.ArgumentParser:
                                        "shards that are missing, unfinished or from another job.")
     merge.add_argument("out", help="the output the shards were recorded for, e.g. runs/x/activations.h5")
     merge.add_argument("--copy", action="store_true", help="copy the activations into OUT (self-contained)")
+    merge.add_argument("--overwrite", action="store_true",
+                       help="replace an OUT that is not a stitch of these shards (kept whole until the new one is "
+                            "written)")
     merge.set_defaults(func=_cmd_merge)
 
     layers = sub.add_parser("layers", help="list every recording site of a model",
@@ -324,6 +344,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("file", help="a .h5 recording")
     report.add_argument("out_dir", help="folder for the figures and index.html")
     report.add_argument("--by", default=None, help="stimulus coordinate for tuning curves (default: orientation if present)")
+    report.add_argument("--units-per-site", type=int, default=8, metavar="N",
+                        help="tuning curves drawn per site (default 8)")
+    report.add_argument("--force", action="store_true",
+                        help="write the report even if OUT_DIR holds the report of this recording with these options")
+    report.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     report.set_defaults(func=_cmd_report)
     return p
 

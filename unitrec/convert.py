@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UnitrecError
+from .errors import ConfigError, UnitrecError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -63,7 +63,7 @@ def to_rsatoolbox(da: xr.DataArray):
                    channel_descriptors=channels or None)
 
 
-def to_brainscore(da: xr.DataArray, model: str | None = None) -> xr.DataArray:
+def to_brainscore(da: xr.DataArray, model: str | None = None, stimulus_id: str | None = None) -> xr.DataArray:
     """A recording in Brain-Score's ``NeuroidAssembly`` convention.
 
     Brain-Score's model activations are ``(presentation, neuroid)`` with
@@ -79,6 +79,12 @@ def to_brainscore(da: xr.DataArray, model: str | None = None) -> xr.DataArray:
     model : str, optional
         The model identifier in ``neuroid_id`` and the ``model`` coordinate; default:
         the recording's ``model`` attribute (``resnet18``, ...).
+    stimulus_id : str, optional
+        The stimulus coordinate (a metadata.csv column) that holds each stimulus's
+        Brain-Score id, e.g. ``"image_id"``; its values must be unique and non-empty.
+        Default: a ``stimulus_id`` column of metadata.csv when there is one (stored as
+        ``meta_stimulus_id``), else the stimulus label. Where the id is a column, the
+        label is kept as ``stimulus_file``.
 
     Returns
     -------
@@ -113,10 +119,14 @@ def to_brainscore(da: xr.DataArray, model: str | None = None) -> xr.DataArray:
     renamed = {"y": "channel_y", "x": "channel_x"}
     neuroid = {"neuroid_id": ids, "neuroid_num": numbers, "model": np.full(n_units, model), "layer": layers}
     neuroid.update({renamed.get(name, name): column for name, column in units.items() if name != "unit"})
-    presentation = {"stimulus_id": obs.pop("stimulus")}
+    labels = obs.pop("stimulus")
+    column = _id_column(obs, stimulus_id)
+    presentation = {"stimulus_id": labels if column is None else _ids(obs.pop(column), column)}
+    if column is not None and "stimulus_file" not in obs:
+        presentation["stimulus_file"] = labels
     root = da.attrs.get("stimulus_root")
     if root and "stimulus_path" not in obs:
-        presentation["stimulus_path"] = np.array([str(Path(str(root)) / s) for s in presentation["stimulus_id"]])
+        presentation["stimulus_path"] = np.array([str(Path(str(root)) / s) for s in labels])
     presentation.update({name: column for name, column in obs.items() if name != "done"})
     coords = {name: ("presentation", column) for name, column in presentation.items()}
     coords.update({name: ("neuroid", column) for name, column in neuroid.items()})
@@ -128,6 +138,39 @@ def to_brainscore(da: xr.DataArray, model: str | None = None) -> xr.DataArray:
 
         return xr.DataArray(data, coords=coords, dims=("presentation", "neuroid"), attrs=attrs)
     return assembly_class(data, coords=coords, dims=["presentation", "neuroid"], attrs=attrs)
+
+
+def _id_column(obs: dict[str, np.ndarray], asked: str | None) -> str | None:
+    """The stimulus coordinate that gives Brain-Score's ``stimulus_id``, or None for the label."""
+    if asked is None:
+        return "meta_stimulus_id" if "meta_stimulus_id" in obs else None
+    if asked in obs:
+        return asked
+    if f"meta_{asked}" in obs:  # the column's name in metadata.csv, stored with a prefix
+        return f"meta_{asked}"
+    names = ", ".join(sorted(n for n in obs if n != "done")) or "none"
+    raise ConfigError(f"stimulus_id={asked!r} is not a stimulus coordinate of this recording (it has: {names}); "
+                      "name a metadata.csv column, or leave stimulus_id out to use the stimulus labels")
+
+
+def _ids(values: np.ndarray, column: str) -> np.ndarray:
+    """A column's values as Brain-Score stimulus ids: text, unique, none empty."""
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        raise ConfigError(f"stimulus_id column {column!r} is empty for {int(np.isnan(values).sum())} stimuli; "
+                          "give every stimulus an id in metadata.csv")
+    if values.dtype.kind == "f" and np.all(values == np.round(values)):
+        values = values.astype(np.int64)  # 3.0 -> "3"
+    ids = np.asarray(values).astype(str)
+    empty = int((np.char.strip(ids) == "").sum())
+    if empty:
+        raise ConfigError(f"stimulus_id column {column!r} is empty for {empty} stimuli; "
+                          "give every stimulus an id in metadata.csv")
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        twice = ", ".join(repr(str(u)) for u in unique[counts > 1][:3])
+        raise ConfigError(f"stimulus_id column {column!r} repeats ids ({twice}); Brain-Score needs one id per "
+                          "stimulus: make the column unique or name another with stimulus_id=")
+    return ids
 
 
 def _neuroid_assembly():

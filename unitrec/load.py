@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence, Uni
 import h5py
 import numpy as np
 
-from .errors import LayerNotFoundError, RecordingError, UnitrecWarning
-from .stitch import missing_sources, source_chunks
+from .errors import LayerNotFoundError, RecordingError, UnitrecError, UnitrecWarning
+from .stitch import check_sources, source_chunks
 
 if TYPE_CHECKING:
     import xarray as xr  # imported where used: `unitrec info` reads the file with h5py alone
@@ -44,6 +44,34 @@ def _plugins() -> None:
         pass
 
 
+_ZSTD = 32015  # HDF5's id of the Zstd filter
+
+
+def _no_zstd(path: str) -> RecordingError:
+    return RecordingError(f"{path} is compressed with zstd and this Python cannot decompress it: install hdf5plugin "
+                          "(pip install 'unitrec[zstd]') here and, on a dask cluster, on every worker")
+
+
+def _open_with_plugins(*args: Any, **kwargs: Any) -> Any:
+    """The file as xarray opens it (``h5netcdf.File``), after registering the Zstd filter in *this*
+    process: a dask.distributed worker process reading a block imports unitrec, never hdf5plugin."""
+    import h5netcdf
+
+    _plugins()
+    if not h5py.h5z.filter_avail(_ZSTD):
+        raise _no_zstd(str(args[0]))
+    return h5netcdf.File(*args, **kwargs)
+
+
+def _store_with_plugins(path: str, group: str) -> Any:
+    """A group of a zstd recording as an xarray store whose file is opened by :func:`_open_with_plugins`."""
+    from xarray.backends import CachingFileManager, H5NetCDFStore
+
+    manager = CachingFileManager(_open_with_plugins, path, mode="r",
+                                 kwargs={"invalid_netcdf": None, "decode_vlen_strings": True, "driver": None})
+    return H5NetCDFStore(manager, group=group, mode="r")
+
+
 def _check_file(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -61,11 +89,12 @@ def _check_file(path: str | os.PathLike) -> str:
 def _open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     """Open a recording read-only; what is not a readable recording is a one-line RecordingError."""
     path = _check_file(path)
+    _drop_stale_handles(path)
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
         raise RecordingError(_unreadable(path, exc)) from None
-    with h5:
+    with h5, _damage_is_one_line(path):
         try:
             h5.get("done")
         except (KeyError, OSError, RuntimeError) as exc:  # opens, but an object header is damaged
@@ -77,15 +106,107 @@ def _open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
                 f"{path} is not a unitrec recording: an HDF5 file without unitrec's layout (no 'done' "
                 f"mask, {'no format attribute' if fmt is None else f'format {fmt!r}'})"
             )
-        missing = missing_sources(h5)
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise RecordingError(
-                f"{path} reads its activations from shard files that are not there: {', '.join(missing[:3])}"
-                f"{more} (looked in {os.path.dirname(os.path.abspath(path))}); move the .shards folder together "
-                f"with the file (or, while both are there, make one self-contained file: `unitrec merge {path} "
-                "--copy`)")
+        check_sources(path, h5)  # a stitched file's shards: there, and the ones it was stitched from
         yield h5
+
+
+#: What reading a damaged file raises from h5py, HDF5 and the netCDF layer (a flipped bit in an
+#: object header, a heap, an attribute): said in one line instead of a traceback.
+_DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError)
+
+
+@contextlib.contextmanager
+def _damage_is_one_line(path: str) -> Iterator[None]:
+    try:
+        yield
+    except (UnitrecError, BrokenPipeError):
+        raise
+    except _DAMAGE as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise RecordingError(f"{path} is damaged: reading it failed ({type(exc).__name__}: {detail}); copy it "
+                             "again or record it again") from None
+
+
+def _check_activation(path: str, h5: h5py.File, ds: h5py.Dataset) -> None:
+    """Refuse a site whose layout is garbled: there a flipped bit reads as other numbers, or as NaN
+    (a lost chunk), without an error from HDF5, and the chunks' checksums cannot see it."""
+    if ds.is_virtual:
+        return  # its shards are checked when they are read
+    if _zstd(ds) and not h5py.h5z.filter_avail(_ZSTD):
+        raise _no_zstd(path)
+    what = None
+    if ds.dtype not in (np.dtype("<f4"), np.dtype("<f2")) or not np.isnan(ds.fillvalue):
+        what = f"its type is {ds.dtype} with fill value {ds.fillvalue}, not float32/float16 with NaN"
+    elif ds.ndim < 2 or ds.shape[0] != h5["done"].shape[0]:
+        what = f"its shape {ds.shape} does not have the file's {h5['done'].shape[0]} stimuli"
+    elif ds.chunks is not None:  # every chunk where a chunk can be, and one wherever a row is recorded
+        where: set[tuple[int, ...]] = set()
+        ds.id.chunk_iter(lambda info: where.add(info.chunk_offset))
+        stray = [o for o in where if any(i % c or i >= n for i, c, n in zip(o, ds.chunks, ds.shape))]
+        across = int(np.prod([-(-n // c) for n, c in zip(ds.shape[1:], ds.chunks[1:])]))  # chunks per row block
+        per_block = np.bincount([o[0] // ds.chunks[0] for o in where], minlength=-(-ds.shape[0] // ds.chunks[0]))
+        recorded = np.unique(np.flatnonzero(h5["done"][...] == 1) // ds.chunks[0])
+        lost = int((across - per_block[recorded]).sum()) if recorded.size else 0
+        if stray:
+            what = f"its chunk index puts a chunk at {stray[0]}, outside its shape {ds.shape}"
+        elif lost:
+            what = f"{lost} chunks of recorded rows are missing from its chunk index"
+    if what:
+        raise RecordingError(f"{path} is damaged: {ds.name.lstrip('/')}: {what}; copy it again or record it "
+                             "again")
+
+
+def _stale_handles(path: str, *, renamed_only: bool = False) -> list[tuple[h5py.h5f.FileID, str]]:
+    """Files this process holds open that are `path` (the same inode) under an earlier name, or
+    read-only while it is still being written (``.partial.h5``; unless `renamed_only`).
+
+    HDF5 opens a file that is already open by sharing the open one, with its cached
+    metadata: a recording opened while it was ``.partial.h5`` (a lazy array in a
+    notebook) would make the finished file read as the old one ("incomplete", rows
+    that are not there, addresses past the end).
+    """
+    try:
+        here = os.stat(path)
+    except OSError:
+        return []
+    stale = []
+    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            held = os.fstat(fid.get_vfd_handle())
+            name = fid.name.decode(errors="replace") if isinstance(fid.name, bytes) else str(fid.name)
+        except (OSError, RuntimeError, ValueError, TypeError):
+            continue  # not a plain file (in memory), or closed meanwhile
+        if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino):
+            continue
+        renamed = os.path.abspath(name) != os.path.abspath(path)
+        if renamed or (not renamed_only and name.endswith(".partial.h5") and fid.get_intent() == h5py.h5f.ACC_RDONLY):
+            stale.append((fid, name))
+    return stale
+
+
+def _drop_stale_handles(path: str) -> None:
+    """Close what xarray keeps open of `path` under an old name (its lazy arrays reopen by name on
+    their next read); refuse, in one line, when something else holds it (an h5py.File)."""
+    stale = _stale_handles(path)
+    if not stale:
+        return
+    import sys
+
+    if "xarray.backends.file_manager" in sys.modules:
+        from xarray.backends.file_manager import FILE_CACHE
+
+        names = {name for _, name in stale}
+        for key, file in list(FILE_CACHE.items()):
+            h5 = getattr(file, "_h5file", file)  # h5netcdf.File wraps an h5py.File
+            if getattr(h5, "filename", None) in names:
+                FILE_CACHE.pop(key, None)
+                with contextlib.suppress(Exception):
+                    file.close()
+        stale = _stale_handles(path, renamed_only=True)
+    if stale:
+        raise RecordingError(f"{path} is still open in this Python as {stale[0][1]} (an h5py.File or array taken "
+                             "before the run finished), and HDF5 would read that old state; close it "
+                             "(f.close(), ds.close(), or restart the kernel) and load again")
 
 
 def _unreadable(path: str, exc: OSError) -> str:
@@ -119,11 +240,66 @@ def open_recording(path: str | os.PathLike, *, chunks: Chunks = None) -> xr.Data
     >>> tree["layer1"]["activation"]  # doctest: +SKIP
     """
     _plugins()
-    with _open_h5(path):  # a clear error for anything that is not a readable recording
-        pass
+    with _open_h5(path) as h5:  # a clear error for anything that is not a readable recording
+        virtual = h5.attrs.get("stitched") == "virtual"
+        for group in h5.values():
+            if isinstance(group, h5py.Group) and isinstance(group.get("activation"), h5py.Dataset):
+                _check_activation(os.fspath(path), h5, group["activation"])
     import xarray as xr
 
-    return xr.open_datatree(os.fspath(path), engine="h5netcdf", chunks=chunks)
+    with _damage_is_one_line(os.fspath(path)):
+        if not virtual:
+            return xr.open_datatree(os.fspath(path), engine="h5netcdf", chunks=chunks)
+        tree = xr.open_datatree(os.fspath(path), engine="h5netcdf")
+    for name, node in tree.children.items():  # every read of a stitched site checks its shards first
+        if "activation" in node.data_vars:
+            ds = node.to_dataset()
+            ds["activation"] = _guarded(ds["activation"], os.fspath(path), f"{name}/activation", chunks)
+            tree[name].dataset = ds
+    return tree
+
+
+def _guarded(da: xr.DataArray, path: str, dataset: str, chunks: Chunks) -> xr.DataArray:
+    """`da` reading through :class:`_CheckedSource`, lazily (or as dask with `chunks`)."""
+    from xarray.core import indexing
+
+    source = __getattr__("_CheckedSource") if "_CheckedSource" not in globals() else globals()["_CheckedSource"]
+    data = indexing.LazilyIndexedArray(source(os.path.abspath(path), dataset, da.shape, da.dtype))
+    da = da.copy(data=data)  # type: ignore[arg-type]
+    return da if chunks is None else da.chunk(chunks)  # type: ignore[arg-type]
+
+
+def _checked_source_class() -> type:
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    class _CheckedSource(BackendArray):
+        """A stitched file's virtual dataset, read only after :func:`check_sources` passed.
+
+        A lazy array kept in a notebook would otherwise read another job's rows
+        once a shard is recorded again under it."""
+
+        def __init__(self, path: str, dataset: str, shape: tuple[int, ...], dtype: Any) -> None:
+            self.path, self.dataset, self.shape, self.dtype = path, dataset, shape, np.dtype(dtype)
+
+        def __getitem__(self, key: Any) -> np.ndarray:
+            return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
+
+        def _read(self, key: tuple) -> np.ndarray:
+            _plugins()
+            with _open_h5(self.path) as h5:  # checks the shards, then reads
+                return np.asarray(h5[self.dataset][key])
+
+    return _CheckedSource
+
+
+def __getattr__(name: str) -> Any:  # the class needs xarray, imported on first use only
+    if name == "_CheckedSource":
+        cls = _checked_source_class()
+        cls.__module__, cls.__qualname__ = __name__, "_CheckedSource"
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sites_in(path: str | os.PathLike) -> list[str]:
@@ -201,16 +377,26 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Chunks = None,
                                      f"read it with ur.load_summary({path!r}, {layer!r})")
         if layer not in sites:
             raise LayerNotFoundError(_no_site(layer, sites, path))
+        _check_activation(path, h5, h5[layer]["activation"])
         coords = _stimulus_coords(h5)
         described = {name: _cf_attrs(h5[name]) for name in coords}
         attrs = _root_attrs(h5)
         if isinstance(chunks, dict) and not chunks:  # the file's own chunks; a virtual dataset has none
             chunks = source_chunks(h5[layer]["activation"]) or chunks
+        virtual = h5.attrs.get("stitched") == "virtual"
+        zstd = _zstd(h5[layer]["activation"])
     import xarray as xr
 
-    ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=chunks)
-    da = ds["activation"].drop_vars([c for c in ds["activation"].coords if c == "stimulus_id"])
-    da = _text_coords(da.assign_coords(coords))
+    with _damage_is_one_line(path):
+        if zstd:  # opened on each dask worker with the Zstd filter registered
+            ds = xr.open_dataset(_store_with_plugins(path, layer), chunks=None if virtual else chunks)
+        else:
+            ds = xr.open_dataset(path, group=layer, engine="h5netcdf", chunks=None if virtual else chunks)
+        da = ds["activation"].drop_vars([c for c in ds["activation"].coords if c == "stimulus_id"])
+    if virtual:  # every read checks first that the shards are still the ones stitched
+        da = _guarded(da, path, f"{layer}/activation", chunks)
+    with _damage_is_one_line(path):  # a damaged scale gives a coordinate of the wrong length
+        da = _text_coords(da.assign_coords(coords))
     for name, cf in described.items():  # units and long_name, as a plain xarray open gives them
         da.coords[name].attrs.update(cf)
     da.attrs.update(attrs)
@@ -319,7 +505,7 @@ def _zstd(ds: h5py.Dataset) -> bool:
     if ds.is_virtual:
         return False  # the shards say; their compression is the recording's
     plist = ds.id.get_create_plist()
-    return any(plist.get_filter(i)[0] == 32015 for i in range(plist.get_nfilters()))
+    return any(plist.get_filter(i)[0] == _ZSTD for i in range(plist.get_nfilters()))
 
 
 def _summary_count(h5: h5py.File, group: h5py.Group) -> int:
@@ -435,6 +621,9 @@ def load_population(path: str | os.PathLike, layers: Sequence[str] | None = None
     return pop
 
 
+_INFO_ATTRS = ("module_type", "selection", "rf_size", "rf_size_pooled")  # a site's, for `unitrec info`
+
+
 def recording_info(path: str | os.PathLike) -> dict[str, Any]:
     """A summary of a recording for humans (``unitrec info``): provenance and sites."""
     path = _check_file(path)
@@ -456,13 +645,13 @@ def recording_info(path: str | os.PathLike) -> dict[str, Any]:
                 act = group["activation"]
                 dims = [act.dims[i][0].name.rsplit("/", 1)[-1] for i in range(act.ndim)]
                 entry = {"name": key, "dims": dims, "shape": act.shape, "dtype": str(act.dtype),
-                         **{k: act.attrs[k] for k in ("module_type", "selection", "rf_size") if k in act.attrs}}
+                         **{k: act.attrs[k] for k in _INFO_ATTRS if k in act.attrs}}
                 if _zstd(act):
                     entry["compression"] = "zstd"
             elif keep == "summary":
                 dims = _unit_dims(group, group["mean"] if "mean" in group else None)
                 entry = {"name": key, "dims": dims, "shape": tuple(group[d].shape[0] for d in dims),
-                         "dtype": "float64", **{k: group.attrs[k] for k in ("module_type", "selection", "rf_size")
+                         "dtype": "float64", **{k: group.attrs[k] for k in _INFO_ATTRS
                                                 if k in group.attrs}}
             else:
                 continue

@@ -30,7 +30,7 @@ def output_lock(out: Path, *, wait: bool = False) -> Iterator[None]:
             yield
         return
     for _ in range(100 if wait else 5):
-        fh = open(lock_path, "a+")
+        fh = _open_lock(out, lock_path)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -55,6 +55,15 @@ def output_lock(out: Path, *, wait: bool = False) -> Iterator[None]:
         fh.close()
 
 
+def _open_lock(out: Path, lock_path: Path):
+    try:
+        return open(lock_path, "a+")
+    except OSError as exc:  # a read-only folder or file system, a folder of another user
+        raise RecordingError(f"cannot create the lock file {lock_path} ({exc.strerror or exc}): writing {out} "
+                             f"needs a writable folder; make {lock_path.parent} writable, or write to another "
+                             "folder") from None
+
+
 @contextlib.contextmanager
 def _portable_lock(out: Path, lock_path: Path, wait: bool) -> Iterator[None]:
     import filelock
@@ -65,6 +74,10 @@ def _portable_lock(out: Path, lock_path: Path, wait: bool) -> Iterator[None]:
     except filelock.Timeout:
         raise RecordingError(f"another process is writing {out} right now (lock {lock_path}); wait for it or "
                              "choose another output") from None
+    except OSError as exc:  # a read-only folder
+        raise RecordingError(f"cannot create the lock file {lock_path} ({exc.strerror or exc}): writing {out} "
+                             f"needs a writable folder; make {lock_path.parent} writable, or write to another "
+                             "folder") from None
     try:
         yield
     finally:

@@ -14,6 +14,7 @@ import importlib
 import os
 import re
 import sys
+import types
 import weakref
 import zlib
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .text import shorten
 
 __all__ = ["load_model", "model_description", "state_dict_sha256", "zoo_names"]
@@ -36,9 +37,11 @@ def zoo_names() -> list[str]:
     return sorted(tvm.list_models(module=tvm))
 
 
-def _build(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
+def _build(name: str, weights: Any, kwargs: dict[str, Any], checkpoint: bool = False) -> nn.Module:
+    """The model; with `checkpoint`, named weights give the architecture they fit and
+    their preprocessing, and the checkpoint their values (nothing is downloaded)."""
     if name.startswith("timm:"):
-        return _build_timm(name[len("timm:"):], weights, kwargs)
+        return _build_timm(name[len("timm:"):], weights, kwargs, checkpoint)
     if ":" in name:
         return _build_factory(name, weights, kwargs)
     import torchvision.models as tvm
@@ -64,7 +67,10 @@ def _build(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
             valid = ", ".join(["DEFAULT"] + [w.name for w in tvm.get_model_weights(name)])
             raise ModelError(f"unknown weights {weights!r} for {name!r}; valid: {valid}") from None
     try:
-        model = tvm.get_model(name, weights=weights, **kwargs)
+        if weights is not None and checkpoint:
+            model = tvm.get_model(name, weights=None, **_fitting_kwargs(name, weights, kwargs))
+        else:
+            model = tvm.get_model(name, weights=weights, **kwargs)
     except TypeError as exc:  # an unknown keyword argument
         raise ModelError(f"{name!r} does not take kwargs {kwargs}: {exc}") from exc
     except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
@@ -78,7 +84,21 @@ def _build(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _build_timm(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
+def _fitting_kwargs(name: str, weights: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments torchvision's builder sets when given `weights`, so that
+    the model built without them has the architecture and forward they fit. Your own
+    `kwargs` win."""
+    fit: dict[str, Any] = {"num_classes": len(weights.meta["categories"])}
+    if name in ("googlenet", "inception_v3"):  # the builders' defaults with weights
+        fit.update(transform_input=True, aux_logits=name == "inception_v3", init_weights=False)
+    elif name.startswith("vit_"):
+        fit["image_size"] = weights.meta["min_size"][0]
+    elif name == "maxvit_t":
+        fit["input_size"] = weights.meta["min_size"]
+    return {**fit, **kwargs}
+
+
+def _build_timm(name: str, weights: Any, kwargs: dict[str, Any], checkpoint: bool = False) -> nn.Module:
     """A timm model; its data config (input size, resize, crop, mean/std) becomes the
     default preprocessing, with or without pretrained weights."""
     try:
@@ -98,7 +118,8 @@ def _build_timm(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
         tag = str(weights)
     full = f"{arch}.{tag}" if tag else arch
     try:
-        model = timm.create_model(full, pretrained=weights is not None, **kwargs)
+        # with a checkpoint, the tag still gives its data config (no download)
+        model = timm.create_model(full, pretrained=weights is not None and not checkpoint, **kwargs)
     except TypeError as exc:
         raise ModelError(f"timm:{arch} does not take kwargs {kwargs}: {exc}") from exc
     except RuntimeError as exc:
@@ -124,6 +145,7 @@ def _no_weights(name: str, weights: Any, exc: BaseException) -> ModelError:
 
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_SEEDS = (-(1 << 63), (1 << 64) - 1)  # the seeds torch.manual_seed takes
 
 
 def _build_factory(spec: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
@@ -150,10 +172,17 @@ def _build_factory(spec: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module
         factory = importlib.import_module(module_name)
         for part in attr.split("."):
             factory = getattr(factory, part)
+            if isinstance(factory, types.ModuleType):  # `helpers:os.system`: not helpers' own function
+                raise ModelError(f"model factory {spec!r} reaches through the module {factory.__name__!r} "
+                                 f"that {module_name!r} imports; name the function where it is defined")
     except (ImportError, AttributeError) as exc:
         raise ModelError(f"cannot import model factory {spec!r}: {exc}") from exc
     if not callable(factory):
         raise ModelError(f"model factory {spec!r} is a {type(factory).__name__}, not a function")
+    defined = str(getattr(factory, "__module__", None) or "")
+    if defined.split(".")[0] != module_name.split(".")[0]:
+        raise ModelError(f"model factory {spec!r} is not defined in {module_name!r} but in "
+                         f"{defined or 'Python itself'!r}; name the function where it is defined")
     try:
         model = factory(**kwargs)
     except Exception as exc:  # the user's code: say which factory failed, in one line
@@ -192,6 +221,8 @@ def load_model(
         zoo's default pretrained weights; a torchvision weights enum name such as
         ``"IMAGENET1K_V2"``, or a timm pretrained tag such as ``"in1k"``. Needs
         internet the first time; torchvision and timm cache the file afterwards.
+        With `checkpoint`, nothing is downloaded: the weights name gives the
+        architecture they fit and their preprocessing, the checkpoint the values.
     checkpoint
         A local file holding a ``state_dict`` (or a dict with a ``"state_dict"`` or
         ``"model"`` entry), loaded strictly over the built model.
@@ -215,12 +246,15 @@ def load_model(
     >>> model.training
     False
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not _SEEDS[0] <= seed <= _SEEDS[1]:
+        raise ConfigError(f"model seed must be an integer from {_SEEDS[0]} to {_SEEDS[1]} (what torch.manual_seed "
+                          f"takes), got {seed!r}; pick a smaller seed")
     torch.manual_seed(seed)
     if isinstance(weights, str) and weights.lower() in ("none", "null", "random"):
         weights = None
     if kwargs is not None and not isinstance(kwargs, dict):
         raise ModelError(f"model kwargs must be a mapping of keyword arguments, got {type(kwargs).__name__}")
-    model = _build(name, weights, dict(kwargs or {}))
+    model = _build(name, weights, dict(kwargs or {}), checkpoint=checkpoint is not None)
     if checkpoint is not None:
         _load_checkpoint(model, checkpoint)
     model.eval()
@@ -235,10 +269,7 @@ def _load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise ModelError(
-            f"cannot read checkpoint {path}: {_checkpoint_problem(exc)}; give a file written "
-            "by torch.save(model.state_dict(), PATH)"
-        ) from exc
+        raise ModelError(f"checkpoint {path} was not loaded: {_checkpoint_problem(exc, path)}") from None
     if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -249,6 +280,10 @@ def _load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> None:
     # DataParallel / DDP checkpoints prefix every key with "module."
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
+    # torchvision's googlenet / inception_v3 files hold aux heads that its builder then
+    # sets to None (aux_logits=False): their entries have no module to go to
+    state = {k: v for k, v in state.items() if not (isinstance(k, str) and "." in k
+                                                    and getattr(model, k.split(".")[0], 0) is None)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -258,19 +293,49 @@ def _load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> None:
         ) from exc
 
 
-def _checkpoint_problem(exc: Exception) -> str:
-    """One line for why torch.load failed (torch's own text suggests unpickling arbitrary code)."""
+_PLAIN = "give a file written by torch.save(model.state_dict(), PATH)"
+
+
+def _checkpoint_problem(exc: Exception, path: str) -> str:
+    """One line for why torch.load failed. torch's own text advises unpickling with
+    ``weights_only=False``, which runs whatever code the file holds: never repeated here."""
     text = str(exc)
-    if isinstance(exc, OSError):
-        return exc.strerror or text
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if isinstance(exc, OSError) and not isinstance(exc, EOFError):
+        return f"{exc.strerror or text}; {_PLAIN}"
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
     if found:
-        return f"it holds a Python object ({found.group(1)}) besides tensors, which unitrec does not load"
-    if "WeightsUnpickler error" in text or "invalid load key" in text:
-        return "not a PyTorch checkpoint (it does not unpickle as tensors)"
-    if "zip archive" in text:
-        return "truncated or corrupted (an incomplete zip archive)"
-    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+        return (f"it contains pickled Python code or objects ({found.group(1)}), not only tensors, and unpickling "
+                "it could run arbitrary code. If you trust where it came from, convert it once to a plain "
+                "state_dict (torch.save(model.state_dict(), NEW_PATH)) and give that file")
+    what = _file_kind(path)
+    if what:
+        return f"it is not a PyTorch checkpoint but {what}; {_PLAIN}"
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return f"it is truncated or corrupted (an incomplete zip archive, as torch.save writes); {_PLAIN}"
+    return f"it is not a PyTorch checkpoint (neither torch.save's zip archive nor its older pickle format); {_PLAIN}"
+
+
+def _file_kind(path: str) -> str | None:
+    """What a file that is not a checkpoint is, from its first bytes (None: it may be one)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    kinds = {b"\x89HDF\r\n\x1a\n": "an HDF5 file", b"\x93NUMPY": "a NumPy .npy file", b"%PDF": "a PDF file",
+             b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x1f\x8b": "a gzip file"}
+    for magic, kind in kinds.items():
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None  # a zip archive (torch.save's format) or a pickle (its older one)
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "a safetensors file (load it with safetensors.torch.load_file and save the dict with torch.save)"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return "a text file"
+    return "a file of another format"
 
 
 def model_description(
@@ -289,6 +354,7 @@ def model_description(
         how += f", kwargs {kwargs}"
     return {
         "name": name,
+        "kwargs": dict(kwargs or {}),
         "weights": "none" if weights is None else str(weights),
         "checkpoint": "" if checkpoint is None else os.path.abspath(os.fspath(checkpoint)),
         "seed": seed,
@@ -299,8 +365,11 @@ def model_description(
 def state_dict_sha256(model: nn.Module) -> str:
     """SHA-256 of the model's parameters and buffers, in state_dict order.
 
-    Two models with this hash equal compute the same function (given the same code),
-    which is what a resumed recording must check.
+    Equal hashes mean equal weights, not the same function: constructor kwargs, module
+    settings (a stride, a BatchNorm ``eps``), a swapped activation, hooks, a patched
+    ``forward`` and non-persistent buffers change what the model computes and leave
+    this hash alone. A recording's run key therefore holds the model's anatomy
+    (:mod:`unitrec.anatomy`) and kwargs beside it.
 
     The hash is cached per model and reused only while the weights are provably the
     ones hashed: every parameter and buffer is the same tensor object, with the same

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import ConfigError
-from .schema import PreprocessSpec
+from .schema import PreprocessSpec, parse
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_transform", "describe_transform"]
 
@@ -29,7 +29,7 @@ def build_transform(spec: PreprocessSpec | dict | None = None, weights: Any = No
     if spec is None:
         spec = PreprocessSpec()
     elif isinstance(spec, dict):
-        spec = PreprocessSpec(**spec)
+        spec = parse(PreprocessSpec, spec, "preprocess")
     steps: list[Any] = []
     if spec.resize:
         steps.append(T.Resize(spec.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True))
@@ -47,6 +47,40 @@ def build_transform(spec: PreprocessSpec | dict | None = None, weights: Any = No
 
 
 def describe_transform(transform: Any) -> str:
-    """A stable one-line text of a transform (part of a recording's run key)."""
-    text = repr(transform)
-    return " ".join(text.split())
+    """A stable one-line text of a transform (part of a recording's run key).
+
+    torchvision's and timm's transforms show their settings in their repr. Code of
+    one's own (a function, ``T.Lambda(fn)``, a callable object) does not: a repr
+    ``Lambda()`` hides which function, and a function's repr holds a memory address
+    that differs in every process. Such code is named by its source (and the plain
+    values it closes over, see :mod:`unitrec.anatomy`), appended as ``[code: …]``;
+    addresses are dropped.
+    """
+    import re
+
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", " ".join(repr(transform).split()))
+    code = _own_code(transform)
+    return text + (f" [code: {'; '.join(code)}]" if code else "")
+
+
+def _own_code(transform: Any, depth: int = 0) -> list[str]:
+    """Identities of the user code inside a transform (its steps, Lambdas, callable objects)."""
+    import functools
+    import types
+
+    from .anatomy import _code_identity
+
+    if depth > 8 or transform is None:
+        return []
+    steps = getattr(transform, "transforms", None)
+    if isinstance(steps, (list, tuple)):
+        return [c for step in steps for c in _own_code(step, depth + 1)]
+    if isinstance(transform, (types.FunctionType, types.MethodType, functools.partial)):
+        return [_code_identity(transform)]
+    inner = getattr(transform, "lambd", None)  # torchvision's T.Lambda
+    if inner is not None and callable(inner):
+        return _own_code(inner, depth + 1)
+    module = type(transform).__module__
+    if callable(transform) and not module.startswith(("torch", "torchvision", "timm", "PIL")):
+        return [_code_identity(transform)]
+    return []

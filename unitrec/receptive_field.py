@@ -13,10 +13,12 @@ Three things keep a field without widening it:
   its 1 × 1 convolutions and sigmoid) that rescales a map by broadcasting. The map's
   field is kept: the gate depends on the whole image, but it only scales channels,
   as the literature's field tables for EfficientNet and MobileNet-v3 assume.
-- channel-last permutes (ConvNeXt's ``permute(0, 2, 3, 1)``): the field follows its
-  rows and columns to their new axes (:attr:`Field.axes`), through the ops that act
-  on the last (channel) axis only — ``layer_norm``, ``linear`` — and back.
-- reshapes that keep the shape.
+- channel-last permutes (ConvNeXt's ``permute(0, 2, 3, 1)``) and transposes: the
+  field follows its rows and columns to their new axes (:attr:`Field.axes`), through
+  the ops that act on the last (channel) axis only — ``layer_norm``, ``linear`` — and back.
+- reshapes that keep the rows, the columns and every dim after them (ShuffleNet's
+  channel shuffle), ``torch.stack`` of maps (a new axis; the union of their fields, as
+  ``torch.cat``), and reductions over axes other than rows and columns (``stack(...).sum(1)``).
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ def _window(name: str, p: dict[str, Any], field: Field, in_hw: tuple[int, int]) 
 
 _GLOBAL = {"mean", "amax", "amin", "sum", "max", "min", "logsumexp"}  # reductions to a gate
 _SAME_SHAPE = {"reshape", "view", "contiguous", "flatten", "unflatten"}
+_REDUCTIONS = _GLOBAL | {"prod", "std", "var", "nansum", "nanmean", "median"}
+_TRANSPOSES = {"transpose", "swapaxes", "swapdims"}
 
 
 def propagate(
@@ -174,8 +178,17 @@ def propagate(
         return _window(name, _bind(name, args, kwargs), first_field, (first_shape[-2], first_shape[-1]))
     if name == "permute":
         return _permuted(args, kwargs, first_shape, first_field, out_shape)
+    if name in _TRANSPOSES:
+        return _transposed(args, kwargs, first_shape, first_field, out_shape)
     if name in _SAME_SHAPE:
-        return first_field if len(inputs) == 1 and tuple(first_shape) == tuple(out_shape) else None
+        # rows, columns and what follows them unchanged: only the dims before them are regrouped
+        start = first_field.axes[0]
+        keeps = len(out_shape) > -start and tuple(first_shape[start:]) == tuple(out_shape[start:])
+        return first_field if len(inputs) == 1 and keeps else None
+    if name == "stack":
+        return _stacked(args, kwargs, inputs, out_shape)
+    if name in _REDUCTIONS and len(out_shape) < len(first_shape):
+        return _reduced(args, kwargs, first_shape, first_field, out_shape)
     spatial = [(s, f) for s, f in inputs if len(s) >= 3 and len(s) == len(out_shape)]
     if not spatial:
         return None
@@ -212,6 +225,54 @@ def _permuted(args: Sequence[Any], kwargs: dict[str, Any], shape: tuple[int, ...
     if new_y >= new_x:
         return None  # rows after columns: not a layout the sites describe
     return field.at((new_y, new_x))
+
+
+def _transposed(args: Sequence[Any], kwargs: dict[str, Any], shape: tuple[int, ...], field: Field,
+                out_shape: tuple[int, ...]) -> Field | None:
+    """The field of ``transpose(input, dim0, dim1)``: a permute that swaps two dims."""
+    given = list(args[1:3])
+    dims = [*given, *(kwargs.get(k) for k in ("dim0", "dim1")[len(given):])]
+    first, second = dims[0], dims[1]
+    if not isinstance(first, int) or not isinstance(second, int):
+        return None
+    order = list(range(len(shape)))
+    a, b = first % len(shape), second % len(shape)
+    order[a], order[b] = order[b], order[a]
+    return _permuted((None, *order), {}, shape, field, out_shape)
+
+
+def _stacked(args: Sequence[Any], kwargs: dict[str, Any], inputs: list[tuple[tuple[int, ...], Field]],
+             out_shape: tuple[int, ...]) -> Field | None:
+    """The field of ``torch.stack`` of maps: their union, on axes moved past the new one."""
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    n = len(out_shape)
+    if not isinstance(dim, int) or any(len(s) != n - 1 for s, _ in inputs):
+        return None
+    new = dim % n
+    shape, field = inputs[0]
+    if any(f.axes != field.axes or f.hw(s) != field.hw(shape) for s, f in inputs):
+        return None
+    axes = tuple(p + (p >= new) - n for p in (a % (n - 1) for a in field.axes))
+    for _, other in inputs[1:]:
+        field = field.union(other)
+    return field.at(axes) if axes[0] > -n else None  # type: ignore[arg-type]
+
+
+def _reduced(args: Sequence[Any], kwargs: dict[str, Any], shape: tuple[int, ...], field: Field,
+             out_shape: tuple[int, ...]) -> Field | None:
+    """The field of a reduction over dims other than rows and columns (``x.sum(1)``),
+    which keeps each position: on axes moved up by the dims removed after them."""
+    dims = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis"))
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(dims, (list, tuple)) or not dims or not all(isinstance(d, int) for d in dims):
+        return None
+    n = len(shape)
+    gone = {int(d) % n for d in dims}
+    y, x = field.axes[0] % n, field.axes[1] % n
+    if y in gone or x in gone or len(out_shape) != n - len(gone):
+        return None
+    axes = (y - n + sum(d > y for d in gone), x - n + sum(d > x for d in gone))
+    return field.at(axes) if axes[0] > -len(out_shape) else None
 
 
 def finite(value: float) -> float | int:

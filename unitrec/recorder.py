@@ -148,6 +148,11 @@ class Recorder:
             with torch.no_grad():
                 kept = site.selection.apply(tensor.detach())
             if tuple(kept.shape[1:]) != site.shape:  # never broadcast into a buffer of another shape
+                if tuple(kept.shape) == site.shape:
+                    raise RecordingError(
+                        f"site {site.key!r} gave values of shape {tuple(kept.shape)}, without a batch dim: the "
+                        "model squeezes a batch of 1 (x.squeeze()); record with batch_size 2 or more, or "
+                        "keep the batch in the model (x.flatten(1))")
                 raise RecordingError(
                     f"site {site.key!r} gave values of shape {tuple(kept.shape[1:])} per stimulus where the "
                     f"traced pass gave {site.shape}: the model's control flow depends on its input's values "

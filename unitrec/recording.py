@@ -6,7 +6,7 @@ the deepest site; the selected values are copied once into a ring of host buffer
 (pinned on CUDA); a background thread writes them, flushes, and marks the rows done.
 
 Batches are fixed blocks of the stimulus list (rows ``[k·B, (k+1)·B)`` for the file's
-batch size B), always computed whole: an undecodable image's slot and the end of the
+batch size B: the one asked for, or N where fewer stimuli than that), always computed whole: an undecodable image's slot and the end of the
 last block are filled with copies of a good image. So a row is computed in the same
 batch, at the same position, however the work is interrupted and resumed, and its
 stored value never depends on how the run was split (see docs/design.md).
@@ -36,15 +36,16 @@ from .errors import ConfigError, RecordingError, StimulusError, UnitrecWarning
 from .lock import output_lock
 from .model import HASH_THREADS, weights_sha256_on
 from .preprocess import build_transform, describe_transform
-from .provenance import file_attrs, run_key
+from .anatomy import anatomy_of
+from .provenance import coordinates_sha256, file_attrs, run_key
 from .recorder import Recorder
-from .schema import Layers, parse_layers
+from .schema import MAX_BATCH_SIZE, Layers, parse_layers
 from .shards import (check_counts, check_shard, launched_shard, shard_part, shard_path,
                      stitch_if_complete)
 from .sites import Site, resolve_sites
 from .stimuli.dataset import Stimuli, StimulusSet, as_stimulus_set, collate
 from .text import human_size
-from .writer import (AsyncWriter, RecordingFile, check_finished, creating_path,
+from .writer import (AsyncWriter, RecordingFile, check_finished, check_run_key, creating_path, open_existing,
                      partial_path, reserve_margin, reserved_names)
 
 __all__ = ["Job", "record"]
@@ -63,7 +64,7 @@ class Job:
     Built once from ``record()``'s arguments (or a config's ``record`` section) and
     checked here, so every later function receives one validated object. `device`
     may be given as a str (``"cuda:1"``); it is stored as a :class:`torch.device`.
-    `background` is an RGB colour, checked when the images are loaded.
+    `background` is an RGB colour (three integers in 0..255).
     """
 
     batch_size: int = 32
@@ -81,7 +82,8 @@ class Job:
     def __post_init__(self) -> None:
         checks = [
             (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
-             and self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size!r}"),
+             and 0 < self.batch_size <= MAX_BATCH_SIZE, f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE} "
+             f"(a batch is computed and held in memory whole), got {self.batch_size!r}"),
             (isinstance(self.num_workers, int) and not isinstance(self.num_workers, bool)
              and self.num_workers >= 0, f"num_workers must be an integer ≥ 0, got {self.num_workers!r}"),
             (self.dtype in ("float32", "float16"), f"dtype must be 'float32' or 'float16', got {self.dtype!r}"),
@@ -100,7 +102,9 @@ class Job:
                               "(torch.cuda.is_available() is False); use device: cpu")
         if self.device.type not in ("cpu", "cuda"):
             raise ConfigError(f"device {str(self.device)!r} is not supported; use 'cpu' or 'cuda'")
-        object.__setattr__(self, "background", tuple(self.background))
+        from .stimuli.decode import _check_background  # here, not per image ("none could be decoded")
+
+        object.__setattr__(self, "background", _check_background(self.background))
         if self.shard is not None:
             object.__setattr__(self, "shard", check_shard(self.shard))
 
@@ -145,9 +149,9 @@ def record(
         PIL RGB image → CHW float tensor. Default: the weights' own preprocessing,
         else resize 256, centre crop 224, ImageNet normalisation.
     batch_size, device, num_workers
-        Loading and compute. Rows are computed in fixed blocks of `batch_size`; a
-        resumed recording keeps the batch size it was started with, so a row's
-        value never depends on interruptions.
+        Loading and compute. Rows are computed in fixed blocks of `batch_size` (of
+        N, the number of stimuli, where N is smaller); a resumed recording keeps the
+        batch size it was started with, so a row's value never depends on interruptions.
     progress
         Show a tqdm progress bar.
     dtype
@@ -164,6 +168,9 @@ def record(
         RGB colour that transparent pixels are composited on.
     overwrite
         Start over even if `out` or an unfinished recording of another run exists.
+        A finished `out` is kept whole until the new recording is complete, then
+        replaced by a rename. An interrupted overwrite goes on where it stopped
+        when rerun *without* `overwrite` (with it, it starts over again).
     shard
         ``(i, n)``: record only shard `i` of `n` (counting from 0), a contiguous block
         of whole batches of the sorted stimulus list, into
@@ -197,6 +204,8 @@ def record(
     out = _check_output(out)
     specs = parse_layers(layers)
     stim = as_stimulus_set(stimuli)
+    if 0 < len(stim) < job.batch_size:  # one block holds every row: compute N, not B (shards plan by this)
+        job = dataclasses.replace(job, batch_size=len(stim))
     if transform is None and stim.root is not None:
         transform = getattr(model, "unitrec_transform", None) or build_transform()
     preprocessing = describe_transform(transform) if transform is not None else "none (tensor stimuli)"
@@ -205,6 +214,9 @@ def record(
     if job.shard is not None:
         check_counts(out, job.shard[1])
         target = shard_path(out, *job.shard)
+        if target.parent.exists() and not target.parent.is_dir():
+            raise RecordingError(f"{target.parent} is a file, where the shards of {out.name} go; move it away "
+                                 "and rerun")
         target.parent.mkdir(exist_ok=True)
     try:
         with output_lock(target):
@@ -222,7 +234,7 @@ def record(
     if path == out:
         return path
     assert job.shard is not None  # only a shard records into another file than `out`
-    return stitch_if_complete(out, job.shard[1]) or path
+    return stitch_if_complete(out, job.shard[1], replace=job.overwrite) or path
 
 
 def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing: str, job: Job,
@@ -239,17 +251,20 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
         weights_sha, stim_sha = weights_digest(), stim_digest.result()
     _check_names(sites, stim)
     desc = dict(getattr(model, "unitrec_description", {"name": type(model).__name__}))
-    key = run_key(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
+    anatomy = anatomy_of(model)  # what the weights' hash cannot see: settings, hooks, forward code
+    key = run_key(model=desc, weights_sha256=weights_sha, anatomy_sha256=anatomy.digest,
+                  preprocessing=preprocessing,
                   sites=[s.spec.model_dump(by_alias=True, exclude_defaults=True) for s in sites],
-                  stimuli_sha256=stim_sha, n_stimuli=len(stim), dtype=job.dtype, device=str(job.device),
+                  stimuli_sha256=stim_sha, n_stimuli=len(stim), coordinates_sha256=coordinates_sha256(stim.coords),
+                  dtype=job.dtype, device=str(job.device),
                   stimuli_description=stim.description if stim.root is None else None,
                   background=job.background if stim.root is not None else None)
     final, extra = out, {}
     if job.shard is not None:
         if job.overwrite:
-            _refuse_foreign(final)
-            final.unlink(missing_ok=True)
-        elif final.exists():  # this job's stitched (or one-process) recording is already there
+            _refuse_foreign(final)  # kept whole: the last shard's stitch replaces it
+        elif final.exists() and not _lost_shard(final, shard_path(final, *job.shard)):
+            # this job's stitched (or one-process) recording is already there
             _adopted(check_finished(final, key, stim), job.batch_size, final, "was recorded")
             return final
         out = shard_path(final, *job.shard)
@@ -259,16 +274,18 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
         extra = {"shard": part.to_attr()}
         stim = stim.subset(part.start, part.stop)
     partial = partial_path(out)
+    _no_folder_at(partial, creating_path(out))
     if job.overwrite:
         _refuse_foreign(out)  # the partial file's name is unitrec's own
-        for p in (partial, out):
-            p.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)  # `out` stays whole until the new recording replaces it
+        if out.exists():  # which file this run replaces: only it may be replaced by a resume
+            extra["replaces_run"] = _run_id(out)
     elif out.exists():
         _refuse_foreign(out)
-    if out.exists():
-        stored_batch = check_finished(out, key, stim)
-        _adopted(stored_batch, job.batch_size, out, "was recorded")
-        return out
+        if not _replacing(out, partial, key, stim):
+            stored_batch = check_finished(out, key, stim)
+            _adopted(stored_batch, job.batch_size, out, "was recorded")
+            return out
     creating_path(out).unlink(missing_ok=True)  # left by a run killed while creating the file
     resumed = partial.exists()
     if resumed:
@@ -279,7 +296,8 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
         attrs = file_attrs(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
                            config=config, stimuli_sha256=stim_sha, key=key,
                            stimuli_description=stim.description,
-                           stimulus_root=str(stim.root) if stim.root is not None else "") | extra
+                           stimulus_root=str(stim.root) if stim.root is not None else "",
+                           anatomy=anatomy.packed()) | extra
         _check_space(out.parent, sites, len(stim), job)
         rec_file = RecordingFile.create(out, stim.labels, stim.coords, stim.file_stats(), sites, attrs,
                                         batch_size=job.batch_size, dtype=job.dtype,
@@ -484,6 +502,11 @@ def _first_good(loading, on_error: str) -> torch.Tensor:
 
 
 def _progress(enabled: bool, total: int, initial: int):
+    """A tqdm bar on a terminal or in a notebook; elsewhere (a SLURM log) a line now and then."""
+    import sys
+
+    if enabled and not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+        return _LineProgress(total, initial)
     if not enabled:  # tqdm.auto warns in a notebook without ipywidgets, even for a disabled bar
         from tqdm import tqdm
     else:
@@ -491,6 +514,40 @@ def _progress(enabled: bool, total: int, initial: int):
 
     return tqdm(total=total, initial=initial, unit="img", desc="recording", disable=not enabled,
                 dynamic_ncols=True)
+
+
+class _LineProgress:
+    """Progress for a log file: whole lines (no ``\\r`` redraws), at the start, at most once
+    every ``interval`` seconds, and at the end."""
+
+    def __init__(self, total: int, initial: int, interval: float = 60.0) -> None:
+        import time
+
+        self.total, self.done, self.first, self.interval = total, initial, initial, interval
+        self.start = self.last = time.monotonic()
+        self._line()
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.done += n
+        if time.monotonic() - self.last >= self.interval:
+            self._line()
+
+    def close(self) -> None:
+        if self.done != self.shown:  # the last count, unless the last line said it
+            self._line()
+
+    def _line(self) -> None:
+        import sys
+        import time
+
+        now = time.monotonic()
+        self.last, self.shown = now, self.done
+        rate = (self.done - self.first) / (now - self.start) if now > self.start else 0.0
+        share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        left = f", {(self.total - self.done) / rate / 60:.1f} min left" if rate > 0 and self.done < self.total else ""
+        print(f"recording: {self.done}/{self.total} img{share}, {rate:.1f} img/s{left}", file=sys.stderr, flush=True)
 
 
 def _check_output(out: str | os.PathLike) -> Path:
@@ -517,6 +574,59 @@ def _refuse_foreign(path: Path) -> None:
     if path.is_file() and path.stat().st_size > 0 and not h5py.is_hdf5(path):
         raise RecordingError(f"{path} exists and is not an HDF5 file; unitrec will not overwrite it: "
                              "choose another output path")
+
+
+def _lost_shard(final: Path, shard: Path) -> bool:
+    """`final` is stitched over shard files, and this shard's file is gone: record it again
+    (the stitch is then made anew), rather than calling the job done."""
+    if shard.exists() or partial_path(shard).exists():
+        return False
+    try:
+        with open_existing(final) as h5:
+            return h5.attrs.get("stitched") == "virtual"
+    except RecordingError:
+        return False
+
+
+def _run_id(path: Path) -> str:
+    """A finished file's identity: its run id and when it was finished."""
+    try:
+        with open_existing(path) as h5:
+            return f"{h5.attrs.get('run_id', '')} {h5.attrs.get('finished', '')}"
+    except RecordingError:
+        return ""
+
+
+def _no_folder_at(*paths: Path) -> None:
+    """unitrec's own temporary names hold files; a folder there is refused in one line."""
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            raise RecordingError(f"{p} is a folder, where unitrec keeps a temporary file of this recording; "
+                                 "move it away and rerun")
+
+
+def _replacing(out: Path, partial: Path, key: dict[str, Any], stim: StimulusSet) -> bool:
+    """`out` holds another job, and `partial` is this job's --overwrite run that was
+    interrupted: resume it (it replaces `out` when it finishes)."""
+    if not partial.exists():
+        return False
+    try:
+        check_finished(out, key, stim)
+        return False  # `out` is this job's, finished: nothing to resume
+    except RecordingError:
+        pass
+    try:
+        with open_existing(partial) as h5:
+            check_run_key(h5, key, partial, stim.labels, coords=stim.coords)
+            replaces = h5.attrs.get("replaces_run")
+    except RecordingError:
+        return False  # the partial file is another job's too: `out`'s refusal says so
+    if replaces is None or replaces != _run_id(out):
+        return False  # not an --overwrite of the file there now (it was made after the partial one)
+    warnings.warn(f"resuming {partial.name}, an --overwrite run of this job that was interrupted; it replaces "
+                  f"{out.name} (another job's recording, kept until then) when it finishes", UnitrecWarning,
+                  stacklevel=4)
+    return True
 
 
 def _check_names(sites: list[Site], stim: StimulusSet) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import analysis as A
-from .errors import UnitrecError
+from .errors import ConfigError, UnitrecError
 from .load import load_layer, load_summary, recording_info
 
 __all__ = ["write_report"]
@@ -27,6 +27,12 @@ __all__ = ["write_report"]
 _MAX_RDM_STIMULI = 200  # an RDM of more stimuli is unreadable as a picture
 _MOST_DRIVEN = 3  # units per summary site named in the table and drawn as montages
 _MAX_PROTOCOL_UNITS = 4096  # the protocols fit curves to every unit: a few ms each
+
+
+#: Bytes (as float64) of the sites read whole, in all; None: one analysis block (a sixteenth of the
+#: machine's memory, 128 MiB to 1 GiB). Beyond, sites stay on dask blocks.
+_IN_MEMORY: int | None = None
+_STAMP = ".unitrec-report.json"  # beside index.html: which recording and options the report was made from
 
 
 def _chunks() -> Any:
@@ -38,8 +44,69 @@ def _chunks() -> Any:
         return None
 
 
+def _load_sites(path: str | os.PathLike, sites: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each full site as a DataArray: read whole while the sites read so far fit in one
+    analysis block (as float64), on dask blocks beyond, so a large recording is never
+    loaded. Read whole, a site costs no dask compute per figure (there were 463)."""
+    from .analysis._units import _default_block_bytes
+
+    budget = _default_block_bytes() if _IN_MEMORY is None else _IN_MEMORY
+    layers, total = {}, 0
+    for site in sites:
+        size = int(np.prod(site["shape"])) * 8  # the analyses work in float64
+        if total + size <= budget:
+            total += size
+            layers[site["name"]] = load_layer(path, site["name"]).load()
+        else:
+            layers[site["name"]] = load_layer(path, site["name"], chunks=_chunks())
+    return layers
+
+
+def _stamp(info: dict[str, Any], options: dict[str, Any]) -> dict[str, Any] | None:
+    """What identifies a report: the recording (run id, creation and finish times), the
+    options and unitrec's version; None for an unfinished recording (always rebuilt)."""
+    if info.get("status") != "complete" or not info.get("finished"):
+        return None
+    from . import __version__
+
+    return {"recording": {k: str(info.get(k)) for k in ("run_id", "created", "finished")},
+            "options": options, "unitrec_version": __version__}
+
+
+def _up_to_date(out: Path, stamp: dict[str, Any] | None) -> bool:
+    """Whether ``out`` holds a whole report made from the same recording with the same options."""
+    import json
+
+    if stamp is None or not (out / "index.html").is_file():
+        return False
+    try:
+        return json.loads((out / _STAMP).read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+class _Progress:
+    """One line on stderr per figure written (lines, not a bar: logs stay readable)."""
+
+    def __init__(self, on: bool) -> None:
+        import time
+
+        self.on, self.start, self.count = on, time.perf_counter(), 0
+
+    def say(self, text: str) -> None:
+        import sys
+        import time
+
+        if self.on:
+            print(f"report: {text} ({time.perf_counter() - self.start:.1f} s)", file=sys.stderr, flush=True)
+
+    def figure(self, name: str) -> None:
+        self.count += 1
+        self.say(f"{self.count} figures, {name}")
+
+
 def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str | None = None,
-                 units_per_site: int = 8) -> Path:
+                 units_per_site: int = 8, force: bool = False, progress: bool = True) -> Path:
     """Write figures of a recording, as PNG and SVG, and an ``index.html`` showing them.
 
     Parameters
@@ -52,17 +119,40 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
         Stimulus coordinate for tuning curves; default ``orientation`` when present.
     units_per_site
         Tuning curves drawn per site (the most selective units, one per channel).
+    force
+        Write the report even if ``out_dir`` holds one of the same recording made
+        with the same options.
+    progress
+        Print a line on stderr per figure written, with the time so far.
 
     Returns
     -------
     pathlib.Path
         The ``index.html`` file.
 
+    Raises
+    ------
+    ConfigError
+        If `units_per_site` is not a positive integer.
+    UnitrecError
+        If matplotlib is not installed.
+
     Notes
     -----
     Every figure is written twice with the same stem: ``NAME.png`` (110 dpi),
     shown in the page, and ``NAME.svg`` (vector, for print), which the page links
     from the image and from the "SVG" link under it.
+
+    A finished recording's report is written once: ``out_dir/.unitrec-report.json``
+    records the recording's ``run_id``, ``created`` and ``finished`` attributes, the
+    options and unitrec's version, and a later call that finds the same (and an
+    ``index.html``) returns at once. A recording that is not finished is always
+    reported anew.
+
+    Sites are read whole while they fit together, as float64, in one analysis
+    block (a sixteenth of the machine's memory, 128 MiB to 1 GiB; see
+    :mod:`unitrec.analysis`); the others are analysed on dask blocks of the
+    file's chunks. Neither the report nor its figures import torch.
 
     Tuning curves are drawn for the most selective units of the stronger half
     (peak response at least the site's median), at most one per channel; a
@@ -79,14 +169,24 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
         import matplotlib  # noqa: F401
     except ImportError:
         raise UnitrecError("the report needs matplotlib: pip install 'unitrec[plots]'") from None
+    if isinstance(units_per_site, bool) or not isinstance(units_per_site, (int, np.integer)) or units_per_site < 1:
+        raise ConfigError(f"units_per_site must be a positive integer, got {units_per_site!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     info = recording_info(path)
+    stamp = _stamp(info, {"by": by, "units_per_site": int(units_per_site)})
+    index = out / "index.html"
+    tell = _Progress(progress)
+    if not force and _up_to_date(out, stamp):
+        tell.say(f"{index} is up to date with {os.path.basename(info['file'])}; nothing to do")
+        return index
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _STAMP).unlink(missing_ok=True)  # a report cut short must not pass for a whole one
     # a summary-only site has no full array: load_layer would refuse it
-    sites = [s["name"] for s in info["sites"] if s.get("keep", "full") in ("full", "both")]
+    full = [s for s in info["sites"] if s.get("keep", "full") in ("full", "both")]
     summarised = [s["name"] for s in info["sites"] if s.get("keep", "full") in ("summary", "both")]
-    layers = {name: load_layer(path, name, chunks=_chunks()) for name in sites}
+    layers = _load_sites(path, full)
     summaries = {name: load_summary(path, name) for name in summarised}
+    tell.say(f"read {len(layers)} sites and {len(summaries)} summaries")
     first = next(iter(layers.values()), None)
     coords = [] if first is None else [c for c in first.coords
                                        if c != "stimulus" and first[c].dims == ("stimulus",) and c != "done"]
@@ -101,16 +201,21 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
         from matplotlib import rc_context
 
         fig.savefig(out / name, dpi=110)
+        # the layout the PNG computed holds for the SVG (it is in figure fractions and points):
+        # without an engine the SVG is drawn once, not laid out again first
+        fig.set_layout_engine(None)
         with rc_context({"svg.hashsalt": name}):  # fixed ids and no date: the same figure, the same file
             fig.savefig((out / name).with_suffix(".svg"), metadata={"Date": None})
+        tell.figure(name)
         return name
 
     summary_rows = []
     for name, da in layers.items():
-        pr = A.participation_ratio(da)
+        # attention weights (head, query, key) are a distribution per query, not units' responses
+        pr = "-" if _attention(da) else f"{A.participation_ratio(da):.1f}"
         sparse = np.asarray(A.lifetime_sparseness(da).values, dtype=float)
         median = f"{np.nanmedian(sparse):.2f}" if np.isfinite(sparse).any() else "-"  # NaN: no unit defined
-        summary_rows.append((name, "×".join(map(str, da.shape)), f"{pr:.1f}", median))
+        summary_rows.append((name, "×".join(map(str, da.shape)), pr, median))
     safe = {name: name.replace("/", "_").replace(":", "-").replace("@", "_at_") for name in [*layers, *summaries]}
     summary_table = [_summary_row(name, ds) for name, ds in summaries.items()]
 
@@ -125,7 +230,10 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
             # selectivity indices need non-negative responses: use the rectified
             # response (a firing rate) for sites whose values go negative
             rectified = bool(float(da.min()) < 0)
-            tuning = A.tuning_curves(da.clip(min=0) if rectified else da, by=by)
+            if "y" in da.dims and "x" in da.dims:  # only the map's centre is drawn (_tuning_units)
+                da = da.isel(y=[da.sizes["y"] // 2], x=[da.sizes["x"] // 2])
+            # computed once: the figure reads every unit's curve, a dask compute each otherwise
+            tuning = A.tuning_curves(da.clip(min=0) if rectified else da, by=by).compute()
             best, centre = _tuning_units(tuning, by, units_per_site)
             if not best:  # no unit with a defined selectivity: nothing worth a figure
                 continue
@@ -164,9 +272,10 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
 
     root = info.get("stimulus_root")
     if root and Path(root).is_dir():
-        if layers:
-            name, da = list(layers.items())[-1]
-            conv = [(n, d) for n, d in layers.items() if d.ndim > 2 or "unit" in d.dims]
+        units = {n: d for n, d in layers.items() if not _attention(d)}
+        if units:
+            name, da = list(units.items())[-1]
+            conv = [(n, d) for n, d in units.items() if d.ndim > 2 or "unit" in d.dims]
             if conv:
                 name, da = conv[-1]
             if name not in summaries:  # a summary site gets its montages from the summary, below
@@ -186,8 +295,12 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
                 figs.append((f"{name} unit {unit}", save(fig, f"montage_{safe[name]}_{unit}.png")))
             sections.append((f"Preferred stimuli ({name}, from its summary)", figs))
 
-    index = out / "index.html"
     index.write_text(_html(info, summary_rows, sections, summary_table), encoding="utf-8")
+    if stamp is not None:  # written last: only a whole report is taken as up to date
+        import json
+
+        (out / _STAMP).write_text(json.dumps(stamp, indent=1), encoding="utf-8")
+    tell.say(f"{index}")
     return index
 
 
@@ -239,8 +352,13 @@ def _size(da, rectify: bool):
 
 def _contrast(da, rectify: bool):
     ds = A.contrast_response(da, rectify=rectify)
-    return (f"contrast response: median c50 {_median(ds['c50'])}", A.plot_contrast_response(ds, max_units=8),
-            "contrast")
+    c50 = np.asarray(ds["c50"].values, dtype=float)
+    reached = np.asarray(ds["c50_in_range"].values, dtype=bool) & np.isfinite(c50)
+    beyond = int((np.isfinite(c50) & ~reached).sum())
+    # a c50 beyond the contrasts shown is the fit's bound, not a measurement: left out of the median
+    text = (f"contrast response: median c50 {_median(c50[reached])} (of {int(reached.sum())} units whose c50 "
+            f"lies within the contrasts shown; {beyond} beyond them, left out)")
+    return text, A.plot_contrast_response(ds, max_units=8), "contrast"
 
 
 #: (what, analysis → (caption, figure, file stem)) for each grating protocol
@@ -301,6 +419,11 @@ def _most_driven(ds, n: int = _MOST_DRIVEN) -> list[int]:
         return []
     order = np.argsort(-np.nan_to_num(best, nan=-np.inf), kind="stable")  # ties: the first unit first
     return [int(u) for u in order[:n] if np.isfinite(best[u])]
+
+
+def _attention(da) -> bool:
+    """Attention weights ``(head, query, key)``: no map, no units to rank or montage."""
+    return "query" in da.dims and "key" in da.dims
 
 
 def _unit_label(ds, unit: int) -> str:

@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import sys
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, overload
+from typing import Any, Iterator, Mapping, overload
 
 import yaml
 
 from .errors import ConfigError, UnitrecWarning
-from .schema import Config, OutputSpec, parse
+from .schema import Config, OutputSpec, ReportSpec, parse
 
 __all__ = ["load_config", "run_config"]
 
 _log = logging.getLogger(__name__)
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first
+            except TypeError:  # an unhashable key: the base loader says so
+                continue
+            if seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {first[key]}); keep one of them",
+                    key_node.start_mark)
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Config, dict[str, Any], Path]:
@@ -37,7 +61,7 @@ def load_config(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Config, 
             raise ConfigError(f"config {path} is not a text file; give a YAML config such as "
                               "configs/demo.yaml") from None
         try:
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
@@ -81,9 +105,10 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
     cfg, raw, base = load_config(source)
     out_spec = cfg.output if isinstance(cfg.output, OutputSpec) else OutputSpec(path=cfg.output)
     out = _resolve(base, out_spec.path)
-    model = load_model(cfg.model.name, weights=cfg.model.weights,
-                       checkpoint=_resolve(base, cfg.model.checkpoint), seed=cfg.model.seed,
-                       kwargs=cfg.model.kwargs)
+    with check_code(cfg.model.name, cfg.model.allow_code, base):
+        model = load_model(cfg.model.name, weights=cfg.model.weights,
+                           checkpoint=_resolve(base, cfg.model.checkpoint), seed=cfg.model.seed,
+                           kwargs=cfg.model.kwargs)
     stimuli = _stimuli(cfg, base, out)
     transform = None
     if cfg.preprocess is not None or getattr(model, "unitrec_transform", None) is None:
@@ -97,11 +122,55 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
         overwrite=overwrite or out_spec.overwrite, shard=shard, config=raw,
     )
     if cfg.report is not None and path == out:  # not a shard waiting for the others
-        _report(path, _resolve(base, cfg.report.path) if cfg.report.path else path.parent / "report")
+        _report(path, cfg.report, _resolve(base, cfg.report.path) if cfg.report.path else path.parent / "report",
+                rec.progress if progress is None else progress)
     return path
 
 
-def _report(path: Path, folder: Path) -> None:
+@contextlib.contextmanager
+def check_code(name: str, allow: list[str], base: Path) -> Iterator[None]:
+    """Let a config import and call ``module:function`` only from a module beside it, or
+    from a package it names in ``model.allow_code``.
+
+    A YAML file alone must not run code: ``name: "os:system"`` would call a shell. A
+    module beside the config is code the user put there; a package named in
+    ``allow_code`` is a deliberate opt-in. Zoo names (``resnet50``, ``timm:...``) need
+    neither. The config's folder comes first on the module path while the model is
+    built, and the module imported must be the file found there.
+    """
+    if ":" not in name or name.startswith("timm:"):
+        yield
+        return
+    module = name.partition(":")[0]
+    top = module.split(".")[0]
+    allowed = {a.split(".")[0] for a in allow}
+    stdlib = getattr(sys, "stdlib_module_names", frozenset()) | {"builtins", "__main__"}
+    if top in stdlib:
+        raise ConfigError(f"model.name {name!r} names Python's standard library, which holds no model "
+                          f"factories; a config never imports and calls it (allow_code cannot allow it)")
+    beside = [p for p in (base / f"{top}.py", base / top / "__init__.py") if p.is_file()]
+    if top not in allowed and not beside:
+        raise ConfigError(
+            f"model.name {name!r} would import {module!r} and call {name.partition(':')[2]!r}; a config runs code "
+            f"only from a module beside it (no {top}.py or {top}/ in {base}) or from a package it names in "
+            f"model.allow_code (allow_code: [{top}]), so that a YAML file alone cannot run a command")
+    if top not in allowed:  # allowed because it lies beside the config: import that file, nothing else
+        loaded = sys.modules.get(top)
+        found = getattr(loaded, "__file__", None)
+        if loaded is not None and (found is None or Path(found).resolve() != beside[0].resolve()):
+            raise ConfigError(
+                f"model.name {name!r}: a module {top!r} is already imported from {found or 'Python itself'}, "
+                f"so {beside[0]} would not be the code that runs; rename that file, or name the package in "
+                "model.allow_code")
+    sys.path.insert(0, str(base))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(base))
+
+
+def _report(path: Path, spec: ReportSpec, folder: Path, progress: bool) -> None:
     from .report import write_report
 
     try:
@@ -110,7 +179,8 @@ def _report(path: Path, folder: Path) -> None:
         warnings.warn("report skipped: figures need matplotlib (pip install 'unitrec[plots]')", UnitrecWarning,
                       stacklevel=3)
         return
-    index = write_report(path, folder)
+    index = write_report(path, folder, by=spec.by, units_per_site=spec.units_per_site, force=spec.force,
+                         progress=progress)
     _log.info("report: %s", index)
 
 
@@ -125,10 +195,34 @@ def _stimuli(cfg: Config, base: Path, out: Path) -> Path:
     gen = spec.generate
     kwargs = gen.arguments()  # the schema let through only the keys this kind takes
     make = GENERATORS[gen.kind]
-    # replaces only a set unitrec generated there before; a folder of the user's own
-    # files is refused by the generator, whatever overwrite says
+    # The set is generated aside, then compared: a folder that already holds exactly it
+    # is left untouched, so that runs of one config at once (shards, torchrun ranks, a
+    # second run) never delete the images another one is reading. Another set there is
+    # replaced (only a set unitrec generated: a folder of the user's own files is
+    # refused by the generator, whatever overwrite says), one process at a time.
+    from .lock import output_lock
+
+    aside = folder.parent / f".{folder.name}.generating-{os.getpid()}"
     try:
-        make(folder, overwrite=True, **kwargs)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        make(aside, overwrite=True, **kwargs)
+        with output_lock(folder, wait=True):
+            if not _same_files(aside, folder):
+                make(folder, overwrite=True, **kwargs)
     except ConfigError as exc:
         raise ConfigError(f"stimuli.generate: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"stimuli.generate: cannot write {folder}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
     return folder
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Both folders hold the same files (names and bytes), hidden ones aside."""
+    if not b.is_dir():
+        return False
+    names = sorted(p.name for p in a.iterdir() if not p.name.startswith("."))
+    if names != sorted(p.name for p in b.iterdir() if not p.name.startswith(".")):
+        return False
+    return all((b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes() for n in names)

@@ -7,7 +7,7 @@ and lists the valid keys. :func:`parse` turns pydantic's report into a short
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional, Sequence, Type, TypeVar, Union
+from typing import Any, Literal, Mapping, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
@@ -30,6 +30,10 @@ __all__ = [
 T = TypeVar("T", bound=BaseModel)
 
 
+#: The largest batch size: a block is computed whole, so its images and every site's rows are held at once.
+MAX_BATCH_SIZE = 1 << 16
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -44,8 +48,12 @@ def _unstorable(key: str) -> Optional[str]:
         return f"{key!r} is not a name"
     if "/" in key:
         return "'/' would nest it in an HDF5 group"
+    if not key.strip():
+        return "it is blank"
     if "\0" in key:
         return "it holds a NUL character"
+    if not key.isprintable():
+        return "it holds a line break or another control character"
     if key in _ROOT_NAMES:
         return f"the file's root already holds {key!r} ({', '.join(_ROOT_NAMES)} are taken)"
     return None
@@ -70,6 +78,14 @@ class LayerSpec(_Strict):
     @classmethod
     def _spelling(cls, v: Optional[str]) -> Optional[str]:
         return {"centre": "center", "all": None}.get(v, v) if v else v
+
+    @field_validator("name")
+    @classmethod
+    def _module_name(cls, v: str) -> str:
+        if v and (not v.strip() or not v.isprintable()):
+            why = "is blank" if not v.strip() else "holds a line break or another control character"
+            raise ValueError(f"site {v!r} {why}: give a module's name as `unitrec layers MODEL` lists them")
+        return v
 
     @field_validator("store_as")
     @classmethod
@@ -123,8 +139,11 @@ class ModelSpec(_Strict):
     name: str
     weights: Optional[str] = None
     checkpoint: Optional[str] = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=-(1 << 63), le=(1 << 64) - 1)  # what torch.manual_seed takes
     kwargs: dict[str, Any] = {}
+    # packages whose `package.module:function` a config may import and call, beyond the
+    # modules that lie beside the config file (see run.check_code)
+    allow_code: list[str] = []
 
 
 _GRATING_KEYS = ("orientations", "spatial_frequencies", "phases", "contrasts")
@@ -187,6 +206,14 @@ class StimuliSpec(_Strict):
     on_error: Literal["skip", "raise"] = "skip"
     background: tuple[int, int, int] = (255, 255, 255)
 
+    @field_validator("background", mode="before")
+    @classmethod
+    def _rgb(cls, v: Any) -> Any:
+        if not (isinstance(v, (list, tuple)) and len(v) == 3
+                and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in v)):
+            raise ValueError(f"must be three integers in 0..255 (an RGB colour, e.g. [255, 255, 255]), got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> "StimuliSpec":
         if self.generate is None and self.path is None:
@@ -199,16 +226,24 @@ class PreprocessSpec(_Strict):
     crop: Optional[int] = 224
     normalize: Union[Literal["imagenet"], None, dict[str, list[float]]] = "imagenet"
 
+    @field_validator("resize", "crop", mode="before")
+    @classmethod
+    def _pixels(cls, v: Any, info: Any) -> Any:
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            what = "resizing" if info.field_name == "resize" else "cropping"
+            raise ValueError(f"must be a positive whole number of pixels, or null for no {what}; got {v!r}")
+        return v
+
     @field_validator("normalize")
     @classmethod
     def _mean_std(cls, v: Any) -> Any:
         if isinstance(v, dict) and set(v) != {"mean", "std"}:
-            raise ValueError(f"normalize must be 'imagenet', null or {{mean, std}}; got keys {sorted(v)}")
+            raise ValueError(f"must be 'imagenet', null or {{mean, std}}; got keys {sorted(v)}")
         return v
 
 
 class RecordSpec(_Strict):
-    batch_size: int = Field(default=32, gt=0, strict=True)
+    batch_size: int = Field(default=32, gt=0, le=MAX_BATCH_SIZE, strict=True)
     device: str = "cpu"
     num_workers: int = Field(default=0, ge=0, strict=True)
     dtype: Literal["float32", "float16"] = "float32"
@@ -223,7 +258,12 @@ class OutputSpec(_Strict):
 
 
 class ReportSpec(_Strict):
+    """``report:`` of a config: the options of ``unitrec report`` (see :func:`unitrec.report.write_report`)."""
+
     path: Optional[str] = None
+    by: Optional[str] = None  # stimulus coordinate of the tuning curves; default orientation when present
+    units_per_site: int = Field(default=8, gt=0, strict=True)
+    force: bool = False  # rebuild even when the folder holds the report of this very recording
 
 
 class Config(_Strict):
@@ -261,9 +301,77 @@ def _where(loc: tuple) -> str:
     return out
 
 
+#: What a union field takes, said once for the field
+_UNION_TAKES = {
+    "normalize": "'imagenet', null or {mean: [r, g, b], std: [r, g, b]}",
+    "output": "a file path or {path: ..., overwrite: ...}",
+}
+
+
+def _member_tags(model: Type[BaseModel], loc: tuple) -> set[int]:
+    """Which parts of an error's location name a union's member (pydantic's
+    `literal['imagenet']`, `OutputSpec`, `str`), found by walking the models."""
+    tags: set[int] = set()
+    ann: Any = model
+    for i, part in enumerate(loc):
+        args = [a for a in get_args(ann) if a is not type(None)] if get_origin(ann) is Union else [ann]
+        fields = {k: f for a in args if isinstance(a, type) and issubclass(a, BaseModel)
+                  for n, f in a.model_fields.items() for k in (n, f.alias) if k}
+        if isinstance(part, str) and part in fields:
+            ann = fields[part].annotation
+        elif isinstance(part, int) and get_origin(args[0]) in (list, tuple) and get_args(args[0]):
+            items = get_args(args[0])
+            ann = items[min(part, len(items) - 1)] if get_origin(args[0]) is tuple else items[0]
+        elif isinstance(part, str) and len(args) > 1:
+            tags.add(i)
+            ann = next((a for a in args if part == getattr(a, "__name__", None)  # a model: its class name
+                        or (part.startswith("dict[") and get_origin(a) is dict)), Any)
+        else:
+            break
+    return tags
+
+
+def _per_field(errors: list[dict], model: Type[BaseModel]) -> list[dict]:
+    """pydantic's errors with one per field: a union's members are not named.
+
+    A union field that no member takes gives one error per member; the members that
+    got inside the value (a mapping with a wrong key) say what is wrong there, else
+    one error says what the field takes.
+    """
+    out: list[dict] = []
+    unions: dict[tuple, list[dict]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        tags = _member_tags(model, loc)
+        if not tags:
+            out.append(err)
+            continue
+        cut = min(tags)
+        if loc[:cut] not in unions:
+            unions[loc[:cut]] = []
+            out.append({"loc": loc[:cut], "union": unions[loc[:cut]]})
+        unions[loc[:cut]].append({**err, "loc": tuple(p for i, p in enumerate(loc) if i not in tags)})
+    merged: list[dict] = []
+    for err in out:
+        if "union" not in err:
+            merged.append(err)
+            continue
+        members = err["union"]
+        inside = [e for e in members if len(e["loc"]) > len(err["loc"]) or e["type"] in ("missing", "extra_forbidden")
+                  or not e["msg"].startswith("Input should be")]
+        if inside:
+            merged.extend(inside)
+        else:
+            field = str(err["loc"][-1]) if err["loc"] else ""
+            takes = _UNION_TAKES.get(field, " or ".join(e["msg"].removeprefix("Input should be ") for e in members))
+            merged.append({"loc": err["loc"], "type": "union", "msg": f"must be {takes}; got {members[0].get('input')!r}"})
+    return merged
+
+
 def _message(exc: ValidationError, what: str, model: Type[BaseModel]) -> str:
     lines = []
-    for err in exc.errors()[:3]:
+    errors = _per_field([dict(e) for e in exc.errors()], model)
+    for err in errors[:3]:
         where = _where(err["loc"])
         if err["type"] == "extra_forbidden":
             parent = model
@@ -281,7 +389,7 @@ def _message(exc: ValidationError, what: str, model: Type[BaseModel]) -> str:
         else:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: {msg}" if where else msg)
-    more = f" (+{len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     return f"invalid {what}: " + "; ".join(lines) + more
 
 

@@ -27,7 +27,9 @@ class Selection:
 
     ``channel``, ``y`` and ``x`` are the labels along the kept dims: for ``dense``
     and ``pooled`` the channel (and row/column) numbers kept; for ``units`` one
-    entry per unit (``y``/``x`` are None for 2-D outputs).
+    entry per unit (``y``/``x`` are None for 2-D outputs). ``layout`` names the
+    site's own dims, in its order: ``(channel, y, x)``, channel-last ``(y, x,
+    channel)``, attention ``(head, query, key)``, or ``dim_k`` where nobody can tell.
     """
 
     kind: str  # "dense", "units", "pooled" or "tokens"
@@ -38,6 +40,7 @@ class Selection:
     x: np.ndarray | None = None
     pool: Literal["mean", "max"] | None = None
     description: str = "all units"
+    layout: tuple[str, ...] = ()
     _channels: np.ndarray | None = None  # channel subset to take first (dense/pooled)
     _flat: np.ndarray | None = None  # flattened unit indices (units); token indices (tokens)
     _pool_from: int | None = None  # pooled tokens: the first patch token
@@ -63,10 +66,12 @@ class Selection:
         if self.kind == "units":
             assert flat is not None  # a "units" selection always has its flat indices
             return t.reshape(t.shape[0], -1).index_select(1, flat)
+        axis = 1 + self.layout.index("channel") if "channel" in self.layout else 1
         if channels is not None:
-            t = t.index_select(1, channels)
+            t = t.index_select(axis, channels)
         if self.kind == "pooled":
-            return t.mean(dim=(2, 3)) if self.pool == "mean" else t.amax(dim=(2, 3))
+            space = (1 + self.layout.index("y"), 1 + self.layout.index("x")) if "y" in self.layout else (2, 3)
+            return t.mean(dim=space) if self.pool == "mean" else t.amax(dim=space)
         return t
 
 
@@ -75,7 +80,15 @@ def _dims(shape: Sequence[int]) -> tuple[str, ...]:
         return ("channel",)
     if len(shape) == 3:
         return ("channel", "y", "x")
+    return neutral_dims(shape)
+
+
+def neutral_dims(shape: Sequence[int]) -> tuple[str, ...]:
+    """``dim_1``, ``dim_2``, ...: the names of dims nobody can tell apart."""
     return tuple(f"dim_{i + 1}" for i in range(len(shape)))
+
+
+_MAP = {"channel", "y", "x"}
 
 
 def _check(name: str, what: str, values: Iterable[int], size: int) -> np.ndarray:
@@ -111,10 +124,14 @@ def make_selection(
     sample: int | None = None,
     seed: int = 0,
     tokens: TokenGrid | None = None,
+    layout: Sequence[str] | None = None,
 ) -> Selection:
     """Build the selection of a layer entry for a site whose output is `shape` (no batch).
 
     `tokens` is the model's token layout when `shape` is ``(token, channel)``.
+    `layout` names the dims of `shape` (default: ``(channel,)``, ``(channel, y,
+    x)``, else ``dim_k``); a 3-D site is a map only where they are ``channel``, ``y``
+    and ``x`` in some order (channel-last: ``(y, x, channel)``).
 
     Raises
     ------
@@ -123,6 +140,7 @@ def make_selection(
         selection needs a spatial output the site does not have.
     """
     shape = tuple(int(s) for s in shape)
+    layout = tuple(layout) if layout is not None else _dims(shape)
     spatial = len(shape) == 3
     wants = [k for k, v in (("units", units), ("positions", positions), ("pool", pool),
                             ("sample", sample)) if v is not None]
@@ -132,7 +150,13 @@ def make_selection(
         raise SelectionError(f"{name}: units: cls picks a vision transformer's class token; output "
                              f"{shape} is not a (token, channel) site")
     if not wants and channels is None:
-        return Selection("dense", _dims(shape), shape)
+        return Selection("dense", layout, shape, layout=layout)
+    if len(shape) == 3 and set(layout) != _MAP:
+        what = "attention weights" if layout == ("head", "query", "key") else "dims whose meaning the trace cannot tell"
+        raise SelectionError(
+            f"{name}: output {shape} is ({', '.join(layout)}), {what}, not a map of channels over (y, x); "
+            "record it whole (no units/channels/positions/pool/sample)"
+        )
     if len(shape) not in (1, 3):
         raise SelectionError(
             f"{name}: output shape {shape} has neither (channel,) nor (channel, y, x) "
@@ -143,7 +167,7 @@ def make_selection(
             f"{name}: output {shape} has no spatial positions; '{wants[0]}' needs a "
             "(channel, y, x) output (use channels: or sample:)"
         )
-    n_ch = shape[0]
+    n_ch = shape[layout.index("channel")]
     ch = None if channels is None else _check(name, "channel", channels, n_ch)
     if ch is not None:
         _distinct(name, "channels", ch)
@@ -152,13 +176,13 @@ def make_selection(
         if not 0 < sample <= total:
             raise SelectionError(f"{name}: sample {sample} is outside 1..{total} (the site's units)")
         flat = np.sort(np.random.default_rng(seed).choice(total, size=sample, replace=False))
-        return _units(shape, flat, f"{sample} random units (seed {seed})")
+        return _units(shape, flat, f"{sample} random units (seed {seed})", layout)
     if pool is not None:
         kept = ch if ch is not None else np.arange(n_ch)
         return Selection("pooled", ("channel",), (len(kept),), channel=kept, pool=pool,
-                         description=f"{pool} over space", _channels=ch)
+                         description=f"{pool} over space", layout=layout, _channels=ch)
     if units == "center" or positions is not None:
-        h, w = shape[1], shape[2]
+        h, w = shape[layout.index("y")], shape[layout.index("x")]
         if units == "center":
             pos = np.array([[h // 2, w // 2]])
         else:
@@ -168,22 +192,27 @@ def make_selection(
             _check(name, "column (x)", pos[:, 1], w)
         kept = ch if ch is not None else np.arange(n_ch)
         cc, pp = np.repeat(kept, len(pos)), np.tile(np.arange(len(pos)), len(kept))
-        flat = cc * h * w + pos[pp, 0] * w + pos[pp, 1]
+        index = {"channel": cc, "y": pos[pp, 0], "x": pos[pp, 1]}
+        flat = np.ravel_multi_index(tuple(index[d] for d in layout), shape)
         what = "centre position" if units == "center" else f"{len(pos)} positions"
-        return _units(shape, flat, f"{len(kept)} channels × {what}")
+        return _units(shape, flat, f"{len(kept)} channels × {what}", layout)
     # channels alone: every position of those channels, kept as a dense map
     assert ch is not None  # no other mode was asked for, so channels were
-    return Selection("dense", _dims(shape), (len(ch),) + shape[1:], channel=ch,
-                     description=f"{len(ch)} channels, all positions", _channels=ch)
+    kept_shape = tuple(len(ch) if d == "channel" else n for d, n in zip(layout, shape))
+    return Selection("dense", layout, kept_shape, channel=ch,
+                     description=f"{len(ch)} channels, all positions", layout=layout, _channels=ch)
 
 
-def _units(shape: tuple[int, ...], flat: np.ndarray, description: str) -> Selection:
+def _units(shape: tuple[int, ...], flat: np.ndarray, description: str,
+           layout: Sequence[str] | None = None) -> Selection:
+    """Units by their flat index into `shape`, labelled by the dims of `layout`."""
+    layout = tuple(layout) if layout is not None else _dims(shape)
     if len(shape) == 1:
         return Selection("units", ("unit",), (len(flat),), channel=flat, description=description,
-                         _flat=flat)
-    c, y, x = np.unravel_index(flat, shape)
-    return Selection("units", ("unit",), (len(flat),), channel=c, y=y, x=x,
-                     description=description, _flat=flat)
+                         layout=layout, _flat=flat)
+    index = dict(zip(layout, np.unravel_index(flat, shape)))
+    return Selection("units", ("unit",), (len(flat),), channel=index["channel"], y=index["y"], x=index["x"],
+                     description=description, layout=layout, _flat=flat)
 
 
 def _token_selection(name: str, shape: tuple[int, ...], grid: TokenGrid, units: str | None,

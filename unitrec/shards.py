@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -241,10 +242,11 @@ def _collect(out: Path, count: int | None, *, waiting: bool) -> tuple[int, list[
         raise _count_clash(out, found)
     have = found.get(count, {})
     missing = [i for i in range(count) if i not in have]
-    unfinished = [i for i in range(count) if i in have and "done" not in have[i]]
+    # a partial file beside a finished one is an --overwrite run still recording it anew
+    unfinished = [i for i in range(count) if i in have and ("done" not in have[i] or "partial" in have[i])]
     if waiting and (missing or unfinished):
         return None
-    files = [have[i]["done"] for i in range(count) if i in have and "done" in have[i]]
+    files = [have[i]["done"] for i in range(count) if i in have and "done" in have[i] and i not in unfinished]
     keys, parts, broken = {}, {}, []
     for path in files:
         try:
@@ -262,7 +264,7 @@ def _collect(out: Path, count: int | None, *, waiting: bool) -> tuple[int, list[
             else (lambda i: "")
         if missing:
             problems.append("missing " + ", ".join(f"{i:05d}-of-{count:05d}.h5{rows(i)}" for i in missing)
-                            + " (run their tasks: --shard I/N)")
+                            + " (run their tasks: --shard I/N; a deleted shard is recorded again the same way)")
         if unfinished:
             problems.append("unfinished " + ", ".join(f"{i:05d}-of-{count:05d}.h5{rows(i)}" for i in unfinished)
                             + " (still recording, or interrupted: rerun their tasks to resume)")
@@ -270,15 +272,24 @@ def _collect(out: Path, count: int | None, *, waiting: bool) -> tuple[int, list[
         problems.append("unreadable " + ", ".join(broken))
     if ref is not None:
         ref_key, ref_part = ref
+        counted = Counter(json.dumps(k, sort_keys=True) for k in keys.values())
+        tie = len(counted) > 1 and len(set(counted.values())) == 1
+        ref_name = next(p.name for p in keys if keys[p] == ref_key)
         for path in keys:
             index = int(path.name[:5])
             want = Part(index, count, *plan(ref_part.total, ref_part.batch_size, count)[index], ref_part.total,
                         ref_part.batch_size)
             differ = _differences(keys[path], ref_key)
             if parts[path] != want:
-                differ.append(f"shard (file: {parts[path].describe()}; expected: {want.describe()})")
+                differ.append(f"shard (file: {parts[path].describe()}; expected: {want.describe()}; record it "
+                              f"again in the others' batches: --shard {index}/{count} --overwrite with batch_size "
+                              f"{ref_part.batch_size})")
             if differ:
-                problems.append(f"{path.name} is from another job: it differs in {'; '.join(differ)}")
+                if tie:
+                    problems.append(f"{path.name} and {ref_name} are from different jobs (as many shards of "
+                                    f"each): they differ in {'; '.join(differ)}")
+                else:
+                    problems.append(f"{path.name} is from another job: it differs in {'; '.join(differ)}")
     if problems:
         raise RecordingError(f"cannot stitch {out}: " + "; ".join(problems))
     return count, files
@@ -306,12 +317,14 @@ def _differences(key: dict, ref: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------ stitching
-def stitch_if_complete(out: Path, count: int) -> Path | None:
+def stitch_if_complete(out: Path, count: int, *, replace: bool = False) -> Path | None:
     """Called by a shard that has just finished: stitch `out` if every shard is done.
 
     Under the output's lock, so of several shards finishing together exactly one
     stitches and the others find it done. Returns `out`, or None while shards are
-    still missing or unfinished.
+    still missing or unfinished. An existing `out` that is not a stitch of this job
+    (a one-process recording, another job's) is never replaced, unless `replace`
+    (the shard was run with --overwrite).
     """
     from .stitch import is_current, stitch
 
@@ -324,10 +337,39 @@ def stitch_if_complete(out: Path, count: int) -> Path | None:
             return None
         if out.exists() and is_current(out, found[1]):
             return out
+        if not replace:
+            other = _not_this_job(out, found[1])
+            if other:
+                raise RecordingError(
+                    f"this shard is recorded and all {count} shards are done, but {out} already holds {other}; "
+                    f"it was left as it is. Move it away and run `unitrec merge {out}`, or replace it with "
+                    f"`unitrec merge {out} --overwrite`")
         return stitch(out, found[1], copy=False)
 
 
-def merge(out: str | os.PathLike, copy: bool = False) -> Path:
+def _not_this_job(out: Path, files: list[Path]) -> str | None:
+    """What `out` holds when it is not a stitch of the job of `files` (None: absent, or this job's)."""
+    if not out.exists() and not out.is_symlink():
+        return None
+    if not out.is_file() or out.is_symlink():
+        return "something that is not a recording file (a folder or a link)"
+    try:
+        with h5py.File(out, "r") as h5:
+            key, stitched = job_key(h5), "shards" in h5.attrs
+            status = h5.attrs.get("status")
+    except (OSError, RuntimeError, ValueError):
+        return "a file that is not a readable recording"
+    with h5py.File(files[0], "r") as h5:
+        ours = job_key(h5)
+    if stitched and key == ours:
+        return None  # a stitch of this job from shards since recorded again: stitched anew
+    what = "a stitch of another job's shards" if stitched else \
+        ("a recording made in one process" if status == "complete" else "an unfinished recording")
+    differ = _differences(key, ours)
+    return what + (f" (it differs in {differ[0]})" if differ and key else "")
+
+
+def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -> Path:
     """Stitch the shards of `out` (``<out>.shards/*-of-*.h5``) into `out`.
 
     The last shard to finish does this by itself; this is the same by hand.
@@ -340,6 +382,10 @@ def merge(out: str | os.PathLike, copy: bool = False) -> Path:
         False (default): each site's ``activation`` is an HDF5 virtual dataset over
         the shards' files (no data copied; keep the ``.shards`` folder beside `out`,
         moving them together is fine). True: one self-contained file.
+    overwrite
+        Replace an existing `out` that is not a stitch of these shards' job (a
+        one-process recording, another job's). Without it such a file is refused.
+        The old file stays whole until the new one is written.
 
     Returns
     -------
@@ -356,15 +402,31 @@ def merge(out: str | os.PathLike, copy: bool = False) -> Path:
     --------
     >>> ur.merge("runs/imagenet/activations.h5")  # doctest: +SKIP
     """
-    from .stitch import open_file, stitch
+    from .stitch import stitch
 
     out = Path(out).expanduser().resolve()
     with output_lock(out, wait=True):
         _, files = _collect(out, None, waiting=False)  # type: ignore[misc]
-        if out.exists():
-            with open_file(out) as h5:
-                stitched = "shards" in h5.attrs
-            if not stitched:
-                raise RecordingError(f"{out} exists and was not stitched from shards; move it away first if "
-                                     "you want the shards stitched in its place")
+        other = _not_this_job(out, files)
+        if other and not overwrite:
+            raise RecordingError(f"{out} already holds {other}; move it away first, or replace it with "
+                                 "`unitrec merge --overwrite` (overwrite=True)")
+        if other and out.is_file() and out.stat().st_size and not h5py.is_hdf5(out):
+            raise RecordingError(f"{out} exists and is not an HDF5 file; unitrec will not overwrite it: "
+                                 "move it away first")
+        if copy:
+            _room_for_copy(out, files)
         return stitch(out, files, copy=copy)
+
+
+def _room_for_copy(out: Path, files: list[Path]) -> None:
+    """Refuse a copy the disk cannot hold before writing anything: it is about the shards' size."""
+    from .text import human_size
+    from .writer import reserve_margin
+
+    need = sum(f.stat().st_size for f in files) + reserve_margin(0, 0)
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise RecordingError(f"not enough space to copy the shards into {out}: it needs about {human_size(need)}, "
+                             f"{human_size(free)} is free; free some space, or stitch without --copy (virtual "
+                             "datasets over the shards: nothing is copied)")

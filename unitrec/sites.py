@@ -19,7 +19,7 @@ from torch import nn
 from .errors import LayerNotFoundError, RecordingError
 from .receptive_field import Field, finite
 from .schema import Layers, LayerSpec, parse_layers
-from .selection import Selection, make_selection
+from .selection import Selection, make_selection, neutral_dims
 from .tokens import TokenGrid
 from .trace import Call, Trace, trace_model
 
@@ -101,6 +101,10 @@ class Site:
                 out[dim] = (dim, np.arange(n))
             if "channel" in out and sel.channel is not None:
                 out["channel"] = ("channel", np.asarray(sel.channel))
+        if sel.layout == ATTENTION and self.tokens is not None:  # each query and key is a token
+            labels = self.tokens.coords(np.arange(self.tokens.n_tokens))
+            for dim in ("query", "key"):
+                out.update({f"{dim}_{name}": (dim, labels[name]) for name in ("kind", "y", "x")})
         if self.tokens is not None and "token" in sel.dims:
             kept = sel._flat if sel.kind == "tokens" else np.arange(self.tokens.n_tokens)
             assert kept is not None
@@ -122,8 +126,9 @@ class Site:
                 out["rf_center_y"] = ("unit", np.array([fld.y.center(v) for v in sel.y], float))
                 out["rf_center_x"] = ("unit", np.array([fld.x.center(v) for v in sel.x], float))
             else:
-                out["rf_center_y"] = ("y", np.array([fld.y.center(v) for v in range(full[1])], float))
-                out["rf_center_x"] = ("x", np.array([fld.x.center(v) for v in range(full[2])], float))
+                rows, cols = fld.hw(full)
+                out["rf_center_y"] = ("y", np.array([fld.y.center(v) for v in range(rows)], float))
+                out["rf_center_x"] = ("x", np.array([fld.x.center(v) for v in range(cols)], float))
         return out
 
     def attrs(self) -> dict[str, Any]:
@@ -142,7 +147,7 @@ class Site:
             attrs["pool"] = self.selection.pool
         fld = self.field
         if fld is not None and full and len(full) == 4:
-            attrs.update(self._field_attrs(fld, full[2:]))
+            attrs.update(self._field_attrs(fld, fld.hw(full)))
         if self.tokens is not None:  # a token's field is its patch's; the grid plays the map
             grid = self.tokens
             attrs["tokens"] = (f"{' + '.join(grid.kinds) + ' + ' if grid.kinds else ''}"
@@ -154,11 +159,41 @@ class Site:
 
     def _field_attrs(self, fld: Field, grid: Sequence[int]) -> dict[str, list[float | int]]:
         """``rf_size`` and ``rf_stride`` of one position of a `grid` (rows, columns) of
-        positions; a pooled unit sees the union of every position."""
-        size = list(fld.size)
+        positions, as ``unitrec layers`` lists them; for a pooled site also
+        ``rf_size_pooled``, the union of every position, which its units see."""
+        attrs = {"rf_size": [finite(s) for s in fld.size], "rf_stride": [finite(s) for s in fld.stride]}
         if self.selection.kind == "pooled":
-            size = [s + (n - 1) * st for s, n, st in zip(fld.size, grid, fld.stride)]
-        return {"rf_size": [finite(s) for s in size], "rf_stride": [finite(s) for s in fld.stride]}
+            attrs["rf_size_pooled"] = [finite(s) for s in pooled_size(fld, grid)]
+        return attrs
+
+
+#: the dims of attention weights, ``(heads, tokens, tokens)`` per stimulus
+ATTENTION = ("head", "query", "key")
+
+
+def pooled_size(fld: Field, grid: Sequence[int]) -> tuple[float, float]:
+    """The field of a unit pooled over a `grid` (rows, columns) of positions: their union."""
+    return tuple(s + (n - 1) * st for s, n, st in zip(fld.size, grid, fld.stride))  # type: ignore[return-value]
+
+
+def layout_of(shape: Sequence[int], fld: Field | None, tokens: TokenGrid | None) -> tuple[str, ...]:
+    """The names of a site's per-stimulus dims (`shape`, no batch), from what the trace knows.
+
+    A 3-D site is a map where the trace followed its field: ``channel``, ``y`` and ``x``
+    wherever its rows and columns are (``(y, x, channel)`` after ConvNeXt's
+    channel-last permute); ``(head, query, key)`` where both last dims are a vision
+    transformer's tokens and no field is known; else ``dim_1``, ``dim_2``, ... (never a guess).
+    """
+    n = len(shape)
+    if n == 1:
+        return ("channel",)
+    if n == 3 and fld is not None and -n <= fld.axes[0] < fld.axes[1] < 0:
+        names = ["channel"] * n
+        names[fld.axes[0]], names[fld.axes[1]] = "y", "x"
+        return tuple(names)
+    if n == 3 and fld is None and tokens is not None and shape[1] == shape[2] == tokens.n_tokens:
+        return ATTENTION
+    return neutral_dims(shape)
 
 
 def site_names(trace: Trace) -> list[str]:
@@ -205,7 +240,7 @@ def resolve_sites(
     if trace is None:
         if example is None:
             raise ValueError("resolve_sites needs an example batch or a trace")
-        trace = trace_model(model, example)
+        trace = trace_example(model, example)
     modules = dict(model.named_modules())
     model_name = model_name or getattr(model, "unitrec_description", {}).get("name")
     sites = []
@@ -242,16 +277,63 @@ def resolve_sites(
                 f"{spec.name!r}: the module's {capture} is not a tensor; record one of its "
                 "children instead"
             )
+        if not shape or shape[0] != trace.batch:
+            if trace.batch == 1 and example is not None and len(example) == 1:
+                # a batch of 1 squeezed away (`pool(x).squeeze()`): a batch of 2 keeps it
+                return resolve_sites(model, specs, _two(example), model_name=model_name)
+            raise RecordingError(
+                f"{spec.name!r}: its {capture} has shape {shape} in a traced batch of {trace.batch}, whose first "
+                "dim is not the batch (the model squeezes or folds it); record a module that keeps the batch "
+                "first, or keep it in the model (x.flatten(1), not x.squeeze())"
+            )
         tokens = trace.tokens if trace.tokens is not None and trace.tokens.matches(shape[1:]) else None
+        fld = call.input_field if capture == "input" else call.output_field
+        layout = layout_of(shape[1:], fld, trace.tokens)
         selection = make_selection(
             spec.name, shape[1:], units=spec.units, channels=spec.channels,
             positions=spec.positions, pool=spec.pool, sample=spec.sample, seed=spec.seed, tokens=tokens,
+            layout=layout,
         )
+        if layout == ATTENTION:
+            tokens = trace.tokens  # labels its queries and keys
         key = spec.key
         if capture == "input" and not key.endswith("@input") and not spec.store_as:
             key += "@input"
         sites.append(Site(key, module, index, capture, spec, call, selection, tokens))
     return sites, trace
+
+
+def _two(example: torch.Tensor) -> torch.Tensor:
+    """A batch of 2 made of the first item of `example`."""
+    return example[:1].expand(2, *example.shape[1:]).clone()
+
+
+def trace_example(model: nn.Module, example: torch.Tensor, *, every: bool = False) -> Trace:
+    """The trace of `example`; of a batch of 2 where a batch of 1 fails (a model that
+    squeezes its batch, ``pool(x).squeeze()``, then breaks on ``flatten(1)``), and,
+    with `every` (a listing of every site), where it gives fewer outputs without the
+    batch first. Models that keep their batch are traced once."""
+    try:
+        trace = trace_model(model, example)
+    except Exception as exc:
+        if len(example) != 1:
+            raise
+        try:
+            return trace_model(model, _two(example))
+        except Exception:
+            raise exc from None
+    lost = _batchless(trace) if every and len(example) == 1 else 0
+    if lost:
+        two = trace_model(model, _two(example))
+        if _batchless(two) < lost:
+            return two
+    return trace
+
+
+def _batchless(trace: Trace) -> int:
+    """How many calls return a tensor whose first dim is not the batch."""
+    return sum(1 for c in trace.calls if c.output_shape is not None
+               and (not c.output_shape or c.output_shape[0] != trace.batch))
 
 
 @dataclass
@@ -266,6 +348,8 @@ class LayerInfo:
     rf_size: tuple[float, float] | None
     rf_stride: tuple[float, float] | None
     sources: list[tuple[str, int]] | None
+    #: the field of a unit pooled over the whole map (``pool: mean | max``): every position's
+    rf_size_pooled: tuple[float, float] | None = None
 
     @property
     def provenance(self) -> str:
@@ -311,7 +395,7 @@ def list_layers(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         gen = torch.Generator().manual_seed(0)
         example = torch.randn((1, *input_size), generator=gen).to(device)
-        trace = trace_model(model, example)
+        trace = trace_example(model, example, every=True)
     rows = []
     names = site_names(trace)
     for name, call in zip(names, trace.calls):
@@ -326,10 +410,14 @@ def _layer_row(name: str, call: Call, trace: Trace, shape: tuple[int, ...] | Non
                sources: list[tuple[str, int]] | None) -> LayerInfo:
     """One listing row for what enters or leaves a call (`shape` with the batch)."""
     shape = shape[1:] if shape else None
+    grid: tuple[int, int] | None = None
     if trace.tokens is not None and trace.tokens.matches(shape):
-        fld = trace.tokens.field  # a token site: its patch's field
+        fld, grid = trace.tokens.field, trace.tokens.grid  # a token site: its patch's field
     elif shape is None or len(shape) != 3:
         fld = None
+    elif fld is not None:
+        grid = fld.hw(shape)
+    pooled = pooled_size(fld, grid) if fld is not None and grid is not None else None
     return LayerInfo(
         name=name, type=call.type, output_shape=shape,
         units=int(np.prod(shape)) if shape is not None else 0,
@@ -337,6 +425,7 @@ def _layer_row(name: str, call: Call, trace: Trace, shape: tuple[int, ...] | Non
         rf_size=(finite(fld.size[0]), finite(fld.size[1])) if fld else None,
         rf_stride=(finite(fld.stride[0]), finite(fld.stride[1])) if fld else None,
         sources=sources,
+        rf_size_pooled=(finite(pooled[0]), finite(pooled[1])) if pooled else None,
     )
 
 

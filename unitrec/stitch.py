@@ -25,7 +25,8 @@ from . import summary as summaries
 from .errors import RecordingError
 from .shards import Part, job_key
 
-__all__ = ["is_current", "missing_sources", "open_file", "source_chunks", "stitch"]
+__all__ = ["changed_sources", "check_sources", "is_current", "missing_sources", "open_file", "source_chunks",
+           "stitch"]
 
 _DIMENSION_ATTRS = ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST")  # remade, never copied
 _RUN_ONLY = ("shard", "last_run_seconds", "last_run_images_per_second")  # describe one shard's run
@@ -46,8 +47,14 @@ def _listing(out: Path, files: list[Path]) -> list[dict[str, Any]]:
         with open_file(path) as h5:
             part = Part.from_attr(h5.attrs["shard"])
             rows.append({"file": _relative(path, out), "rows": [part.start, part.stop],
-                         "finished": str(h5.attrs.get("finished", "")), "created": str(h5.attrs.get("created", ""))})
+                         **_identity(h5)})
     return rows
+
+
+def _identity(h5: h5py.File) -> dict[str, str]:
+    """What tells one recording of a shard from another: when it was made and finished, its run."""
+    return {"finished": str(h5.attrs.get("finished", "")), "created": str(h5.attrs.get("created", "")),
+            "run_id": str(h5.attrs.get("run_id", ""))}
 
 
 def _relative(path: Path, out: Path) -> str:
@@ -126,6 +133,9 @@ def _write(dst: h5py.File, shards: list[h5py.File], listing: list[dict], out: Pa
     dst.attrs["status"] = "complete"
     dst.attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
     dst.attrs["stitched"] = "copy" if copy else "virtual"
+    from .writer import finisher
+
+    dst.attrs["finished_by"] = finisher()
     dst.attrs["history"] = (f"{first.attrs.get('history', '')}\n{dst.attrs['finished']} stitched from "
                             f"{len(shards)} shards ({dst.attrs['stitched']})").lstrip()
     dst.attrs["shards"] = json.dumps(listing)
@@ -172,9 +182,12 @@ def _activation(group: h5py.Group, parts: list[h5py.Dataset], listing: list[dict
         ds = _create_like(group, ref, shape, int(json.loads(ref.file.attrs["shard"])["batch_size"]))
         for part, entry in zip(parts, listing):
             start = entry["rows"][0]
-            step = max(1, _COPY_BYTES // max(1, int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize))
+            row_bytes = int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize
+            step = max(1, _COPY_BYTES // max(1, row_bytes))
+            stored = part.id.get_storage_size() / max(1, part.size * part.dtype.itemsize)  # < 1 compressed
             for a in range(0, part.shape[0], step):
                 b = min(a + step, part.shape[0])
+                _reserve(ds, int((b - a) * row_bytes * stored) + 1, out)
                 ds[start + a : start + b] = part[a:b]
     else:
         layout = h5py.VirtualLayout(shape=shape, dtype=ref.dtype)
@@ -187,6 +200,21 @@ def _activation(group: h5py.Group, parts: list[h5py.Dataset], listing: list[dict
     overflow = sum(int(p.attrs.get("float16_overflow", 0)) for p in parts)
     if overflow:
         ds.attrs["float16_overflow"] = overflow
+
+
+def _reserve(ds: h5py.Dataset, nbytes: int, out: Path) -> None:
+    """Room on the disk for the next rows of a copy, before HDF5 writes them: HDF5 cannot recover
+    from a write that fails for lack of space (see ``writer.reserve_space``)."""
+    from .writer import _no_space, reserve_space
+
+    try:
+        reserve_space(ds.file, nbytes)
+    except OSError as exc:
+        if not _no_space(exc):
+            raise
+        raise RecordingError(f"no space left on device copying the shards into {out}; free some space and run "
+                             f"`unitrec merge {out} --copy` again, or stitch without --copy (nothing is copied)") \
+            from None
 
 
 def _create_like(group: h5py.Group, ref: h5py.Dataset, shape: tuple[int, ...], batch_size: int) -> h5py.Dataset:
@@ -222,17 +250,88 @@ def missing_sources(h5: h5py.File) -> list[str]:
     the working directory, so readers check first: sources are looked for where HDF5
     looks first (``HDF5_VDS_PREFIX``, else the recording's folder).
     """
+    return [entry["file"] for entry, path in _sources(h5) if path is None]
+
+
+def _sources(h5: h5py.File) -> list[tuple[dict[str, Any], Path | None]]:
+    """Each shard a virtual stitched file lists, with the file HDF5 reads for it (None: none there)."""
     if h5.attrs.get("stitched") != "virtual":
         return []
     folder = Path(os.path.abspath(h5.filename)).parent
     prefix = os.environ.get("HDF5_VDS_PREFIX")
-    missing = []
+    out = []
     for entry in json.loads(h5.attrs.get("shards", "[]")):
         name = entry["file"]
-        where = [Path(prefix) / name] if prefix else []
-        if not any(p.is_file() for p in [*where, folder / name]):
-            missing.append(name)
-    return missing
+        where = [p for p in [*([Path(prefix) / name] if prefix else []), folder / name] if p.is_file()]
+        out.append((entry, where[0] if where else None))
+    return out
+
+
+def changed_sources(h5: h5py.File) -> list[str]:
+    """Shard files of a stitched recording that are not the ones it was stitched from.
+
+    A virtual dataset reads whatever file now lies at a source's path: a shard
+    recorded again (another job, or the same one anew) would be read under this
+    file's provenance. Each source's identity (its created and finished stamps and
+    run id, listed in the ``shards`` attribute when stitched) is compared with the
+    file there now; a file whose inode, size and modification time are unchanged
+    since it was last compared is not opened again.
+    """
+    changed = []
+    for entry, path in _sources(h5):
+        name = entry["file"]
+        if path is None:
+            continue  # missing: missing_sources says so
+        want: dict[str, str] = {k: str(entry[k]) for k in ("finished", "created", "run_id") if k in entry}
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        seen = _SEEN.get(str(path))
+        if seen is not None and seen[0] == stamp and seen[1] == want:
+            continue
+        try:
+            with h5py.File(path, "r") as src:
+                have = {k: v for k, v in _identity(src).items() if k in want}
+        except (OSError, RuntimeError):
+            changed.append(f"{name} (unreadable)")
+            continue
+        if have != want:
+            when = f"finished {have.get('finished') or '?'}, not {want.get('finished') or '?'}"
+            changed.append(f"{name} ({when})")
+        else:
+            _SEEN[str(path)] = (stamp, want)
+    return changed
+
+
+#: shard path -> ((inode, size, mtime), identity) of a source found to be the one stitched
+_SEEN: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
+
+
+def check_sources(path: str | os.PathLike, h5: h5py.File | None = None) -> None:
+    """Refuse to read a stitched recording whose shard files are missing or were recorded again."""
+    if h5 is None:
+        with open_file(Path(path)) as h5:
+            return check_sources(path, h5)
+    missing = missing_sources(h5)
+    if missing:
+        raise RecordingError(
+            f"{path} reads its activations from shard files that are not there: {_some(missing, 3)} (looked in "
+            f"{os.path.dirname(os.path.abspath(path))}); move the .shards folder together with the file (or, "
+            f"while both are there, make one self-contained file: `unitrec merge {path} --copy`)")
+    changed = changed_sources(h5)
+    if changed:
+        raise RecordingError(
+            f"{path} was stitched from shard files that have been recorded again since: {_some(changed, 2)}; its "
+            "virtual datasets would read the new files' values under its own provenance, so it is not read. "
+            "Stitch the shards as they are now with `unitrec merge` on the output they were recorded for, or "
+            "record this job again")
+    return None
+
+
+def _some(names: list[str], shown: int) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def source_chunks(ds: h5py.Dataset) -> dict[str, int] | None:

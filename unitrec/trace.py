@@ -26,6 +26,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 
+from .anatomy import anatomy_of
 from .hollow import (DIVISIONS, ESCAPES, RUNNING_STATS, SHAPE_ONLY, STAND_INS, ModelState, NeedsValues,
                      all_tensors, may_run_hollow, operands, rng_state, set_rng_state, stand_in, storage,
                      tensor_list, updates_running_stats)
@@ -70,6 +71,7 @@ class Trace:
     counts: dict[str, int]  # calls per forward, per module name
     input_shape: tuple[int, ...]
     tokens: TokenGrid | None = None  # a vision transformer's token layout
+    batch: int = 1  # the traced batch's size: every call's shapes include it
 
     def find(self, module: str, index: int) -> Call:
         for call in self.calls:
@@ -353,9 +355,10 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
 
     The trace is cached per model object and input shape, dtype and device, and
     reused only while the model's anatomy is what it was: the same module objects
-    under the same names, each with the same type, plain settings (stride, padding,
-    ``inplace``, ``transform_input``, ...), parameter and buffer shapes, hooks and
-    forward method. Any change there traces again.
+    under the same names, each with the same parameter and buffer shapes and the same
+    anatomy (see :mod:`unitrec.anatomy`: type, plain settings such as stride,
+    ``inplace``, ``transform_input`` or a dict that steers ``forward``, hooks, the
+    instance's and the class's ``forward``). Any change there traces again.
     """
     key = (tuple(example.shape), example.dtype, str(example.device))
     anatomy = _anatomy(model)
@@ -377,27 +380,17 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
 
 #: model -> {(input shape, dtype, device): (anatomy, trace)}; entries go with the model
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, Trace]]] = weakref.WeakKeyDictionary()
-_PLAIN = (bool, int, float, str, type(None))
-
-
-def _plain(value: Any) -> bool:
-    if isinstance(value, (tuple, list)):
-        return all(_plain(v) for v in value)
-    return isinstance(value, _PLAIN)
 
 
 def _anatomy(model: nn.Module) -> tuple:
-    """What a trace depends on, for every module, comparable with ``==``."""
-    parts: list[tuple] = []
-    for name, m in model.named_modules():
-        parts.append((
-            name, id(m), type(m),
-            tuple((k, v) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)),
-            tuple((k, tuple(t.shape), t.dtype) for k, t in m._parameters.items() if t is not None),
-            tuple((k, tuple(t.shape), t.dtype) for k, t in m._buffers.items() if t is not None),
-            tuple(m._forward_hooks), tuple(m._forward_pre_hooks), m.__dict__.get("forward"),
-        ))
-    return tuple(parts)
+    """What a trace depends on, comparable with ``==``: which module objects sit under
+    which names, their parameter and buffer shapes, and the anatomy the run key holds
+    (types, plain settings read afresh, dicts included, hooks, forward code)."""
+    objects = tuple((name, id(m),
+                     tuple((k, tuple(t.shape), t.dtype) for k, t in m._parameters.items() if t is not None),
+                     tuple((k, tuple(t.shape), t.dtype) for k, t in m._buffers.items() if t is not None))
+                    for name, m in model.named_modules())
+    return objects, anatomy_of(model).text
 
 
 def _trace(model: nn.Module, example: torch.Tensor, hollow: bool = False) -> Trace:
@@ -521,14 +514,18 @@ def _pass(model: nn.Module, example: torch.Tensor,
         if len(runs) > 1:
             call.input_sources = runs
     trace = Trace(calls=calls, counts=counts, input_shape=tuple(example.shape[1:]),
-                  tokens=find_grid(model, patch_calls, token_shapes) if token_shapes else None)
+                  tokens=find_grid(model, patch_calls, token_shapes) if token_shapes else None,
+                  batch=int(example.shape[0]))
     return trace, mode.stand_ins
 
 
 def _layout_field(mode: _Mode, t: torch.Tensor | None) -> Field | None:
-    """A tensor's field where its layout is (…, channel, y, x), as sites describe it."""
-    fld = mode.fields.get(id(t)) if t is not None else None
-    return fld if fld is not None and fld.axes == (-2, -1) else None
+    """A tensor's field, where its rows and columns are dims after the batch: ``axes``
+    says which (``(-2, -1)`` for (…, channel, y, x), ``(-3, -2)`` for channel-last)."""
+    if t is None:
+        return None
+    fld = mode.fields.get(id(t))
+    return fld if fld is not None and -t.dim() < fld.axes[0] < fld.axes[1] < 0 else None
 
 
 def _parent_call(call: Call, calls: list[Call], example: torch.Tensor) -> Call:

@@ -22,6 +22,7 @@ import errno
 import functools
 import hashlib
 import json
+import math
 import os
 import queue
 import shutil
@@ -43,11 +44,14 @@ from .stimuli.dataset import file_sha256
 __all__ = ["FORMAT_VERSION", "AsyncWriter", "RecordingFile", "check_finished", "chunk_shape", "creating_path",
            "human_size", "partial_path", "reserved_names"]
 
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"  # 3: the run key holds model kwargs, anatomy and stimulus coordinates
 TODO, DONE, SKIPPED = 0, 1, 2  # values of the done mask
 _CHUNK_BYTES = 4 << 20
 _SYNC_BYTES = 64 << 20
 _MARGIN = 1 << 20  # room reserved beyond a batch's data for HDF5's own metadata
+#: Fletcher-32 checksum on every chunk of `activation`: a flipped bit reads as an error, not a wrong value
+#: (what it costs: README, "The file"; benchmarks/bench_checksum.py turns it off to compare)
+_CHECKSUM = True
 
 
 def reserve_margin(n_rows: int, n_sites: int) -> int:
@@ -94,8 +98,8 @@ def chunk_shape(shape: tuple[int, ...], batch_size: int, itemsize: int) -> tuple
     its first (channel) axis.
     """
     per_row = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
-    rows = max((d for d in range(1, batch_size + 1) if batch_size % d == 0 and d * per_row <= _CHUNK_BYTES),
-               default=1)
+    small = [d for d in range(1, math.isqrt(batch_size) + 1) if batch_size % d == 0]
+    rows = max((d for d in small + [batch_size // d for d in small] if d * per_row <= _CHUNK_BYTES), default=1)
     rows = min(rows, shape[0])
     inner = list(shape[1:])
     if per_row > _CHUNK_BYTES and inner:
@@ -269,7 +273,8 @@ class RecordingFile:
             return
         shape = (n, *site.shape)
         act = g.create_dataset("activation", shape=shape, dtype=dtype, fillvalue=np.nan,
-                               chunks=chunk_shape(shape, batch_size, dtype.itemsize), **filters)
+                               chunks=chunk_shape(shape, batch_size, dtype.itemsize), fletcher32=_CHECKSUM,
+                               **filters)
         act.dims[0].attach_scale(h5["stimulus"])
         for i, dim in enumerate(dims):
             act.dims[i + 1].attach_scale(g[dim])
@@ -298,7 +303,7 @@ class RecordingFile:
                                      "with --overwrite (overwrite=True)")
             check_run_key(h5, run_key, path, stimuli.labels, "the unfinished recording {path} was started by "
                           "another job; it differs in {what}. Rerun with --overwrite (overwrite=True) to start "
-                          "over, or choose another output")
+                          "over, or choose another output", coords=stimuli.coords)
             missing = [s.key for s in sites if s.key not in h5 or ("activation" not in h5[s.key] and s.stored)
                        or (summaries.STATE_GROUP not in h5[s.key] and s.summarised)]
             if missing:
@@ -360,7 +365,7 @@ class RecordingFile:
             # thread), so the final fsync has little left and the page cache stays small.
             self._unsynced += nbytes
             if self._unsynced >= _SYNC_BYTES:
-                os.fdatasync(self.h5.id.get_vfd_handle())
+                _datasync(self.h5.id.get_vfd_handle())
                 self._unsynced = 0
         except (OSError, RuntimeError) as exc:
             raise _disk_error(exc, self.path) from None
@@ -387,11 +392,7 @@ class RecordingFile:
         ``FALLOC_FL_KEEP_SIZE``) and a full disk is reported while the file is still
         whole. Where the file system cannot reserve, the free space is checked.
         """
-        need = nbytes + nbytes // 16 + _MARGIN
-        end = self.h5.id.get_filesize()
-        if not _fallocate(self.h5.id.get_vfd_handle(), end, need):
-            if shutil.disk_usage(self.path.parent).free < need:
-                raise OSError(errno.ENOSPC, "No space left on device")
+        reserve_space(self.h5, nbytes)
 
     def mark_skipped(self, rows: list[int], reasons: list[str]) -> None:
         try:
@@ -417,6 +418,7 @@ class RecordingFile:
             self._finish_summaries()
             self.h5.attrs["status"] = "complete"
             self.h5.attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+            self.h5.attrs["finished_by"] = finisher()
             if self._digests is not None:  # the stimulus set's content, for provenance
                 self.h5.attrs["stimulus_content_sha256"] = hashlib.sha256(self._digests[...].tobytes()).hexdigest()
             self.h5.flush()
@@ -453,6 +455,22 @@ class RecordingFile:
                 raise
         if quiet:
             _release_reserved(self.path)
+
+
+def finisher() -> str:
+    """Who finishes a file (``host:pid``), so that a run can tell its own work from another's."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def reserve_space(h5: h5py.File, nbytes: int) -> None:
+    """Reserve room past the end of an open file for `nbytes` more (and HDF5's metadata), or raise
+    ``OSError(ENOSPC)`` while the file is still whole (see ``RecordingFile._reserve``)."""
+    need = nbytes + nbytes // 16 + _MARGIN
+    if not _fallocate(h5.id.get_vfd_handle(), h5.id.get_filesize(), need):
+        if shutil.disk_usage(Path(h5.filename).parent).free < need:
+            raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def _raw_rows(ds: h5py.Dataset) -> bool:
@@ -498,7 +516,11 @@ def written_whole(tmp: Path, dest: Path) -> Iterator[h5py.File]:
     a half-written `dest`.
     """
     try:
-        with h5py.File(tmp, "w", track_order=True) as h5:
+        # a link (or anything) at the temporary name is removed, never written through;
+        # "w-" creates exclusively (O_EXCL), so a link made meanwhile is refused, not followed
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        with h5py.File(tmp, "w-", track_order=True) as h5:
             yield h5
             h5.flush()
             os.fsync(h5.id.get_vfd_handle())
@@ -519,10 +541,35 @@ def _release_reserved(path: Path) -> None:
         pass  # nothing to release, or a read-only file: the checks that follow will say
 
 
+def _datasync(fd: int) -> None:
+    """Push a file's data to the disk: ``fdatasync`` where there is one (Linux), ``F_FULLFSYNC``
+    on macOS (its ``fsync`` stops at the drive's cache), else ``fsync`` (Windows: ``_commit``)."""
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+        return
+    if sys.platform == "darwin":
+        import fcntl
+
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+            return
+        except (OSError, AttributeError):
+            pass  # a file system without it (network, FAT): fsync below
+    os.fsync(fd)
+
+
 def _fsync_folder(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
+    """Make a rename in `folder` durable. Windows cannot open a folder (nor needs to: its
+    renames are journaled), so there is nothing to do where ``os.open`` refuses one."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except (PermissionError, IsADirectoryError):
+        return  # Windows: os.open of a directory gives EACCES
     try:
         os.fsync(dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise  # some file systems cannot fsync a directory; a real I/O error is reported
     finally:
         os.close(dir_fd)
 
@@ -551,7 +598,8 @@ def open_existing(path: Path, mode: str = "r", *, unfinished: bool = False) -> h
 
 
 def check_run_key(h5: h5py.File, run_key: dict[str, Any], path: Path, labels: list[str] | None = None,
-                  message: str = "{path} was recorded by another job; it differs in {what}") -> None:
+                  message: str = "{path} was recorded by another job; it differs in {what}",
+                  coords: dict[str, np.ndarray] | None = None) -> None:
     """Refuse to continue (or to accept) a file made by a different job, saying what differs."""
     if h5.attrs.get("format_version") != FORMAT_VERSION:
         raise RecordingError(f"{path} was written by another version of unitrec (file format "
@@ -568,6 +616,13 @@ def check_run_key(h5: h5py.File, run_key: dict[str, Any], path: Path, labels: li
             parts.append("stimuli (" + _stimulus_diff(stored_labels, labels) + ")")
         elif k == "sites":
             parts.append("sites (" + _site_diff(stored.get(k), run_key.get(k)) + ")")
+        elif k == "anatomy":
+            from .anatomy import explain, recent, unpack
+
+            parts.append("the model's anatomy (" + explain(unpack(h5.attrs.get("anatomy")), recent(run_key.get(k)))
+                         + ")")
+        elif k == "coordinates" and coords is not None:
+            parts.append("the stimulus coordinates, metadata.csv (" + coordinate_diff(h5, coords) + ")")
         else:
             was, now = _where_they_differ(_text(stored.get(k, "none")), _text(run_key.get(k, "none")))
             parts.append(f"{k} (file: {was}; now: {now})")
@@ -585,7 +640,16 @@ def check_finished(final: Path, run_key: dict[str, Any], stimuli: Any) -> int | 
                                  "(overwrite=True) to replace it, or another output path")
         check_run_key(h5, run_key, final, stimuli.labels,
                       "{path} already holds a finished recording of another job; it differs in {what}. Use "
-                      "--overwrite (overwrite=True) to replace it, or another output path")
+                      "--overwrite (overwrite=True) to replace it, or another output path", coords=stimuli.coords)
+        if h5.attrs.get("stitched") == "virtual":  # this job's stitch, but are its shards still this job's?
+            from .stitch import changed_sources, missing_sources
+
+            lost = [f"{name} (missing)" for name in missing_sources(h5)] + changed_sources(h5)
+            if lost:
+                raise RecordingError(
+                    f"{final} is this job's stitch, but reads shard files that are missing or were recorded again "
+                    f"since: {', '.join(lost[:2])}{' …' if len(lost) > 2 else ''}; record those shards again "
+                    "(--shard I/N; with --overwrite where another job's file is there), or --overwrite")
         check_stimulus_files(h5, stimuli, final, update=False)
         value = h5.attrs.get("batch_size")
         return int(value) if value is not None else None
@@ -622,6 +686,43 @@ def check_stimulus_files(h5: h5py.File, stimuli: Any, path: Path, *, update: boo
         h5["file_size"][moved] = size[moved]
         h5["file_mtime_ns"][moved] = mtime[moved]
         h5.flush()
+
+
+def coordinate_diff(h5: h5py.File, coords: dict[str, np.ndarray]) -> str:
+    """Which stimulus coordinates (metadata.csv columns) differ between a file and this run."""
+    stored = _root_coordinates(h5)
+    parts = []
+    for name in sorted(set(stored) | set(coords)):
+        if name not in coords:
+            parts.append(f"column {name!r} only in the file")
+        elif name not in stored or name not in h5:
+            parts.append(f"column {name!r} only now")
+        else:
+            was, now = h5[name][...], np.asarray(coords[name])
+            if _kind(was) != _kind(now):
+                parts.append(f"column {name!r} is {_kind(was)} in the file, {_kind(now)} now")
+                continue
+            if was.dtype.kind in "OS" or now.dtype.kind in "OUS":
+                was = np.array([_text(v) for v in was.tolist()], dtype=object)
+                now = np.array([str(v) for v in now.tolist()], dtype=object)
+            if was.shape != now.shape:
+                parts.append(f"column {name!r} has {len(was)} rows in the file, {len(now)} now")
+            else:
+                differ = np.flatnonzero(~((was == now) | ((was != was) & (now != now))))
+                if differ.size:
+                    row = int(differ[0])
+                    parts.append(f"column {name!r}: {differ.size} values differ, e.g. row {row}: "
+                                 f"{_short(str(was[row]), 20)} in the file, {_short(str(now[row]), 20)} now")
+    return "; ".join(parts) or "the same columns, in another form"
+
+
+def _root_coordinates(h5: h5py.File) -> list[str]:
+    coordinates = h5["done"].attrs.get("coordinates", b"") if "done" in h5 else b""
+    return _text(coordinates).split()
+
+
+def _kind(values: np.ndarray) -> str:
+    return "text" if values.dtype.kind in "OUS" else "numbers"
 
 
 def _text(value: Any) -> str:

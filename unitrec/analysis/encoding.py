@@ -140,9 +140,13 @@ def encoding_model(
           the trial-averaged responses; ``r2``: R² of the same predictions
           (``sklearn.metrics.r2_score``, ``1 − SS_res / SS_tot``; negative when
           worse than the mean); ``alpha``: the chosen penalty (median over folds).
+          A neuroid that gives every stimulus the same response has nothing to
+          predict: its ``r`` and ``r2`` are NaN (not sklearn's R² of 1.0), and the
+          medians leave it out.
         - with repeated trials: ``ceiling`` (neuroid) and ``r_ceiled = r / ceiling``.
         - per layer: ``median_r``, ``median_r2``, ``median_r_ceiled``,
-          ``n_features``; ``median_ceiling``.
+          ``n_features`` (units fitted: a unit holding ±inf, a float16 overflow,
+          is left out with a warning); ``median_ceiling``.
         - ``prediction`` (layer, stimulus, neuroid), ``response`` and ``n_trials``
           on the stimuli used, labelled like the recording.
 
@@ -229,10 +233,21 @@ def encoding_model(
     k = response.shape[1]
     pred = np.empty((len(layers), n, k))
     alpha = np.empty((len(layers), k))
-    for i, (_, flat) in enumerate(layers):
-        pred[i], alpha[i] = _fit_layer(sk, fit, _features(flat, rows[i]), response, splits)
+    n_features = np.empty(len(layers), np.int64)
+    for i, (name, flat) in enumerate(layers):
+        x = _finite_units(name, flat, _features(flat, rows[i]), notes)
+        n_features[i] = x.shape[1]
+        pred[i], alpha[i] = _fit_layer(sk, fit, x, response, splits)
     r = np.stack([_pearson(p, response) for p in pred])
     r2 = np.stack([sk.r2_score(response, p, multioutput="raw_values") for p in pred])
+    # a neuroid that gives every stimulus the same response has nothing to predict: r is 0/0 and
+    # sklearn's R² 1.0 (a constant prediction of a constant), which would inflate the medians
+    constant = (response == response[:1]).all(axis=0)
+    if constant.any():
+        r[:, constant] = r2[:, constant] = np.nan
+        first = str(data.neuroid[NEUROID][np.flatnonzero(constant)[0]])
+        _note(notes, f"{int(constant.sum())} neuroids give every stimulus used the same response (e.g. {first!r}): "
+                     "their r and r2 are NaN and left out of the medians")
 
     coords = _coords(layers, rows[0], labels, on, data)
     ds = xr.Dataset(coords=coords)
@@ -242,7 +257,7 @@ def encoding_model(
     ds["prediction"] = ((LAYER, STIMULUS, NEUROID), pred, {"long_name": "held-out prediction"})
     ds["response"] = ((STIMULUS, NEUROID), response, {"long_name": "trial-averaged response"})
     ds["n_trials"] = ((STIMULUS,), n_trials.astype(np.int64))
-    ds["n_features"] = ((LAYER,), np.array([flat.sizes["unit"] for _, flat in layers], np.int64))
+    ds["n_features"] = ((LAYER,), n_features, {"long_name": "units fitted (those holding ±inf left out)"})
     ds["median_r"] = ds["r"].median(NEUROID)
     ds["median_r2"] = ds["r2"].median(NEUROID)
     ceiling_method = "none: one trial per stimulus"
@@ -268,6 +283,27 @@ def encoding_model(
         if np.isfinite(ds["median_r"].values).any() else "",
     )
     return ds.isel({LAYER: 0}) if single else ds
+
+
+def _note(notes: list[str], note: str, stacklevel: int = 3) -> None:
+    notes.append(note)
+    warnings.warn(f"encoding_model: {note}", UnitrecWarning, stacklevel=stacklevel)
+
+
+def _finite_units(name: str, flat: xr.DataArray, x: np.ndarray, notes: list[str]) -> np.ndarray:
+    """``x`` without the units that hold ±inf (a float16 overflow), which no fit can take; noted."""
+    bad = ~np.isfinite(x).all(axis=0)
+    if not bad.any():
+        return x
+    first = int(np.flatnonzero(bad)[0])
+    where = ", ".join(f"{c}={np.asarray(flat[c].values)[first]}" for c in flat.coords
+                      if flat[c].dims == ("unit",) and c != "unit") or f"unit {first}"
+    if bad.all():
+        raise ConfigError(f"layer {name!r}: all {bad.size} units hold ±inf on the stimuli used (e.g. {where}), "
+                          "so nothing can be fitted; record the layer as float32 (float16 overflows at 65504)")
+    _note(notes, f"{int(bad.sum())} of {bad.size} units of layer {name!r} hold ±inf (e.g. {where}; a float16 "
+                 "overflow?): left out of its fit", stacklevel=4)
+    return x[:, ~bad]
 
 
 def _sklearn() -> SimpleNamespace:

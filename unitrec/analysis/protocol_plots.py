@@ -127,6 +127,9 @@ def plot_contrast_response(ds: xr.Dataset, units: Sequence[int] | None = None, *
     -------
     matplotlib.figure.Figure
         One panel per unit: the responses (dots), the fit (line) and c50 (dashed).
+        A c50 beyond the highest contrast shown (``c50_in_range`` false: the fit
+        often stops at its bound, 10) is not drawn and its title says
+        ``c50 > <highest contrast> (not reached)`` instead of the fitted number.
     """
     _require(ds, ("contrast", "c50"), "contrast_response")
 
@@ -137,12 +140,15 @@ def plot_contrast_response(ds: xr.Dataset, units: Sequence[int] | None = None, *
             ax.plot(dense, _naka_rushton(dense, v["r_max"], v["c50"], v["exponent"], v["baseline"]), lw=1)
             if v["c50"] <= x.max():
                 ax.axvline(v["c50"], ls="--", lw=0.8, color="grey")
-            return f"c50 = {v['c50']:.2g}, n = {v['exponent']:.2g}"
+                return f"c50 = {v['c50']:.2g}, n = {v['exponent']:.2g}"
+            # the fit put c50 where no contrast was shown (often at its bound, 10): not a measurement
+            return f"c50 > {x.max():.2g} (not reached), n = {v['exponent']:.2g}"
         return "no fit"
 
     fig = _panels(ds, units, max_units, ncols, draw, "Michelson contrast", log=True,
                   keys=("c50", "exponent", "r_max", "baseline"))
-    fig.supxlabel("line: R_max c^n / (c^n + c50^n) + b; dashed: c50", fontsize=8)
+    fig.supxlabel("line: R_max c^n / (c^n + c50^n) + b; dashed: c50; \"c50 > max (not reached)\": "
+                  "the curve has not bent within the contrasts shown", fontsize=8)
     return fig
 
 
@@ -218,7 +224,7 @@ def _panels(ds: xr.Dataset, units: Sequence[int] | None, max_units: int, ncols: 
             ax.set_xticks(x, [f"{v:.3g}" for v in x], rotation=90 if x.size > 5 else 0)
             ax.minorticks_off()
             ax.set_xlim(x.min() / 1.2, x.max() * 1.2)  # a wide bandwidth bar must not squeeze the data
-        ax.set_title((f"{site} · " if site else "") + f"{_unit_name(curve, where)}\n{note}", fontsize=8)
+        ax.set_title((f"{site} · " if site else "") + f"{_unit_name(curve, where)}\n{note}", fontsize=8, y=1.0)
         if i % ncols == 0:
             ax.set_ylabel(ylabel, fontsize=8)
         if i + ncols >= len(chosen):

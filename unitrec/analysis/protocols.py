@@ -35,6 +35,7 @@ select units, e.g. ``units: center``, before fitting whole maps). Curve fits nee
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -699,7 +700,7 @@ def _fit_curves(
     params = np.full((curves.shape[0], n_params), np.nan)
     r2 = np.full(curves.shape[0], np.nan)
     units: Any = range(curves.shape[0])
-    if curves.shape[0] > _FIT_PROGRESS:
+    if curves.shape[0] > _FIT_PROGRESS and sys.stderr.isatty():  # a log gets no bar redrawn with \r
         from tqdm import tqdm
 
         units = tqdm(units, desc=f"{what}: fitting", unit="unit")

@@ -220,9 +220,10 @@ def _prepare_site(model: nn.Module, name: str, units: str | Sequence[Any],
     (site,), trace = resolve_sites(model, [spec], example)
     if not isinstance(units, str):
         full = tuple((site.call.input_shape if site.capture == "input" else site.call.output_shape) or ())[1:]
-        flat = _flat_units(name, units, full)
+        layout = site.selection.layout or None  # channel-last sites: (y, x, channel)
+        flat = _flat_units(name, units, full, layout)
         _distinct(name, "units", flat)
-        site = dataclasses.replace(site, selection=_units(full, flat, f"{len(flat)} units"))
+        site = dataclasses.replace(site, selection=_units(full, flat, f"{len(flat)} units", layout))
     if site.selection.kind != "units":
         raise ConfigError(f"{name}: effective_rf maps units of a (channel, y, x) or (channel,) site; this "
                           f"site's output is {site.shape} ({site.selection.description})")
@@ -235,10 +236,18 @@ def _is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def _flat_units(name: str, units: Sequence[Any], shape: tuple[int, ...]) -> np.ndarray:
-    """Flat indices of ``(channel, y, x)`` entries (``channel`` for a 1-D site)."""
+def _flat_units(name: str, units: Sequence[Any], shape: tuple[int, ...],
+                layout: Sequence[str] | None = None) -> np.ndarray:
+    """Flat indices of ``(channel, y, x)`` entries (``channel`` for a 1-D site) into a
+    site of `shape` whose dims are named by `layout` (channel-last: ``(y, x, channel)``)."""
     from unitrec.errors import SelectionError
 
+    order = ("channel", "y", "x")[: len(shape)]
+    layout = tuple(layout) if layout else order
+    if len(shape) == 3 and set(layout) != set(order):
+        raise ConfigError(f"{name}: output {shape} is ({', '.join(layout)}), not a map of channels over (y, x); "
+                          "effective_rf maps units of a (channel, y, x) or (channel,) site")
+    sizes = [shape[layout.index(d)] for d in order] if len(shape) in (1, 3) else list(shape)
     want = len(shape) if len(shape) in (1, 3) else 3
     rows = []
     for u in units:
@@ -247,13 +256,16 @@ def _flat_units(name: str, units: Sequence[Any], shape: tuple[int, ...]) -> np.n
                                          for v in entry):
             what = "(channel, y, x)" if want == 3 else "channel"
             raise ConfigError(f"{name}: each unit is a {what} of integers for output {shape}, got {u!r}")
-        for v, n, axis in zip(entry, shape, ("channel", "row (y)", "column (x)")):
+        for v, n, axis in zip(entry, sizes, ("channel", "row (y)", "column (x)")):
             if not 0 <= v < n:
                 raise SelectionError(f"{name}: {axis} {v} is outside the site's range 0..{n - 1}")
         rows.append(entry)
     if len(shape) not in (1, 3):
         raise ConfigError(f"{name}: output {shape} has neither (channel,) nor (channel, y, x) layout")
-    return np.ravel_multi_index(tuple(np.array(rows, dtype=np.int64).T), shape) if rows else np.array([], int)
+    if not rows:
+        return np.array([], int)
+    index = dict(zip(order, np.array(rows, dtype=np.int64).T))
+    return np.ravel_multi_index(tuple(index[d] for d in layout), shape)
 
 
 def _gradient_sum(capture: Any, site: Site, x: torch.Tensor) -> torch.Tensor:
@@ -547,7 +559,10 @@ def plot_rf_map(
     outline : bool
         Draw the theoretical field: a rectangle of ``attrs["rf_size"]`` (rows,
         columns) centred on the unit's ``rf_center_y``, ``rf_center_x``, clipped
-        to the image.
+        to the image. A field with one side alone on the image (wider or taller
+        than it) is shaded, and its panel's title says so: a lone line would not
+        show on which side the field lies. A field covering the whole map gets no
+        outline, and the title says so.
     cmap : str, optional
         Default ``"magma"`` for maps that are never negative, else ``"RdBu_r"``
         centred on 0.
@@ -560,7 +575,7 @@ def plot_rf_map(
         the map. The outline is a :class:`matplotlib.patches.Rectangle` in the
         panel's ``patches``.
     """
-    from unitrec.analysis.plots import _new_figure, _outline, _receptive_field
+    from unitrec.analysis.plots import _covers, _new_figure, _outline, _receptive_field
 
     if not isinstance(maps, xr.DataArray) or maps.dims[-2:] != (IN_Y, IN_X):
         raise ConfigError("plot_rf_map needs a DataArray whose last dims are (input_y, input_x), as from "
@@ -593,9 +608,14 @@ def plot_rf_map(
             shown = ax.imshow(image, cmap=cmap or "magma", vmin=0, interpolation="nearest")
         fig.colorbar(shown, ax=ax, shrink=0.85, label=label if i % cols == cols - 1 else None)
         rf = _receptive_field(one, dict(maps.attrs)) if outline else None
+        note = ""
         if rf is not None:
-            _outline(ax, rf, image.shape)
-        ax.set_title(_unit_title(one, u), fontsize=8)
+            sides = _outline(ax, rf, image.shape)
+            if sides == 1:
+                note = "\nfield shaded: one side on the map"
+            elif sides == 0:
+                note = "\nfield covers the map" if _covers(rf, image.shape) else "\nfield off the map"
+        ax.set_title(_unit_title(one, u) + note, fontsize=8)
         if i % cols == 0:
             ax.set_ylabel("input y (px)", fontsize=7)
         if i >= len(units) - cols:

@@ -302,6 +302,7 @@ def _coord_names(path: Path, header: list[str], key: int, rows) -> list[tuple[in
     """
     pairs: list[tuple[int, str]] = []
     renamed: list[str] = []
+    prefixed: list[str] = []
     seen: dict[str, str] = {}
     for i, col in enumerate(header):
         if i == key or (not col.strip() and not any((r[i] or "").strip() for r in rows)):
@@ -309,6 +310,8 @@ def _coord_names(path: Path, header: list[str], key: int, rows) -> list[tuple[in
         name = re.sub(r"[\s/]", "_", col.strip()) or f"column_{i + 1}"
         if name != col:
             renamed.append(f"{col!r} to {name!r}")
+        if _coord_name(name) != name:
+            prefixed.append(f"{name!r} as {_coord_name(name)!r}")
         name = _coord_name(name)
         if name in seen:
             raise StimulusError(f"{path}: columns {seen[name]!r} and {col!r} would both be stored as "
@@ -318,6 +321,10 @@ def _coord_names(path: Path, header: list[str], key: int, rows) -> list[tuple[in
     if renamed:
         warnings.warn(f"{path}: renamed columns (names cannot hold spaces or '/', or be empty): "
                       f"{', '.join(renamed)}", UnitrecWarning, stacklevel=4)
+    if prefixed:  # to_brainscore takes a 'stimulus_id' column back as the stimulus id
+        warnings.warn(f"{path}: columns stored with a 'meta_' prefix (unitrec uses these names itself): "
+                      f"{', '.join(prefixed)}; rename them in the file to keep your own names",
+                      UnitrecWarning, stacklevel=4)
     return pairs
 
 
