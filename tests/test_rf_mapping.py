@@ -117,7 +117,7 @@ def test_noise_folders_follow_the_generated_folder_rules(tmp_path):
     (lambda p: sparse_noise(p, background=0.8, contrast=0.6), "use contrast <= 0.4"),
     (lambda p: sparse_noise(p, contrast=0), r"contrast must be in \(0, 1\]"),
     (lambda p: sparse_noise(p, repeats=0), "repeats must be an integer >= 1"),
-    (lambda p: sparse_noise(p, size=True), "size must be an integer >= 2"),
+    (lambda p: sparse_noise(p, size=True), "size must be an integer from 2 to 8192"),
     (lambda p: white_noise(p, n=0), "n must be an integer >= 1"),
     (lambda p: white_noise(p, size=8, block=9), "block=9 is larger"),
     (lambda p: white_noise(p, kind="pink"), "binary, gaussian"),

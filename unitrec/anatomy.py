@@ -96,7 +96,7 @@ def anatomy_of(model: nn.Module) -> Anatomy:
     for name, m in model.named_modules():
         entry: dict[str, Any] = {"type": _qualname(type(m))}
         settings = {k: _canonical(v) for k, v in vars(m).items()
-                    if k not in _internals() and not k.startswith("unitrec_") and k not in _IGNORED}
+                    if k not in _internals() and not k.startswith(("unitrec_", "_unitrec")) and k not in _IGNORED}
         settings = {k: v for k, v in settings.items() if v is not _SKIP}
         settings.update(_class_settings(type(m)))
         if settings:

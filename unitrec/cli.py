@@ -131,6 +131,10 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     from .sites import stages, trace_example
     import torch
 
+    if args.input_size is not None and args.input_size < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--input-size must be a positive number of pixels, got {args.input_size}")
     model = ur.load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
     size = (3, args.input_size, args.input_size) if args.input_size else getattr(model, "unitrec_input_size",
                                                                                    (3, 224, 224))

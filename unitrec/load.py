@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence, Uni
 import h5py
 import numpy as np
 
-from .errors import LayerNotFoundError, RecordingError, UnitrecError, UnitrecWarning
+from .errors import ConfigError, LayerNotFoundError, RecordingError, UnitrecError, UnitrecWarning
 from .stitch import check_sources, source_chunks
 
 if TYPE_CHECKING:
@@ -239,6 +239,7 @@ def open_recording(path: str | os.PathLike, *, chunks: Chunks = None) -> xr.Data
     >>> tree = ur.open_recording("acts.h5")  # doctest: +SKIP
     >>> tree["layer1"]["activation"]  # doctest: +SKIP
     """
+    _check_chunks(chunks)
     _plugins()
     with _open_h5(path) as h5:  # a clear error for anything that is not a readable recording
         virtual = h5.attrs.get("stitched") == "virtual"
@@ -257,6 +258,15 @@ def open_recording(path: str | os.PathLike, *, chunks: Chunks = None) -> xr.Data
             ds["activation"] = _guarded(ds["activation"], os.fspath(path), f"{name}/activation", chunks)
             tree[name].dataset = ds
     return tree
+
+
+def _check_chunks(chunks: Any) -> None:
+    """What ``chunks=`` takes, checked before the file is opened (a bad value is no damage)."""
+    ok = chunks is None or chunks == "auto" or (isinstance(chunks, int) and not isinstance(chunks, bool)
+                                                and chunks > 0) or isinstance(chunks, Mapping)
+    if not ok:
+        raise ConfigError(f"chunks must be None (lazy), 'auto', a positive int or a mapping of dimension to "
+                          f"chunk size (e.g. {{'stimulus': 1000}}; {{}} for the file's own), got {chunks!r}")
 
 
 def _guarded(da: xr.DataArray, path: str, dataset: str, chunks: Chunks) -> xr.DataArray:
@@ -369,6 +379,7 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Chunks = None,
         recording's provenance in ``attrs``.
     """
     path = _check_file(path)
+    _check_chunks(chunks)
     _plugins()
     with _open_h5(path) as h5:
         sites = [k for k, v in h5.items() if isinstance(v, h5py.Group) and "activation" in v]
@@ -585,7 +596,7 @@ def load_population(path: str | os.PathLike, layers: Sequence[str] | None = None
     chunks
         Pass dask chunks for populations larger than memory.
     """
-    names = list(layers) if layers is not None else sites_in(path)
+    names = [layers] if isinstance(layers, str) else list(layers) if layers is not None else sites_in(path)
     parts = []
     for name in names:
         da = load_layer(path, name, chunks=chunks, include_missing=include_missing)

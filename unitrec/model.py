@@ -131,6 +131,9 @@ def _build_timm(name: str, weights: Any, kwargs: dict[str, Any], checkpoint: boo
     except OSError as exc:  # no internet, no cached file
         raise _no_weights(f"timm:{full}", weights, exc) from exc
     config = timm.data.resolve_model_data_config(model)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # kwargs such as img_size=112
+    if isinstance(size, (tuple, list)) and len(size) == 2 and tuple(size) != tuple(config["input_size"][1:]):
+        config["input_size"] = (config["input_size"][0], int(size[0]), int(size[1]))
     model.unitrec_transform = timm.data.create_transform(**config, is_training=False)
     model.unitrec_input_size = tuple(config["input_size"])  # type: ignore[assignment]
     return model
@@ -249,6 +252,9 @@ def load_model(
     if isinstance(seed, bool) or not isinstance(seed, int) or not _SEEDS[0] <= seed <= _SEEDS[1]:
         raise ConfigError(f"model seed must be an integer from {_SEEDS[0]} to {_SEEDS[1]} (what torch.manual_seed "
                           f"takes), got {seed!r}; pick a smaller seed")
+    if not isinstance(name, str) or not name:
+        raise ModelError(f"model name must be a text such as 'resnet18', 'timm:convnext_tiny' or "
+                         f"'mynets:build', got {name!r}")
     torch.manual_seed(seed)
     if isinstance(weights, str) and weights.lower() in ("none", "null", "random"):
         weights = None
@@ -264,6 +270,8 @@ def load_model(
 
 def _load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> None:
     path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        raise ModelError(f"checkpoint {path} is a folder; give the state_dict file inside it")
     if not os.path.isfile(path):
         raise ModelError(f"checkpoint file not found: {path}")
     try:

@@ -98,6 +98,12 @@ class Recorder:
         """Map the model, check every site and register the hooks."""
         if self._handles:
             return
+        if not isinstance(self.model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module (e.g. ur.load_model('resnet18')), got "
+                              f"{type(self.model).__name__} {self.model!r:.60}")
+        if getattr(self.model, "_unitrec_recording", False):
+            raise RecordingError("this model already has a Recorder attached (a `with ur.Recorder(...)` block "
+                                 "is open on it); give one Recorder all the sites, or close the other first")
         if not self.sites:
             example = self._example
             if example is None:
@@ -114,6 +120,7 @@ class Recorder:
         for site in self.sites:
             by_module.setdefault((site.module, site.capture), []).append(site)
         try:
+            object.__setattr__(self.model, "_unitrec_recording", True)
             self._handles.append(self.model.register_forward_pre_hook(self._begin))
             for (name, capture), sites in by_module.items():
                 module = modules[name]
@@ -127,6 +134,8 @@ class Recorder:
 
     def detach(self) -> None:
         """Remove every hook (safe to call twice)."""
+        if self._handles:
+            self.model.__dict__.pop("_unitrec_recording", None)
         while self._handles:
             self._handles.pop().remove()
 
@@ -134,6 +143,8 @@ class Recorder:
     def _begin(self, module: nn.Module, args: Any) -> None:
         self._counts.clear()
         self._seen.clear()
+        x = _first_tensor(args)
+        self._given = tuple(x.shape[1:]) if x is not None else None
 
     def _take(self, name: str, sites: list[Site], value: Any, counter: str) -> None:
         index = self._counts.get(counter, 0)
@@ -153,6 +164,13 @@ class Recorder:
                         f"site {site.key!r} gave values of shape {tuple(kept.shape)}, without a batch dim: the "
                         "model squeezes a batch of 1 (x.squeeze()); record with batch_size 2 or more, or "
                         "keep the batch in the model (x.flatten(1))")
+                mapped = tuple(self.trace.input_shape) if self.trace is not None else None
+                given = getattr(self, "_given", None)
+                if mapped is not None and given is not None and mapped != given:
+                    raise RecordingError(
+                        f"site {site.key!r}: the Recorder mapped the model at input {mapped} and this batch is "
+                        f"{given} per stimulus; give the size it will see: ur.Recorder(model, layers, "
+                        f"input_size={given}) (or example=x)")
                 raise RecordingError(
                     f"site {site.key!r} gave values of shape {tuple(kept.shape[1:])} per stimulus where the "
                     f"traced pass gave {site.shape}: the model's control flow depends on its input's values "

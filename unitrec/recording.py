@@ -196,6 +196,12 @@ def record(
     >>> model = ur.load_model("resnet18")
     >>> path = ur.record(model, "stimuli/", ["layer1", "layer4.1"], "acts.h5")  # doctest: +SKIP
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module (e.g. ur.load_model('resnet18')), got "
+                          f"{type(model).__name__} {model!r:.60}")
+    if layers is None:
+        raise ConfigError("layers must name at least one site, e.g. ['layer1', {'name': 'fc', 'units': 'all'}]; "
+                          "`unitrec layers MODEL` lists them")
     shard, device, progress = launched_shard(shard, device, progress)
     # Job.__post_init__ turns a str device into a torch.device (and a bad one into ConfigError)
     job = Job(batch_size=batch_size, device=cast(torch.device, device), num_workers=num_workers, progress=progress, dtype=dtype,
@@ -204,6 +210,10 @@ def record(
     out = _check_output(out)
     specs = parse_layers(layers)
     stim = as_stimulus_set(stimuli)
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if isinstance(stim.source, torch.Tensor) and weight is not None and stim.source.dtype != weight.dtype:
+        raise StimulusError(f"the stimulus tensor is {stim.source.dtype} and the model's weights are {weight.dtype}; "
+                            f"give stimuli of the model's type (x.to({weight.dtype}))")
     if 0 < len(stim) < job.batch_size:  # one block holds every row: compute N, not B (shards plan by this)
         job = dataclasses.replace(job, batch_size=len(stim))
     if transform is None and stim.root is not None:
@@ -611,16 +621,20 @@ def _replacing(out: Path, partial: Path, key: dict[str, Any], stim: StimulusSet)
     if not partial.exists():
         return False
     try:
-        check_finished(out, key, stim)
-        return False  # `out` is this job's, finished: nothing to resume
-    except RecordingError:
-        pass
-    try:
         with open_existing(partial) as h5:
             check_run_key(h5, key, partial, stim.labels, coords=stim.coords)
             replaces = h5.attrs.get("replaces_run")
     except RecordingError:
-        return False  # the partial file is another job's too: `out`'s refusal says so
+        return False  # the partial file is another job's: left alone, and `out` is checked as it is
+    try:
+        check_finished(out, key, stim)
+    except RecordingError:
+        pass
+    else:  # `out` is this job's, finished: an interrupted --overwrite of the same job adds nothing
+        partial.unlink(missing_ok=True)
+        warnings.warn(f"removed {partial.name}, an interrupted --overwrite of this same job: {out.name} already "
+                      "holds it, finished", UnitrecWarning, stacklevel=4)
+        return False
     if replaces is None or replaces != _run_id(out):
         return False  # not an --overwrite of the file there now (it was made after the partial one)
     warnings.warn(f"resuming {partial.name}, an --overwrite run of this job that was interrupted; it replaces "

@@ -13,13 +13,14 @@ from __future__ import annotations
 import html
 import os
 import textwrap
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import analysis as A
-from .errors import ConfigError, UnitrecError
+from .errors import ConfigError, StimulusError, UnitrecError, UnitrecWarning
 from .load import load_layer, load_summary, recording_info
 
 __all__ = ["write_report"]
@@ -172,6 +173,8 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     if isinstance(units_per_site, bool) or not isinstance(units_per_site, (int, np.integer)) or units_per_site < 1:
         raise ConfigError(f"units_per_site must be a positive integer, got {units_per_site!r}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the report folder {out} is a file; give a folder (it is created if need be)")
     info = recording_info(path)
     stamp = _stamp(info, {"by": by, "units_per_site": int(units_per_site)})
     index = out / "index.html"
@@ -212,7 +215,7 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     summary_rows = []
     for name, da in layers.items():
         # attention weights (head, query, key) are a distribution per query, not units' responses
-        pr = "-" if _attention(da) else f"{A.participation_ratio(da):.1f}"
+        pr = "-" if _attention(da) else _or_dash(lambda: f"{A.participation_ratio(da):.1f}")
         sparse = np.asarray(A.lifetime_sparseness(da).values, dtype=float)
         median = f"{np.nanmedian(sparse):.2f}" if np.isfinite(sparse).any() else "-"  # NaN: no unit defined
         summary_rows.append((name, "×".join(map(str, da.shape)), pr, median))
@@ -264,13 +267,38 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
     if len(layers) > 1:
         figs = []
         for method in ("cka", "rsa"):
-            matrix = A.layer_similarity(layers, method=method)
+            try:
+                matrix = A.layer_similarity(layers, method=method)
+            except UnitrecError as exc:  # fewer than 2 stimuli with a response at every site
+                if "at least 2 stimuli" not in str(exc):
+                    raise
+                break
             fig = A.plot_layer_matrix(matrix)
             fig.suptitle("linear CKA between sites" if method == "cka" else "RSA (Spearman) between sites")
             figs.append((method.upper(), save(fig, f"layers_{method}.png")))
-        sections.append(("Layer-by-layer similarity", figs))
+        if figs:
+            sections.append(("Layer-by-layer similarity", figs))
 
     root = info.get("stimulus_root")
+    try:
+        _montages(root, layers, summaries, safe, save, sections)
+    except StimulusError as exc:  # the images were moved or deleted since: the rest of the report stands
+        warnings.warn(f"report: preferred-stimulus montages left out ({exc}); give plot_montage the folder's "
+                      "new place with stimulus_root=", UnitrecWarning, stacklevel=2)
+        sections[:] = [sec for sec in sections if not sec[0].startswith("Preferred stimuli")]
+
+    index.write_text(_html(info, summary_rows, sections, summary_table), encoding="utf-8")
+    if stamp is not None:  # written last: only a whole report is taken as up to date
+        import json
+
+        (out / _STAMP).write_text(json.dumps(stamp, indent=1), encoding="utf-8")
+    tell.say(f"{index}")
+    return index
+
+
+def _montages(root: Any, layers: dict[str, Any], summaries: dict[str, Any], safe: dict[str, str],
+              save: Callable[..., str], sections: list) -> None:
+    """The preferred stimuli of the last map's and each summary site's most driven units."""
     if root and Path(root).is_dir():
         units = {n: d for n, d in layers.items() if not _attention(d)}
         if units:
@@ -294,14 +322,6 @@ def write_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, by: str
                 fig = A.plot_montage(ds, unit, root, k=k)
                 figs.append((f"{name} unit {unit}", save(fig, f"montage_{safe[name]}_{unit}.png")))
             sections.append((f"Preferred stimuli ({name}, from its summary)", figs))
-
-    index.write_text(_html(info, summary_rows, sections, summary_table), encoding="utf-8")
-    if stamp is not None:  # written last: only a whole report is taken as up to date
-        import json
-
-        (out / _STAMP).write_text(json.dumps(stamp, indent=1), encoding="utf-8")
-    tell.say(f"{index}")
-    return index
 
 
 def _protocol_sections(layers: dict[str, Any], save, safe: dict[str, str]) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -497,3 +517,12 @@ def _html(info: dict[str, Any], rows, sections, summary_table=()) -> str:
                          f"<figcaption>{esc(caption)} · <a href='{vector}'>SVG</a></figcaption></figure>")
         parts.append("</div>")
     return "\n".join(parts)
+
+
+def _or_dash(compute: Callable[[], str]) -> str:
+    """A table cell, or "-" where the statistic is not defined (one stimulus, every row NaN)."""
+    try:
+        return compute()
+    except UnitrecError:
+        return "-"
+

@@ -110,6 +110,13 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
                            checkpoint=_resolve(base, cfg.model.checkpoint), seed=cfg.model.seed,
                            kwargs=cfg.model.kwargs)
     stimuli = _stimuli(cfg, base, out)
+    if cfg.report is not None and cfg.report.by:  # checked now, not after the whole recording
+        from .stimuli.dataset import as_stimulus_set
+
+        coords = sorted(as_stimulus_set(stimuli).coords)
+        if cfg.report.by not in coords:
+            raise ConfigError(f"report.by {cfg.report.by!r} is not a stimulus coordinate of {stimuli}; it has: "
+                              f"{', '.join(coords) or 'none (add a metadata.csv, or class subfolders)'}")
     transform = None
     if cfg.preprocess is not None or getattr(model, "unitrec_transform", None) is None:
         transform = build_transform(cfg.preprocess)

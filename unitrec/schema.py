@@ -69,7 +69,7 @@ class LayerSpec(_Strict):
     positions: Optional[list[tuple[int, int]]] = None
     pool: Optional[Literal["mean", "max"]] = None
     sample: Optional[int] = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=(1 << 32) - 1)  # numpy's default_rng takes seeds ≥ 0
     store_as: Optional[str] = Field(default=None, alias="as")
     keep: Literal["full", "summary", "both"] = "full"
     top: Optional[StrictInt] = None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import LayerNotFoundError, RecordingError
+from .errors import LayerNotFoundError, ModelError, RecordingError, UnitrecError
 from .receptive_field import Field, finite
 from .schema import Layers, LayerSpec, parse_layers
 from .selection import Selection, make_selection, neutral_dims
@@ -315,19 +315,29 @@ def trace_example(model: nn.Module, example: torch.Tensor, *, every: bool = Fals
     batch first. Models that keep their batch are traced once."""
     try:
         trace = trace_model(model, example)
+    except UnitrecError:
+        raise
     except Exception as exc:
         if len(example) != 1:
-            raise
+            raise _forward_failed(example, exc) from exc
         try:
             return trace_model(model, _two(example))
         except Exception:
-            raise exc from None
+            raise _forward_failed(example, exc) from exc
     lost = _batchless(trace) if every and len(example) == 1 else 0
     if lost:
         two = trace_model(model, _two(example))
         if _batchless(two) < lost:
             return two
     return trace
+
+
+def _forward_failed(example: torch.Tensor, exc: Exception) -> ModelError:
+    """The model's own forward raised on the mapping pass: one line, with what it was given."""
+    text = " ".join(str(exc).split())
+    return ModelError(f"the model's forward failed on an input of shape {tuple(example.shape[1:])} per stimulus "
+                      f"({type(exc).__name__}: {text[:300]}); check that the preprocessing gives what the model "
+                      "takes (channels, input size: preprocess.resize/crop, or input_size=)")
 
 
 def _batchless(trace: Trace) -> int:

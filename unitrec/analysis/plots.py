@@ -109,6 +109,9 @@ def plot_tuning_curves(
     is repeated one period on, so a unit preferring 0° is not drawn as two halves,
     with ticks every quarter period. ``spatial_frequency`` is drawn on a log axis.
     """
+    if not isinstance(tuning_ds, xr.Dataset) or "mean" not in tuning_ds:
+        raise ConfigError(f"plot_tuning_curves draws the result of A.tuning_curves(da, by=...), a Dataset with "
+                          f"'mean'; got {type(tuning_ds).__name__}")
     mean, sem = tuning_ds["mean"], tuning_ds["sem"]
     by = tuning_ds.attrs.get("by") or next(
         d for d in mean.dims if d not in tuning_ds["preferred"].dims

@@ -391,9 +391,16 @@ def as_stimulus_set(stimuli: Stimuli) -> StimulusSet:
     if isinstance(stimuli, torch.Tensor):
         if stimuli.dim() != 4:
             raise StimulusError(f"a stimulus tensor must be (N, C, H, W), got shape {tuple(stimuli.shape)}")
+        if not stimuli.is_floating_point():
+            raise StimulusError(f"a stimulus tensor holds the preprocessed images the model takes, as floats; got "
+                                f"{stimuli.dtype} (for 0-255 images: x.float() / 255, then normalise)")
         width = len(str(len(stimuli) - 1))
         return StimulusSet([f"{i:0{width}d}" for i in range(len(stimuli))], source=stimuli,
                            description=f"tensor {tuple(stimuli.shape)}")
+    if isinstance(stimuli, torch.utils.data.IterableDataset) or (
+            isinstance(stimuli, torch.utils.data.Dataset) and not hasattr(stimuli, "__len__")):
+        raise StimulusError(f"a stimulus Dataset must have a length and items by index (a map-style Dataset, so "
+                            f"that a resume can find each row); {type(stimuli).__name__} has none")
     if isinstance(stimuli, torch.utils.data.Dataset):
         n = len(stimuli)  # type: ignore[arg-type]
         width = len(str(n - 1))
@@ -402,6 +409,8 @@ def as_stimulus_set(stimuli: Stimuli) -> StimulusSet:
     if isinstance(stimuli, Sequence) and stimuli and all(isinstance(p, (str, os.PathLike)) for p in stimuli):
         paths = [Path(p).resolve() for p in stimuli]
         for p in paths:
+            if p.is_dir():
+                raise StimulusError(f"{p} is a folder: give the folder itself as stimuli, or a list of image files")
             if not p.is_file():
                 raise StimulusError(f"stimulus file not found: {p}")
             if p.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -412,6 +421,9 @@ def as_stimulus_set(stimuli: Stimuli) -> StimulusSet:
             raise StimulusError("the stimulus list names the same file twice")
         order = np.argsort(labels, kind="stable")
         return StimulusSet([labels[i] for i in order], root=root, description=f"{len(labels)} files")
-    raise StimulusError(
-        f"stimuli must be a folder, a list of image paths, a tensor or a Dataset; got {type(stimuli).__name__}"
-    )
+    what = type(stimuli).__name__
+    if isinstance(stimuli, Sequence) and not stimuli:
+        what = "an empty list"
+    elif isinstance(stimuli, Sequence):
+        what = f"a list holding {type(next(p for p in stimuli if not isinstance(p, (str, os.PathLike)))).__name__}"
+    raise StimulusError(f"stimuli must be a folder, a list of image paths, a tensor or a Dataset; got {what}")

@@ -416,6 +416,7 @@ def _write_set(
             f"{size / 2:g} or a larger size"
         )
     suffix = _suffix(fmt)
+    check_room(Path(out_dir), len(settings), size)
     root = _prepare(Path(out_dir), overwrite)
     names = list(settings[0])
     rows: list[list[str]] = []
@@ -446,10 +447,27 @@ def _write_metadata(root: Path, header: list[str], rows: list[list[Any]]) -> Non
         writer.writerows(rows)
 
 
+_MAX_SIZE = 8192  # pixels a side: a larger stimulus is 200 MB a channel, beyond any network's input
+
+
 def _check_size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
-        raise ConfigError(f"size must be an integer >= 2 (pixels), got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 2 <= size <= _MAX_SIZE:
+        raise ConfigError(f"size must be an integer from 2 to {_MAX_SIZE} (pixels), got {size!r}")
     return int(size)
+
+
+def check_room(root: Path, n_images: int, size: int) -> None:
+    """Refuse a set whose images (at most 3 bytes a pixel, as uncompressed PNG) cannot fit on the disk."""
+    import shutil
+
+    from ..text import human_size
+
+    need = n_images * (size * size * 3 + 512)
+    where = next((p for p in [root, *root.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise ConfigError(f"{n_images} images of {size}×{size} px need up to {human_size(need)} and {where} has "
+                          f"{human_size(free)} free; generate fewer or smaller images")
 
 
 def _prepare(root: Path, overwrite: bool) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from unitrec.errors import ConfigError
-from unitrec.stimuli.generate import _prepare, _suffix, _to_rgb8, _write_metadata
+from unitrec.stimuli.generate import _check_size, _prepare, _suffix, _to_rgb8, _write_metadata, check_room
 
 __all__ = ["sparse_noise", "white_noise"]
 
@@ -84,7 +84,7 @@ def sparse_noise(
     --------
     >>> sparse_noise("stim/sparse", size=64, grid=4)  # doctest: +SKIP
     """
-    size = _int("size", size, 2)
+    size = _check_size(size)
     grid = max(1, size // 16) if grid is None else _int("grid", grid, 1)
     if size % grid:
         raise ConfigError(f"grid={grid} must divide size={size} so the squares tile the image; "
@@ -175,7 +175,7 @@ def white_noise(
     --------
     >>> white_noise("stim/noise", size=32, n=4000, seed=1)  # doctest: +SKIP
     """
-    size = _int("size", size, 2)
+    size = _check_size(size)
     n = _int("n", n, 1)
     block = _int("block", block, 1)
     if block > size:
@@ -185,6 +185,7 @@ def white_noise(
     if kind not in _KINDS:
         raise ConfigError(f"kind={kind!r} is not supported; choose one of {', '.join(_KINDS)}")
     suffix = _suffix(fmt)
+    check_room(Path(out_dir), n, size)
     root = _prepare(Path(out_dir), overwrite)
     width = max(5, len(str(n - 1)))
     rows: list[list[Any]] = []
