@@ -154,3 +154,11 @@ def test_an_interrupted_overwrite_of_the_same_job_leaves_no_partial_file(tmp_pat
         ur.record(model, Interrupting(n=8), ["0"], out, batch_size=4, progress=False)
     assert not partial_path(out).exists()
     np.testing.assert_array_equal(ur.load_layer(out, "0").values.shape, (8, 2, 32, 32))
+
+
+def test_metadata_rows_written_with_a_leading_dot_slash_are_matched(tmp_path):
+    from unitrec.stimuli.dataset import as_stimulus_set
+
+    folder = make_images(tmp_path / "stim", n=2, size=8, classes=("",))
+    (folder / "metadata.csv").write_text("path,orientation\n./img_00.png,0\n./img_01.png,90\n")
+    assert list(as_stimulus_set(folder).coords["orientation"]) == [0, 90]

@@ -53,13 +53,16 @@ def _load_sites(path: str | os.PathLike, sites: list[dict[str, Any]]) -> dict[st
 
     budget = _default_block_bytes() if _IN_MEMORY is None else _IN_MEMORY
     layers, total = {}, 0
+    rows = None  # one snapshot of the rows recorded, for every site (a run may still be writing)
     for site in sites:
         size = int(np.prod(site["shape"])) * 8  # the analyses work in float64
-        if total + size <= budget:
-            total += size
-            layers[site["name"]] = load_layer(path, site["name"]).load()
-        else:
-            layers[site["name"]] = load_layer(path, site["name"], chunks=_chunks())
+        whole = total + size <= budget
+        total += size if whole else 0
+        da = load_layer(path, site["name"], include_missing=True, chunks=None if whole else _chunks())
+        if rows is None:
+            rows = np.flatnonzero(np.asarray(da["done"].values) == 1)
+        da = da.isel(stimulus=rows)
+        layers[site["name"]] = da.load() if whole else da
     return layers
 
 

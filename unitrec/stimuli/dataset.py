@@ -247,6 +247,8 @@ def _read_metadata(root: Path, labels: list[str]) -> dict[str, np.ndarray]:
     line_of: dict[str, int] = {}
     for row, line in zip(rows, lines):
         name = (row[k] or "").replace("\\", "/")
+        while name.startswith("./"):  # `./a.png` names the stimulus `a.png`
+            name = name[2:]
         if name in by_path:
             raise StimulusError(f"{path}: two rows for {name} (lines {line_of[name]} and {line}); "
                                 "keep one row per image")
