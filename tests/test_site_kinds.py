@@ -85,22 +85,33 @@ def test_effective_fields_of_channel_last_units_are_of_the_named_units():
         assert seen.min(0).tolist() == [y, x] and seen.max(0).tolist() == [y + 2, x + 2]
 
 
-class _Scrambled(nn.Module):
-    """A map whose pixels a reshape moves: its layout cannot be told."""
+class _Rearranged(nn.Module):
+    """A conv map whose values `move` rearranges, then recorded at `after`."""
 
-    def __init__(self) -> None:
+    def __init__(self, move) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
         self.after = nn.Identity()
+        self.move = move
 
     def forward(self, x):
-        y = self.conv(x)
-        return self.after(y.flatten(1).flip(-1).reshape(y.shape[0], 7, 4, 7))
+        return self.after(self.move(self.conv(x)))
+
+
+def _scrambled(y):
+    """Pixels a reshape moves: the map's layout cannot be told."""
+    return y.flatten(1).flip(-1).reshape(y.shape[0], 7, 4, 7)
+
+
+def _shuffled(y):
+    """ShuffleNet's channel shuffle: a view, a transpose and a view back."""
+    n, c, h, w = y.shape
+    return y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
 
 
 def test_a_site_whose_layout_is_unknown_gets_neutral_dims_and_refuses_spatial_selections(tmp_path):
     torch.manual_seed(0)
-    model = _Scrambled().eval()
+    model = _Rearranged(_scrambled).eval()
     path = ur.record(model, _x(2, 9), ["after"], tmp_path / "s.h5", batch_size=2, progress=False)
     da = ur.load_layer(path, "after")
     assert da.dims == ("stimulus", "dim_1", "dim_2", "dim_3") and "rf_size" not in da.attrs
@@ -174,20 +185,6 @@ class _Stacked(nn.Module):
         return self.after(y)
 
 
-class _Shuffled(nn.Module):
-    """ShuffleNet's channel shuffle: a view, a transpose and a view back."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.after = nn.Identity()
-
-    def forward(self, x):
-        y = self.conv(x)
-        n, c, h, w = y.shape
-        return self.after(y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w))
-
-
 def test_torch_stack_of_maps_keeps_the_field_as_cat_does(tmp_path):
     for join in ("cat", "stack", "stack_last"):
         torch.manual_seed(0)
@@ -202,7 +199,7 @@ def test_torch_stack_of_maps_keeps_the_field_as_cat_does(tmp_path):
 
 
 def test_a_channel_shuffle_keeps_the_field():
-    rows = {r.name: r for r in ur.list_layers(_Shuffled().eval(), (3, 12, 12))}
+    rows = {r.name: r for r in ur.list_layers(_Rearranged(_shuffled).eval(), (3, 12, 12))}
     assert rows["after"].rf_size == (3, 3) and rows["after"].rf_stride == (1, 1)
 
 

@@ -273,7 +273,7 @@ def _guarded(da: xr.DataArray, path: str, dataset: str, chunks: Chunks) -> xr.Da
     """`da` reading through :class:`_CheckedSource`, lazily (or as dask with `chunks`)."""
     from xarray.core import indexing
 
-    source = __getattr__("_CheckedSource") if "_CheckedSource" not in globals() else globals()["_CheckedSource"]
+    source = globals().get("_CheckedSource") or __getattr__("_CheckedSource")  # made on first use
     data = indexing.LazilyIndexedArray(source(os.path.abspath(path), dataset, da.shape, da.dtype))
     da = da.copy(data=data)  # type: ignore[arg-type]
     return da if chunks is None else da.chunk(chunks)  # type: ignore[arg-type]

@@ -46,7 +46,7 @@ from .sites import Site, resolve_sites
 from .stimuli.dataset import Stimuli, StimulusSet, as_stimulus_set, collate
 from .text import human_size
 from .writer import (AsyncWriter, RecordingFile, check_finished, check_run_key, creating_path, open_existing,
-                     partial_path, reserve_margin, reserved_names)
+                     partial_path, refuse_foreign, reserve_margin, reserved_names)
 
 __all__ = ["Job", "record"]
 
@@ -272,7 +272,7 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
     final, extra = out, {}
     if job.shard is not None:
         if job.overwrite:
-            _refuse_foreign(final)  # kept whole: the last shard's stitch replaces it
+            refuse_foreign(final)  # kept whole: the last shard's stitch replaces it
         elif final.exists() and not _lost_shard(final, shard_path(final, *job.shard)):
             # this job's stitched (or one-process) recording is already there
             _adopted(check_finished(final, key, stim), job.batch_size, final, "was recorded")
@@ -286,12 +286,12 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
     partial = partial_path(out)
     _no_folder_at(partial, creating_path(out))
     if job.overwrite:
-        _refuse_foreign(out)  # the partial file's name is unitrec's own
+        refuse_foreign(out)  # the partial file's name is unitrec's own
         partial.unlink(missing_ok=True)  # `out` stays whole until the new recording replaces it
         if out.exists():  # which file this run replaces: only it may be replaced by a resume
             extra["replaces_run"] = _run_id(out)
     elif out.exists():
-        _refuse_foreign(out)
+        refuse_foreign(out)
         if not _replacing(out, partial, key, stim):
             stored_batch = check_finished(out, key, stim)
             _adopted(stored_batch, job.batch_size, out, "was recorded")
@@ -575,15 +575,6 @@ def _check_output(out: str | os.PathLike) -> Path:
     if not os.access(folder, os.W_OK):
         raise RecordingError(f"output folder {folder} is not writable; choose another output path")
     return out
-
-
-def _refuse_foreign(path: Path) -> None:
-    """Never delete or overwrite a file that is not an HDF5 file (an image, notes ...)."""
-    import h5py
-
-    if path.is_file() and path.stat().st_size > 0 and not h5py.is_hdf5(path):
-        raise RecordingError(f"{path} exists and is not an HDF5 file; unitrec will not overwrite it: "
-                             "choose another output path")
 
 
 def _lost_shard(final: Path, shard: Path) -> bool:

@@ -411,9 +411,10 @@ def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -
         if other and not overwrite:
             raise RecordingError(f"{out} already holds {other}; move it away first, or replace it with "
                                  "`unitrec merge --overwrite` (overwrite=True)")
-        if other and out.is_file() and out.stat().st_size and not h5py.is_hdf5(out):
-            raise RecordingError(f"{out} exists and is not an HDF5 file; unitrec will not overwrite it: "
-                                 "move it away first")
+        if other:
+            from .writer import refuse_foreign
+
+            refuse_foreign(out, "move it away first")
         if copy:
             _room_for_copy(out, files)
         return stitch(out, files, copy=copy)

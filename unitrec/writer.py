@@ -457,6 +457,12 @@ class RecordingFile:
             _release_reserved(self.path)
 
 
+def refuse_foreign(path: Path, hint: str = "choose another output path") -> None:
+    """Never delete or overwrite a file that is not an HDF5 file (an image, notes ...)."""
+    if path.is_file() and path.stat().st_size > 0 and not h5py.is_hdf5(path):
+        raise RecordingError(f"{path} exists and is not an HDF5 file; unitrec will not overwrite it: {hint}")
+
+
 def finisher() -> str:
     """Who finishes a file (``host:pid``), so that a run can tell its own work from another's."""
     import socket
