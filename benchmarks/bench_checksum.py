@@ -1,7 +1,7 @@
 """What does the Fletcher-32 checksum on each chunk of `activation` cost? One run, ratios printed.
 
 Three measurements, each best of `--repeats`, with and without the checksum, in
-alternating order in one process (``unitrec.writer._CHECKSUM`` off and on):
+alternating order in one process (``unitrec.files.writer._CHECKSUM`` off and on):
 
 1. ``ur.record`` of a model that does no work (the stimuli are the site: 64×32×32
    float32 per image), so the time is the write path alone: HDF5 writes, flushes,
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import unitrec as ur
-from unitrec import writer
+from unitrec.files import writer
 
 
 class _Nothing(torch.nn.Module):

@@ -131,7 +131,7 @@ class _SetupClock:
     """Times ``ur.record`` from its call to the first batch given to the model."""
 
     def __init__(self) -> None:
-        from unitrec import recorder
+        from unitrec.recording import recorder
 
         self.recorder, self.original = recorder, recorder.Recorder.run
         self.start = 0.0
@@ -190,9 +190,9 @@ def job_setup(args: argparse.Namespace) -> dict[str, Any]:
     import unitrec as ur
 
     if args.setup_variant != "fresh":
-        import unitrec.recording  # noqa: F401
+        import unitrec.recording.record  # noqa: F401
     if args.setup_variant == "real-trace":
-        from unitrec import trace as T
+        from unitrec.anatomy import trace as T
 
         real = T._trace
         T._trace = lambda model, example, hollow=False: real(model, example)  # type: ignore[assignment]

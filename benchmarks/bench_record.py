@@ -298,8 +298,8 @@ def run_write_recordingfile(args):
     import torch
     from torch import nn
 
-    from unitrec.sites import resolve_sites
-    from unitrec.writer import RecordingFile
+    from unitrec.anatomy.sites import resolve_sites
+    from unitrec.files.writer import RecordingFile
 
     rows, shape = _write_shape(args)
     model = nn.Sequential(nn.Identity())

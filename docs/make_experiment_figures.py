@@ -15,7 +15,7 @@ import xarray as xr
 
 import unitrec as ur
 from unitrec import analysis as A
-from unitrec.preprocess import build_transform
+from unitrec.anatomy.preprocess import build_transform
 from unitrec.stimuli import white_noise
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -54,7 +54,7 @@ def images(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def transform64():
-    from unitrec.preprocess import build_transform
+    from unitrec.anatomy.preprocess import build_transform
 
     return build_transform({"resize": 64, "crop": 64, "normalize": "imagenet"})
 
@@ -129,7 +129,7 @@ def killed_runs(config: Path, out: Path, *, seed: int, attempts: int = 4) -> Ite
     Yields the number of kills so far after each kill that left `out` unfinished;
     stops after `attempts` kills or once a run got to the end before its kill.
     """
-    from unitrec.writer import partial_path
+    from unitrec.files.layout import partial_path
 
     partial = partial_path(out)
     rng = random.Random(seed)

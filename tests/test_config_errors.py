@@ -9,8 +9,8 @@ import torch
 import yaml
 
 import unitrec as ur
+from unitrec.anatomy.preprocess import build_transform
 from unitrec.cli import main
-from unitrec.preprocess import build_transform
 from unitrec.run import load_config
 
 from .conftest import make_images

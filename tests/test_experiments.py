@@ -73,7 +73,7 @@ def test_a_generated_folder_of_one_kind_is_replaced_by_another(tmp_path):
 def test_the_report_draws_the_protocols(zoo, tmp_path):
     pytest.importorskip("matplotlib")
     pytest.importorskip("scipy")
-    from unitrec.preprocess import build_transform
+    from unitrec.anatomy.preprocess import build_transform
     from unitrec.report import write_report
     from unitrec.stimuli import protocols
 

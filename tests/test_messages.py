@@ -19,7 +19,7 @@ from torch import nn
 
 import unitrec as ur
 from unitrec.cli import main
-from unitrec.load import recording_info
+from unitrec.files.info import recording_info
 from unitrec.schema import Config, parse, parse_layers
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,9 @@ import yaml
 from torch import nn
 
 import unitrec as ur
+from unitrec.anatomy.preprocess import build_transform
 from unitrec.cli import main
-from unitrec.writer import partial_path
+from unitrec.files.layout import partial_path
 
 from .conftest import Interrupting, make_images
 
@@ -118,7 +119,7 @@ def test_the_report_of_one_stimulus_and_of_moved_images_is_written(tmp_path, cap
     assert write_report(one, tmp_path / "rep1", progress=False).exists()
     stim = make_images(tmp_path / "stim", n=4, size=16)
     rec = ur.record(ur.load_model("resnet18"), stim, ["layer1"], tmp_path / "s.h5",
-                    transform=ur.preprocess.build_transform({"resize": 16, "crop": 16}), progress=False)
+                    transform=build_transform({"resize": 16, "crop": 16}), progress=False)
     shutil.rmtree(stim / "cats")
     with pytest.warns(ur.UnitrecWarning, match="montages left out"):
         assert write_report(rec, tmp_path / "rep2", progress=False).exists()

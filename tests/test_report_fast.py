@@ -44,7 +44,7 @@ def _tensor_recording(folder: Path, overwrite: bool = False) -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """Gratings (image files, so montages are drawn), one conv site."""
-    from unitrec.preprocess import build_transform
+    from unitrec.anatomy.preprocess import build_transform
 
     tmp = tmp_path_factory.mktemp("report_fast")
     ur.stimuli.gratings(tmp / "stimuli", size=16, orientations=[0, 90], spatial_frequencies=[2], phases=[0, 180])

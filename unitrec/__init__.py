@@ -6,12 +6,12 @@ set, and get their responses back as labelled populations on disk.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-from .errors import (
+from unitrec._version import __version__
+from unitrec.errors import (
     ConfigError,
     LayerNotFoundError,
     ModelError,
@@ -25,42 +25,42 @@ from .errors import (
 # Imported on first use (PEP 562), so that reading a file, `unitrec info` and the
 # analysis never import torch: only recording needs it.
 _WHERE = {
-    "load_layer": "load",
-    "load_population": "load",
-    "load_summary": "load",
-    "open_recording": "load",
-    "load_model": "model",
-    "record": "recording",
-    "Recorder": "recorder",
+    "load_layer": "files.load",
+    "load_population": "files.load",
+    "load_summary": "files.load",
+    "open_recording": "files.load",
+    "load_model": "anatomy.model",
+    "record": "recording.record",
+    "Recorder": "recording.recorder",
     "run_config": "run",
-    "merge": "shards",
-    "list_layers": "sites",
+    "merge": "files.merge",
+    "list_layers": "anatomy.layers",
 }
 _SUBMODULES = ("analysis", "stimuli")
 
-if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported here
-    from . import analysis, stimuli
-    from .load import load_layer, load_population, load_summary, open_recording
-    from .model import load_model
-    from .recording import record
-    from .recorder import Recorder
-    from .run import run_config
-    from .shards import merge
-    from .sites import list_layers
+if _TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported here
+    from unitrec import analysis, stimuli
+    from unitrec.files.load import load_layer, load_population, load_summary, open_recording
+    from unitrec.anatomy.model import load_model
+    from unitrec.recording.record import record
+    from unitrec.recording.recorder import Recorder
+    from unitrec.run import run_config
+    from unitrec.files.merge import merge
+    from unitrec.anatomy.layers import list_layers
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return _importlib.import_module(f".{name}", __name__)
     if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        value = getattr(_importlib.import_module(f".{_WHERE[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'unitrec' has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+def __dir__() -> list[str]:  # the public API, and nothing imported to build it
+    return sorted(__all__)
 
 
 __all__ = [

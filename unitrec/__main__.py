@@ -1,5 +1,7 @@
+"""``python -m unitrec``: the command line, as the ``unitrec`` script runs it."""
+
 import sys
 
-from .cli import main
+from unitrec.cli import main
 
 sys.exit(main())

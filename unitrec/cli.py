@@ -20,7 +20,7 @@ __all__ = ["main"]
 
 
 def _size(n: float) -> str:
-    from .text import human_size
+    from unitrec._text import human_size
 
     return human_size(n)
 
@@ -36,7 +36,7 @@ def _rows_by_cols(values) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     import unitrec as ur
 
-    from .shards import parse_shard
+    from unitrec.files.shards import parse_shard
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -49,7 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     import unitrec as ur
-    from .load import recording_info
+    from unitrec.files.info import recording_info
 
     path = ur.merge(args.out, copy=args.copy, overwrite=args.overwrite)
     info = recording_info(path)
@@ -61,7 +61,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> None:
-    from .load import recording_info
+    from unitrec.files.info import recording_info
 
     info = recording_info(path)
     if "shard" in info:  # a shard whose siblings are not all finished yet
@@ -72,7 +72,7 @@ def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> No
               f"by `unitrec merge {out}`)")
         return
     finished = info.get("finished")
-    from .writer import finisher
+    from unitrec.files.disk import finisher
 
     by = info.get("finished_by")
     if by is not None and by != finisher() and "shards" in info:
@@ -128,11 +128,12 @@ def _stitching(info: dict) -> str:
 
 def _cmd_layers(args: argparse.Namespace) -> int:
     import unitrec as ur
-    from .sites import stages, trace_example
+    from unitrec.anatomy.layers import stages
+    from unitrec.anatomy.sites import trace_example
     import torch
 
     if args.input_size is not None and args.input_size < 1:
-        from .errors import ConfigError
+        from unitrec.errors import ConfigError
 
         raise ConfigError(f"--input-size must be a positive number of pixels, got {args.input_size}")
     model = ur.load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
@@ -164,14 +165,14 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .load import _damage_is_one_line
+    from unitrec.files.opening import damage_is_one_line
 
-    with _damage_is_one_line(args.file):  # a garbled attribute (JSON, a type) of a damaged file: one line
+    with damage_is_one_line(args.file):  # a garbled attribute (JSON, a type) of a damaged file: one line
         return _print_info(args)
 
 
 def _print_info(args: argparse.Namespace) -> int:
-    from .load import recording_info
+    from unitrec.files.info import recording_info
 
     info = recording_info(args.file)
     if args.json:
@@ -212,24 +213,25 @@ def _print_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_stimuli(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .schema import _GENERATOR_KEYS
-    from .stimuli import GENERATORS, generate
+    from unitrec.errors import ConfigError
+    from unitrec.schema import GENERATOR_KEYS
+    from unitrec.stimuli import GENERATORS, generate
+    from unitrec.stimuli.folder import METADATA
 
     kind = args.kind.replace("-", "_")
     kwargs = {"size": args.size, "overwrite": args.overwrite}
-    for name in dict.fromkeys(n for names in _GENERATOR_KEYS.values() for n in names):
+    for name in dict.fromkeys(n for names in GENERATOR_KEYS.values() for n in names):
         if getattr(args, name) is None:
             continue
-        if name not in _GENERATOR_KEYS[kind]:
-            takes = [k.replace("_", "-") for k, names in _GENERATOR_KEYS.items() if name in names]
+        if name not in GENERATOR_KEYS[kind]:
+            takes = [k.replace("_", "-") for k, names in GENERATOR_KEYS.items() if name in names]
             raise ConfigError(f"--{name.replace('_', '-')} is for {' and '.join(takes)}, not {args.kind}")
         kwargs["kind" if name == "distribution" else name] = getattr(args, name)
     out = GENERATORS[kind](args.out_dir, **kwargs)
     if kind == "protocols":
         import csv
 
-        with open(Path(out) / generate.METADATA, newline="", encoding="utf-8") as handle:
+        with open(Path(out) / METADATA, newline="", encoding="utf-8") as handle:
             protocols = [row["protocol"] for row in csv.DictReader(handle)]
         counts = ", ".join(f"{name} {protocols.count(name)}" for name in generate.PROTOCOLS)
         print(f"wrote {len(protocols)} gratings of the protocols ({counts}) and metadata.csv to {out}")
@@ -240,7 +242,7 @@ def _cmd_stimuli(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from unitrec.report import write_report
 
     index = write_report(args.file, args.out_dir, by=args.by, units_per_site=args.units_per_site, force=args.force,
                          progress=not args.no_progress)
@@ -249,7 +251,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from unitrec._version import __version__
 
     p = argparse.ArgumentParser(
         prog="unitrec",
@@ -307,7 +309,7 @@ def _parser() -> argparse.ArgumentParser:
                           description="Write a parametric stimulus set and its metadata.csv; the columns "
                                       "become coordinates of every recording of that folder. `protocols` writes "
                                       "the grating protocols (phase, size, contrast) that "
-                                      "unitrec.analysis.protocols analyses.")
+                                      "unitrec.analysis.experiments.protocols analyses.")
     stim.add_argument("kind", choices=["gratings", "gabors", "protocols", "sparse-noise", "white-noise"])
     stim.add_argument("out_dir", help="folder to write (must be empty unless --overwrite)")
     stim.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
@@ -359,7 +361,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _one_line_warnings(show):
     """unitrec's own warnings as ``unitrec: warning: ...`` lines; others as Python prints them."""
-    from .errors import UnitrecWarning
+    from unitrec.errors import UnitrecWarning
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, UnitrecWarning):
@@ -386,7 +388,7 @@ def _log_to_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``unitrec`` and ``python -m unitrec``."""
-    from .errors import UnitrecError
+    from unitrec.errors import UnitrecError
 
     args = _parser().parse_args(argv)
     _log_to_stdout()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, UnitrecError
+from unitrec.errors import ConfigError, UnitrecError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -187,7 +187,7 @@ def _neuroid_assembly():
 
 def _flat_with_labels(da: xr.DataArray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``(stimulus, unit)`` values, the stimulus coordinates and one column per unit coordinate."""
-    from .analysis._units import STIMULUS, UNIT, as_population, stimulus_labels
+    from unitrec.analysis._units import STIMULUS, UNIT, as_population, stimulus_labels
 
     pop = as_population(da)
     flat = pop.data

@@ -19,9 +19,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import analysis as A
-from .errors import ConfigError, StimulusError, UnitrecError, UnitrecWarning
-from .load import load_layer, load_summary, recording_info
+from unitrec import analysis as A
+from unitrec.errors import ConfigError, StimulusError, UnitrecError, UnitrecWarning
+from unitrec.files.info import recording_info
+from unitrec.files.load import load_layer, load_summary
 
 __all__ = ["write_report"]
 
@@ -49,9 +50,9 @@ def _load_sites(path: str | os.PathLike, sites: list[dict[str, Any]]) -> dict[st
     """Each full site as a DataArray: read whole while the sites read so far fit in one
     analysis block (as float64), on dask blocks beyond, so a large recording is never
     loaded. Read whole, a site costs no dask compute per figure (there were 463)."""
-    from .analysis._units import _default_block_bytes
+    from unitrec.analysis._units import default_block_bytes
 
-    budget = _default_block_bytes() if _IN_MEMORY is None else _IN_MEMORY
+    budget = default_block_bytes() if _IN_MEMORY is None else _IN_MEMORY
     layers, total = {}, 0
     rows = None  # one snapshot of the rows recorded, for every site (a run may still be writing)
     for site in sites:
@@ -71,7 +72,7 @@ def _stamp(info: dict[str, Any], options: dict[str, Any]) -> dict[str, Any] | No
     options and unitrec's version; None for an unfinished recording (always rebuilt)."""
     if info.get("status") != "complete" or not info.get("finished"):
         return None
-    from . import __version__
+    from unitrec._version import __version__
 
     return {"recording": {k: str(info.get(k)) for k in ("run_id", "created", "finished")},
             "options": options, "unitrec_version": __version__}
@@ -330,7 +331,7 @@ def _montages(root: Any, layers: dict[str, Any], summaries: dict[str, Any], safe
 def _protocol_sections(layers: dict[str, Any], save, safe: dict[str, str]) -> list[tuple[str, list[tuple[str, str]]]]:
     """Figures of the grating protocols (``unitrec stimuli protocols``) for every site
     small enough to fit curves to each unit; a site that goes negative is rectified."""
-    from .errors import ConfigError
+    from unitrec.errors import ConfigError
 
     sections = []
     for name, da in layers.items():

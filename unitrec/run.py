@@ -13,8 +13,8 @@ from typing import Any, Iterator, Mapping, overload
 
 import yaml
 
-from .errors import ConfigError, UnitrecWarning
-from .schema import Config, OutputSpec, ReportSpec, parse
+from unitrec.errors import ConfigError, UnitrecWarning
+from unitrec.schema import Config, OutputSpec, ReportSpec, parse
 
 __all__ = ["load_config", "run_config"]
 
@@ -98,9 +98,9 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
     --------
     >>> path = ur.run_config("configs/demo.yaml")  # doctest: +SKIP
     """
-    from .model import load_model
-    from .preprocess import build_transform
-    from .recording import record
+    from unitrec.anatomy.model import load_model
+    from unitrec.anatomy.preprocess import build_transform
+    from unitrec.recording.record import record
 
     cfg, raw, base = load_config(source)
     out_spec = cfg.output if isinstance(cfg.output, OutputSpec) else OutputSpec(path=cfg.output)
@@ -111,7 +111,7 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
                            kwargs=cfg.model.kwargs)
     stimuli = _stimuli(cfg, base, out)
     if cfg.report is not None and cfg.report.by:  # checked now, not after the whole recording
-        from .stimuli.dataset import as_stimulus_set
+        from unitrec.stimuli.dataset import as_stimulus_set
 
         coords = sorted(as_stimulus_set(stimuli).coords)
         if cfg.report.by not in coords:
@@ -178,7 +178,7 @@ def check_code(name: str, allow: list[str], base: Path) -> Iterator[None]:
 
 
 def _report(path: Path, spec: ReportSpec, folder: Path, progress: bool) -> None:
-    from .report import write_report
+    from unitrec.report import write_report
 
     try:
         import matplotlib  # noqa: F401
@@ -196,7 +196,7 @@ def _stimuli(cfg: Config, base: Path, out: Path) -> Path:
     if spec.generate is None:
         assert spec.path is not None  # StimuliSpec asks for path or generate
         return _resolve(base, spec.path)
-    from .stimuli import GENERATORS
+    from unitrec.stimuli import GENERATORS
 
     folder = _resolve(base, spec.path) if spec.path else out.parent / "stimuli"
     gen = spec.generate
@@ -207,7 +207,7 @@ def _stimuli(cfg: Config, base: Path, out: Path) -> Path:
     # second run) never delete the images another one is reading. Another set there is
     # replaced (only a set unitrec generated: a folder of the user's own files is
     # refused by the generator, whatever overwrite says), one process at a time.
-    from .lock import output_lock
+    from unitrec.files.lock import output_lock
 
     aside = folder.parent / f".{folder.name}.generating-{os.getpid()}"
     try:

@@ -11,8 +11,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Type, TypeVar, Uni
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
-from .summary import DEFAULT_TOP, MAX_TOP
+from unitrec.errors import ConfigError
 
 __all__ = [
     "Config",
@@ -32,6 +31,9 @@ T = TypeVar("T", bound=BaseModel)
 
 #: The largest batch size: a block is computed whole, so its images and every site's rows are held at once.
 MAX_BATCH_SIZE = 1 << 16
+#: Preferred stimuli a summary keeps per unit unless `top:` says; the most it may say.
+DEFAULT_TOP = 16
+MAX_TOP = 10_000
 
 
 class _Strict(BaseModel):
@@ -148,7 +150,7 @@ class ModelSpec(_Strict):
 
 _GRATING_KEYS = ("orientations", "spatial_frequencies", "phases", "contrasts")
 #: The keys of `stimuli.generate` each generator takes, beside ``kind`` and ``size``.
-_GENERATOR_KEYS = {
+GENERATOR_KEYS = {
     "gratings": _GRATING_KEYS + ("apertures", "aperture_center"),
     "gabors": _GRATING_KEYS + ("sigmas",),
     "protocols": _GRATING_KEYS + ("size_spatial_frequencies", "diameters", "contrast_spatial_frequencies",
@@ -184,10 +186,10 @@ class GenerateSpec(_Strict):
 
     @model_validator(mode="after")
     def _keys_of_kind(self) -> "GenerateSpec":
-        others = {k for keys in _GENERATOR_KEYS.values() for k in keys} - set(_GENERATOR_KEYS[self.kind])
+        others = {k for keys in GENERATOR_KEYS.values() for k in keys} - set(GENERATOR_KEYS[self.kind])
         wrong = sorted(k for k in others if getattr(self, k) is not None)
         if wrong:
-            owners = {k: [kind for kind, keys in _GENERATOR_KEYS.items() if k in keys] for k in wrong}
+            owners = {k: [kind for kind, keys in GENERATOR_KEYS.items() if k in keys] for k in wrong}
             said = "; ".join(f"{k} is for kind {' or '.join(kinds)}" for k, kinds in owners.items())
             raise ValueError(f"kind {self.kind} does not take {', '.join(wrong)} ({said})")
         return self

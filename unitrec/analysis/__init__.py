@@ -1,6 +1,10 @@
-"""Neuroscience-style analyses of recorded activations, and the experiments run on them:
-grating protocols (:mod:`~unitrec.analysis.protocols`), receptive-field mapping
-(:mod:`~unitrec.analysis.rf_mapping`) and encoding models (:mod:`~unitrec.analysis.encoding`).
+"""Neuroscience-style analyses of recorded activations, and the experiments run on them.
+
+Three rooms, and this module re-exports their public names (``import unitrec.analysis
+as A``): ``statistics/`` (tuning, sparseness, RDM/RSA, CKA, dimensionality, top
+stimuli, layer similarity), ``experiments/`` (grating protocols, receptive-field
+mapping, encoding models) and ``figures/`` (every ``plot_*``; it imports the other
+two, never the reverse).
 
 Every function takes recordings as :class:`xarray.DataArray` with first dim
 ``"stimulus"`` (other dims: ``unit``; ``channel``; or ``channel, y, x``) and works on
@@ -12,28 +16,26 @@ dask-backed arrays without loading them whole. :func:`top_stimuli`,
 
 from __future__ import annotations
 
-from unitrec.analysis.cka import cka
-from unitrec.analysis.dimensionality import participation_ratio
-from unitrec.analysis.encoding import encoding_model, plot_encoding
-from unitrec.analysis.plots import (
-    plot_layer_matrix,
-    plot_montage,
-    plot_rdm,
-    plot_tuning_curves,
-)
-from unitrec.analysis.preferred import top_stimuli
-from unitrec.analysis.protocol_plots import (
+from unitrec.analysis.experiments.encoding import encoding_model
+from unitrec.analysis.experiments.protocols import contrast_response, modulation_ratio, sf_tuning, size_tuning
+from unitrec.analysis.experiments.rf_mapping import effective_rf, sparse_noise_map, spike_triggered_average
+from unitrec.analysis.figures.encoding import plot_encoding
+from unitrec.analysis.figures.matrices import plot_layer_matrix, plot_rdm
+from unitrec.analysis.figures.protocols import (
     plot_contrast_response,
     plot_modulation_ratio,
     plot_sf_tuning,
     plot_size_tuning,
 )
-from unitrec.analysis.protocols import contrast_response, modulation_ratio, sf_tuning, size_tuning
-from unitrec.analysis.rf_mapping import effective_rf, plot_rf_map, sparse_noise_map, spike_triggered_average
-from unitrec.analysis.rsa import rdm, rsa
-from unitrec.analysis.similarity import layer_similarity
-from unitrec.analysis.sparseness import lifetime_sparseness, population_sparseness
-from unitrec.analysis.tuning import tuning_curves
+from unitrec.analysis.figures.rf_mapping import plot_rf_map
+from unitrec.analysis.figures.units import plot_montage, plot_tuning_curves
+from unitrec.analysis.statistics.cka import cka
+from unitrec.analysis.statistics.dimensionality import participation_ratio
+from unitrec.analysis.statistics.preferred import top_stimuli
+from unitrec.analysis.statistics.rsa import rdm, rsa
+from unitrec.analysis.statistics.similarity import layer_similarity
+from unitrec.analysis.statistics.sparseness import lifetime_sparseness, population_sparseness
+from unitrec.analysis.statistics.tuning import tuning_curves
 
 __all__ = [
     "cka",
@@ -64,3 +66,8 @@ __all__ = [
     "top_stimuli",
     "tuning_curves",
 ]
+
+
+def __dir__() -> list[str]:
+    # the public API only: not the submodules nor the `annotations` of `from __future__`
+    return sorted(__all__)

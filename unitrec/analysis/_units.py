@@ -25,7 +25,7 @@ UNIT = "unit"
 
 
 
-def _default_block_bytes() -> int:
+def default_block_bytes() -> int:
     """A sixteenth of this machine's memory, between 128 MiB and 1 GiB."""
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -35,7 +35,7 @@ def _default_block_bytes() -> int:
 
 
 #: Bytes of float64 one streamed block may hold when ``chunk_size`` is not given.
-_BLOCK_BYTES = _default_block_bytes()
+_BLOCK_BYTES = default_block_bytes()
 
 
 @dataclass(frozen=True)

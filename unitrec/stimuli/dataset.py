@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import torch
 
-from ..errors import StimulusError, UnitrecWarning
-from .decode import IMAGE_EXTENSIONS, find_stimuli, load_rgb
+from unitrec.errors import StimulusError, UnitrecWarning
+from unitrec.stimuli.decode import IMAGE_EXTENSIONS, find_stimuli, load_rgb
 
 __all__ = ["METADATA_FILE", "Item", "StimulusSet", "as_stimulus_set"]
 

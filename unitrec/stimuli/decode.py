@@ -162,7 +162,7 @@ def load_rgb(
     ConfigError
         If `background` is not three integers in 0..255.
     """
-    bg = _check_background(background)
+    bg = check_background(background)
     shown = os.fspath(path)
     try:
         with Image.open(path) as opened:
@@ -183,7 +183,7 @@ def load_rgb(
     raise StimulusError(f"cannot decode stimulus {shown}: {reason}") from cause
 
 
-def _check_background(background: Sequence[int]) -> tuple[int, int, int]:
+def check_background(background: Sequence[int]) -> tuple[int, int, int]:
     values = tuple(background) if isinstance(background, Sequence) else ()
     if len(values) != 3 or not all(
         isinstance(v, Integral) and not isinstance(v, bool) and 0 <= v <= 255 for v in values

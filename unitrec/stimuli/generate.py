@@ -4,16 +4,14 @@ standard grating protocols) to a folder.
 Each set is one image per parameter combination plus ``metadata.csv``: a header row,
 a first column ``path`` (the image path relative to the folder, POSIX) and one
 column per parameter, so a loader can attach the parameters as stimulus coordinates.
-A hidden ``.unitrec-generated`` file marks the folder as generated: only such a
-folder (or an empty one) is written into.
+The folder and its files are written by ``folder.py``, the images drawn by
+``draw.py``.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,9 @@ import numpy as np
 from PIL import Image
 
 from unitrec.errors import ConfigError
+from unitrec.stimuli.draw import grating_image
+from unitrec.stimuli.folder import (check_room, check_size, csv_cell, file_name, image_suffix, prepare_folder,
+                                    write_metadata)
 
 __all__ = ["gabors", "gratings", "protocols"]
 
@@ -38,12 +39,7 @@ PARAMETER_UNITS = {
     "aperture_x": ("1", "aperture centre: column in stimulus pixels"),
 }
 
-METADATA = "metadata.csv"
 _GRATING_SF = (2, 4, 8)  # gratings' and gabors' default frequencies
-MARKER = ".unitrec-generated"  # hidden, so find_stimuli skips it
-# the images unitrec's generators name: _filename's, and noise.py's
-_OURS = re.compile(r"((grating|gabor)_ori\S*|sparse_y\d+_x\d+_(on|off)(_r\d+)?|white_s\d+_\d+)\.(png|bmp|tiff|jpg)")
-_FORMATS = {"png": ".png", "bmp": ".bmp", "tiff": ".tiff", "jpg": ".jpg"}
 
 
 def gratings(
@@ -137,7 +133,7 @@ def gratings(
     >>> gratings("stim/gratings", orientations=(0, 45, 90))  # doctest: +SKIP
     >>> gratings("stim/sizes", apertures=(4, 8, 16, 32, 91))  # doctest: +SKIP
     """
-    size = _check_size(size)
+    size = check_size(size)
     params = {
         "orientation": _numbers("orientations", orientations),
         "spatial_frequency": _frequencies(spatial_frequencies, size),
@@ -246,7 +242,7 @@ def protocols(
     ``"phase"``
         Full-field gratings, ``orientations × spatial_frequencies × phases`` at
         the highest of ``contrasts``: orientation and spatial-frequency tuning and
-        the modulation ratio F1/F0 (see :mod:`unitrec.analysis.protocols`).
+        the modulation ratio F1/F0 (see :mod:`unitrec.analysis.experiments.protocols`).
     ``"size"``
         Gratings in circular apertures of growing diameter at
         ``aperture_center``, ``orientations × size_spatial_frequencies × phases ×
@@ -316,7 +312,7 @@ def protocols(
     >>> protocols("stim/protocols")  # doctest: +SKIP
     >>> protocols("stim/p32", size=32, aperture_center=(16, 16))  # doctest: +SKIP
     """
-    size = _check_size(size)
+    size = check_size(size)
     oris = _numbers("orientations", orientations)
     phs = _phases_cycle(_numbers("phases", phases))
     full = _numbers("spatial_frequencies", spatial_frequencies, positive=True)
@@ -351,49 +347,6 @@ def protocols(
     return _write_set(out_dir, "grating", settings, size, background, fmt, overwrite)
 
 
-# -- drawing ---------------------------------------------------------------------
-
-
-def _luminance(
-    size: int,
-    orientation: float,
-    spatial_frequency: float,
-    phase: float,
-    contrast: float,
-    background: float,
-    sigma: float | None = None,
-) -> np.ndarray:
-    """Luminance in [0, 1] of one grating or Gabor, shape ``(size, size)``."""
-    centres = (np.arange(size) + 0.5) / size - 0.5
-    x = centres[None, :]
-    y = -centres[:, None]  # rows go down, y goes up
-    theta = np.deg2rad(orientation)
-    carrier = np.sin(
-        2 * np.pi * spatial_frequency * (x * np.cos(theta) + y * np.sin(theta))
-        + np.deg2rad(phase)
-    )
-    if sigma is not None:
-        carrier = carrier * np.exp(-(x**2 + y**2) / (2 * sigma**2))
-    return np.clip(background + contrast / 2 * carrier, 0.0, 1.0)
-
-
-def _to_rgb8(luminance: np.ndarray) -> np.ndarray:
-    grey = np.round(luminance * 255).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
-
-
-def _image(size: int, background: float, setting: dict[str, Any]) -> np.ndarray:
-    """The RGB image of one row of a set: a grating or Gabor, in its aperture if it has one."""
-    lum = _luminance(size, setting["orientation"], setting["spatial_frequency"], setting["phase"],
-                     setting["contrast"], background, setting.get("sigma"))
-    diameter = setting.get("aperture_diameter")
-    if diameter is not None and np.isfinite(diameter):
-        rows, cols = np.arange(size)[:, None], np.arange(size)[None, :]
-        inside = (rows - setting["aperture_y"]) ** 2 + (cols - setting["aperture_x"]) ** 2 <= (diameter / 2) ** 2
-        lum = np.where(inside, lum, background)
-    return _to_rgb8(lum)
-
-
 # -- checking and writing ----------------------------------------------------------
 
 
@@ -407,7 +360,7 @@ def _write_set(
     overwrite: bool,
 ) -> Path:
     """Write one image per setting (all with the same keys, the metadata columns)."""
-    size = _check_size(size)
+    size = check_size(size)
     top = max((float(s["spatial_frequency"]) for s in settings), default=0.0)
     if top >= size / 2:
         raise ConfigError(
@@ -415,105 +368,20 @@ def _write_set(
             f"image ({size / 2:g}): its pixels would show another frequency; use frequencies below "
             f"{size / 2:g} or a larger size"
         )
-    suffix = _suffix(fmt)
+    suffix = image_suffix(fmt)
     check_room(Path(out_dir), len(settings), size)
-    root = _prepare(Path(out_dir), overwrite)
+    root = prepare_folder(Path(out_dir), overwrite)
     names = list(settings[0])
     rows: list[list[str]] = []
     seen: set[str] = set()
     for setting in settings:
-        filename = _filename(kind, setting) + suffix
+        filename = file_name(kind, setting) + suffix
         if filename in seen:
             raise ConfigError(f"two parameter settings give the same file {filename}")
         seen.add(filename)
-        Image.fromarray(_image(size, background, setting)).save(root / filename)
-        rows.append([filename, *(_cell(setting[name]) for name in names)])
-    _write_metadata(root, ["path", *names], rows)
-    return root
-
-
-def _suffix(fmt: str) -> str:
-    """The file suffix of an image format the generators write."""
-    if fmt not in _FORMATS:
-        raise ConfigError(f"fmt={fmt!r} is not supported; choose one of {', '.join(_FORMATS)}")
-    return _FORMATS[fmt]
-
-
-def _write_metadata(root: Path, header: list[str], rows: list[list[Any]]) -> None:
-    """``metadata.csv``: the header (``path`` first), then one row per image."""
-    with open(root / METADATA, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-_MAX_SIZE = 8192  # pixels a side: a larger stimulus is 200 MB a channel, beyond any network's input
-
-
-def _check_size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 2 <= size <= _MAX_SIZE:
-        raise ConfigError(f"size must be an integer from 2 to {_MAX_SIZE} (pixels), got {size!r}")
-    return int(size)
-
-
-def check_room(root: Path, n_images: int, size: int) -> None:
-    """Refuse a set whose images (at most 3 bytes a pixel, as uncompressed PNG) cannot fit on the disk."""
-    import shutil
-
-    from ..text import human_size
-
-    need = n_images * (size * size * 3 + 512)
-    where = next((p for p in [root, *root.parents] if p.exists()), Path("."))
-    free = shutil.disk_usage(where).free
-    if need > free:
-        raise ConfigError(f"{n_images} images of {size}×{size} px need up to {human_size(need)} and {where} has "
-                          f"{human_size(free)} free; generate fewer or smaller images")
-
-
-def _prepare(root: Path, overwrite: bool) -> Path:
-    """Check `root` may be written, remove a set generated before, mark the folder.
-
-    The marker is written before the images, so an interrupted run leaves a
-    folder that the next run may replace.
-    """
-    try:
-        if root.exists() and not root.is_dir():
-            raise ConfigError(f"{root} exists and is not a folder")
-    except OSError as exc:  # a path through a file: NotADirectoryError
-        raise ConfigError(f"cannot write stimuli to {root}: {exc.strerror or exc}") from None
-    marker = root / MARKER
-    visible = [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
-    if visible:
-        # sets written before the marker existed hold only metadata.csv and our images
-        legacy = all(p.name == METADATA or _OURS.fullmatch(p.name) for p in visible)
-        if not (marker.is_file() or legacy):
-            raise ConfigError(
-                f"{root} holds files that unitrec did not generate; generated stimuli go to "
-                "an empty folder or one unitrec generated before: choose another path"
-            )
-        if not overwrite:
-            raise ConfigError(
-                f"{root} holds a stimulus set generated earlier; to replace it pass --overwrite "
-                "(command line) or overwrite=True (Python), or choose an empty folder"
-            )
-        from .decode import IMAGE_EXTENSIONS
-
-        strangers = sorted(p.name for p in visible if p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not _OURS.fullmatch(p.name))
-        if strangers:  # they would be recorded with the set, without a row in metadata.csv
-            raise ConfigError(
-                f"{root} holds images that unitrec did not generate ({', '.join(strangers[:3])}"
-                f"{', ...' if len(strangers) > 3 else ''}); move them or choose another folder"
-            )
-        for p in visible:
-            if (p.name == METADATA or _OURS.fullmatch(p.name)) and p.is_file():
-                p.unlink()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        marker.write_text("written by unitrec.stimuli: this folder holds a generated stimulus set\n",
-                          encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot write stimuli to {root}: {exc.strerror or exc}") from None
+        Image.fromarray(grating_image(size, background, setting)).save(root / filename)
+        rows.append([filename, *(csv_cell(setting[name]) for name in names)])
+    write_metadata(root, ["path", *names], rows)
     return root
 
 
@@ -543,7 +411,7 @@ def _frequencies(spatial_frequencies: Sequence[float], size: Any) -> list[float]
     """The frequencies given, checked; the default ones only below the Nyquist limit of `size`."""
     values = _numbers("spatial_frequencies", spatial_frequencies, positive=True)
     if spatial_frequencies is _GRATING_SF:
-        values = [f for f in values if f < _check_size(size) / 2] or [_check_size(size) / 4]
+        values = [f for f in values if f < check_size(size) / 2] or [check_size(size) / 4]
     return values
 
 
@@ -595,43 +463,3 @@ def _phases_cycle(phases: list[float]) -> list[float]:
     return phases
 
 
-def _filename(kind: str, setting: dict[str, Any]) -> str:
-    parts = [
-        kind,
-        "ori" + _tag(setting["orientation"], 3),
-        "sf" + _tag(setting["spatial_frequency"], 2),
-        "ph" + _tag(setting["phase"], 3),
-        "c" + _tag(setting["contrast"] * 100, 3),
-    ]
-    if "sigma" in setting:
-        parts.append("s" + _tag(setting["sigma"] * 100, 3))
-    diameter = setting.get("aperture_diameter")
-    if diameter is not None and np.isfinite(diameter):
-        parts.append("d" + _tag(diameter, 3))
-    if "protocol" in setting:
-        parts.append(setting["protocol"])
-    return "_".join(parts)
-
-
-def _tag(value: float, width: int) -> str:
-    """``30 -> '030'``, ``22.5 -> '022p5'``, ``-90 -> 'm090'``."""
-    value = round(value, 6)  # 0.145 * 100 must not print as 14.499999999999998
-    sign = "m" if value < 0 else ""
-    value = abs(value)
-    whole = int(value)
-    text = f"{whole:0{width}d}"
-    if value != whole:
-        text += "p" + f"{value:.6f}".split(".")[1].rstrip("0")
-    return sign + text
-
-
-def _number_text(value: float) -> str:
-    """Integers as integers, other numbers as the shortest float text."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _cell(value: Any) -> str:
-    """A metadata cell: text as it is, infinity as ``inf``, numbers as :func:`_number_text`."""
-    if isinstance(value, str):
-        return value
-    return ("inf" if value > 0 else "-inf") if np.isinf(value) else _number_text(value)

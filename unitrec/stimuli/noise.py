@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from unitrec.errors import ConfigError
-from unitrec.stimuli.generate import _check_size, _prepare, _suffix, _to_rgb8, _write_metadata, check_room
+from unitrec.stimuli.draw import to_rgb8
+from unitrec.stimuli.folder import check_room, check_size, image_suffix, prepare_folder, write_metadata
 
 __all__ = ["sparse_noise", "white_noise"]
 
@@ -84,7 +85,7 @@ def sparse_noise(
     --------
     >>> sparse_noise("stim/sparse", size=64, grid=4)  # doctest: +SKIP
     """
-    size = _check_size(size)
+    size = check_size(size)
     grid = max(1, size // 16) if grid is None else _int("grid", grid, 1)
     if size % grid:
         raise ConfigError(f"grid={grid} must divide size={size} so the squares tile the image; "
@@ -100,22 +101,22 @@ def sparse_noise(
         if not 0 <= background + _POLARITY[p] * contrast / 2 <= 1:
             raise ConfigError(f"contrast {contrast:g} around background {background:g} leaves [0, 1] for "
                               f"'{p}' squares; use contrast <= {2 * min(background, 1 - background):g}")
-    suffix = _suffix(fmt)
-    root = _prepare(Path(out_dir), overwrite)
+    suffix = image_suffix(fmt)
+    root = prepare_folder(Path(out_dir), overwrite)
     rows: list[list[Any]] = []
     for top in range(0, size, grid):
         for left in range(0, size, grid):
             for p in polarities:
                 lum = np.full((size, size), background)
                 lum[top:top + grid, left:left + grid] = background + _POLARITY[p] * contrast / 2
-                image = Image.fromarray(_to_rgb8(lum))
+                image = Image.fromarray(to_rgb8(lum))
                 for r in range(repeats):
                     name = f"sparse_y{top:03d}_x{left:03d}_{p}" + (f"_r{r}" if repeats > 1 else "") + suffix
                     image.save(root / name)
                     centre = (grid - 1) / 2
                     rows.append([name, "sparse", _num(top + centre), _num(left + centre), grid, _POLARITY[p],
                                  _num(background), _num(contrast), r])
-    _write_metadata(root, ["path", "noise", "square_y", "square_x", "square_size", "polarity",
+    write_metadata(root, ["path", "noise", "square_y", "square_x", "square_size", "polarity",
                            "background", "contrast", "repeat"], rows)
     return root
 
@@ -175,7 +176,7 @@ def white_noise(
     --------
     >>> white_noise("stim/noise", size=32, n=4000, seed=1)  # doctest: +SKIP
     """
-    size = _check_size(size)
+    size = check_size(size)
     n = _int("n", n, 1)
     block = _int("block", block, 1)
     if block > size:
@@ -184,17 +185,17 @@ def white_noise(
     contrast = _fraction("contrast", contrast)
     if kind not in _KINDS:
         raise ConfigError(f"kind={kind!r} is not supported; choose one of {', '.join(_KINDS)}")
-    suffix = _suffix(fmt)
+    suffix = image_suffix(fmt)
     check_room(Path(out_dir), n, size)
-    root = _prepare(Path(out_dir), overwrite)
+    root = prepare_folder(Path(out_dir), overwrite)
     width = max(5, len(str(n - 1)))
     rows: list[list[Any]] = []
     for i in range(n):
         name = f"white_s{seed}_{i:0{width}d}{suffix}"
-        Image.fromarray(_to_rgb8(white_luminance(size, seed, i, block=block, contrast=contrast,
+        Image.fromarray(to_rgb8(white_luminance(size, seed, i, block=block, contrast=contrast,
                                                  kind=kind))).save(root / name)
         rows.append([name, "white", kind, seed, i, block, _num(contrast)])
-    _write_metadata(root, ["path", "noise", "kind", "seed", "image_index", "block", "contrast"], rows)
+    write_metadata(root, ["path", "noise", "kind", "seed", "image_index", "block", "contrast"], rows)
     return root
 
 

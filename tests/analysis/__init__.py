@@ -1,0 +1,1 @@
+"""Tests of unitrec.analysis: statistics, experiments and figures."""

@@ -1,0 +1,1 @@
+"""Tests of unitrec.anatomy: models, the trace, sites, selections, receptive fields, tokens."""

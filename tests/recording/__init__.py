@@ -1,0 +1,1 @@
+"""Tests of unitrec.recording: recorded values, resume, run keys, summaries, the batch loop."""

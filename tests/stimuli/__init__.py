@@ -1,0 +1,1 @@
+"""Tests of unitrec.stimuli: finding, decoding, generating and loading stimuli."""

@@ -1,0 +1,96 @@
+"""The job: how a recording is made, the settings that travel together through ``record``.
+
+Built once at the edge (``record()``'s arguments or a config's ``record`` section),
+checked here, and passed whole. Under ``torchrun`` each process's shard and device
+come from its environment (:func:`launched_shard`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from unitrec.errors import ConfigError
+from unitrec.files.shards import check_shard
+from unitrec.schema import MAX_BATCH_SIZE
+from unitrec.stimuli.decode import check_background
+
+__all__ = ["Job", "launched_shard"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """How a recording is made: the settings that travel together through ``record``.
+
+    Built once from ``record()``'s arguments (or a config's ``record`` section) and
+    checked here, so every later function receives one validated object. `device`
+    may be given as a str (``"cuda:1"``); it is stored as a :class:`torch.device`.
+    `background` is an RGB colour (three integers in 0..255).
+    """
+
+    batch_size: int = 32
+    device: torch.device = torch.device("cpu")
+    num_workers: int = 0
+    progress: bool = True
+    dtype: Literal["float32", "float16"] = "float32"
+    compression: Literal["zstd"] | None = None
+    stop_early: bool = True
+    on_error: Literal["skip", "raise"] = "skip"
+    background: tuple[int, ...] = (255, 255, 255)
+    overwrite: bool = False
+    shard: tuple[int, int] | None = None  # (index, count): record one contiguous part of the rows
+
+    def __post_init__(self) -> None:
+        checks = [
+            (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
+             and 0 < self.batch_size <= MAX_BATCH_SIZE, f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE} "
+             f"(a batch is computed and held in memory whole), got {self.batch_size!r}"),
+            (isinstance(self.num_workers, int) and not isinstance(self.num_workers, bool)
+             and self.num_workers >= 0, f"num_workers must be an integer ≥ 0, got {self.num_workers!r}"),
+            (self.dtype in ("float32", "float16"), f"dtype must be 'float32' or 'float16', got {self.dtype!r}"),
+            (self.compression in (None, "zstd"), f"compression must be None or 'zstd', got {self.compression!r}"),
+            (self.on_error in ("skip", "raise"), f"on_error must be 'skip' or 'raise', got {self.on_error!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        try:
+            object.__setattr__(self, "device", torch.device(self.device))
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:1', ...; got {self.device!r} ({exc})") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {str(self.device)!r}: this machine has no usable CUDA GPU "
+                              "(torch.cuda.is_available() is False); use device: cpu")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device {str(self.device)!r} is not supported; use 'cpu' or 'cuda'")
+        object.__setattr__(self, "background", check_background(self.background))  # here, not per image
+        if self.shard is not None:
+            object.__setattr__(self, "shard", check_shard(self.shard))
+
+
+def launched_shard(shard: tuple[int, int] | None, device: str | torch.device,
+                   progress: bool) -> tuple[tuple[int, int] | None, str | torch.device, bool]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): this process's shard, device and progress bar.
+
+    Rank ``RANK`` of ``WORLD_SIZE`` records that shard, on ``cuda:LOCAL_RANK`` when the
+    device asked for is ``cuda`` without an index; only rank 0 shows progress.
+    """
+    env = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    if env["WORLD_SIZE"] is None:
+        return shard, device, progress
+    try:
+        world, rank, local = int(env["WORLD_SIZE"]), int(env["RANK"] or 0), int(env["LOCAL_RANK"] or 0)
+    except ValueError:
+        raise ConfigError(f"torchrun's environment is not understood: RANK={env['RANK']!r}, "
+                          f"WORLD_SIZE={env['WORLD_SIZE']!r}, LOCAL_RANK={env['LOCAL_RANK']!r}") from None
+    if world <= 1:
+        return shard, device, progress
+    if shard is not None:
+        raise ConfigError(f"--shard (shard=) cannot be combined with torchrun, which already makes this process "
+                          f"shard {rank}/{world} (RANK/WORLD_SIZE); drop --shard, or run without torchrun")
+    if str(device) == "cuda":
+        device = f"cuda:{local}"
+    return (rank, world), device, bool(progress) and rank == 0
