@@ -15,7 +15,6 @@ import xarray as xr
 
 import unitrec as ur
 from unitrec import analysis as A
-from unitrec.anatomy.preprocess import build_transform
 from unitrec.stimuli import white_noise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +34,7 @@ def main() -> None:
             shutil.copy(report / f"{stem}{suffix}", IMG / f"experiment_{stem}{suffix}")
 
     model = ur.load_model("resnet18", seed=0)
-    t64 = build_transform({"resize": None, "crop": None, "normalize": "imagenet"})
+    t64 = ur.build_transform({"resize": None, "crop": None, "normalize": "imagenet"})
     noise = white_noise(RUNS / "noise", size=64, n=4000, seed=0, overwrite=True)
     erf = A.effective_rf(model, "layer1", noise, units=[(c, 8, 8) for c in range(4)], transform=t64)
     path = ur.record(model, noise, [{"name": "layer1", "units": "center"}], RUNS / "noise.h5", transform=t64,

@@ -134,5 +134,7 @@ def test_public_names_are_pinned():
         "ConfigError", "LayerNotFoundError", "ModelError", "Recorder", "RecordingError", "SelectionError",
         "StimulusError", "UnitrecError", "UnitrecWarning", "__version__", "analysis", "list_layers", "load_layer",
         "load_model", "load_population", "load_summary", "merge", "open_recording", "record", "run_config", "stimuli",
+        "Scorer", "visualize", "evolve", "load_evolution", "plot_evolution", "plot_visualizations",  # the closed loop
+        "build_transform",
     }
     assert issubclass(ur.LayerNotFoundError, KeyError) and issubclass(ur.ConfigError, ValueError)

@@ -8,6 +8,7 @@ between modules, and each part imports only the parts below it in the table.
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "unitrec._version": (),
     "unitrec._text": (),
     "unitrec.errors": (),
-    "unitrec.schema": ("unitrec.errors",),
+    "unitrec._parse": ("unitrec.errors",),
+    "unitrec.schema": ("unitrec.errors", "unitrec._parse"),
     "unitrec.anatomy": ("base",),
     "unitrec.stimuli": ("base",),
     "unitrec.files": ("base", "unitrec.anatomy", "unitrec.stimuli"),
@@ -52,8 +54,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "unitrec.cli": ("base", "unitrec", "unitrec.anatomy", "unitrec.stimuli", "unitrec.files", "unitrec.recording",
                     "unitrec.analysis", "unitrec.report", "unitrec.closedloop", "unitrec.atlas", "unitrec.run"),
 }
-BASE = ("unitrec._version", "unitrec._text", "unitrec.errors", "unitrec.schema")
-FACADES = ("unitrec", "unitrec.__main__")
+BASE = ("unitrec._version", "unitrec._text", "unitrec.errors", "unitrec._parse", "unitrec.schema")
+FACADES = ("unitrec", "unitrec.__main__", "unitrec.preprocess")  # the last: an old path, kept
 LONGEST_MODULE = 500  # lines; longer ones are named here with the reason
 LONGER = {
     "unitrec.anatomy.trace": "one TorchFunctionMode and the channel labelling that reads its private records "
@@ -71,10 +73,25 @@ def _name(path: Path) -> str:
 MODULES = {_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+#: modules that import by a name computed at run time: the public facades (PEP 562), and
+#: the model loader (a user's own `package.module:factory`, never unitrec's)
+DYNAMIC = ("unitrec", "unitrec.stimuli", "unitrec.anatomy.model")
+
+
 def _imports(name: str, path: Path) -> set[str]:
-    """The package's modules that `name` imports, anywhere in its source."""
+    """The package's modules that `name` imports, anywhere in its source: import statements,
+    ``import_module("unitrec.…")`` / ``__import__`` / ``sys.modules["unitrec.…"]`` with a
+    literal name, and attribute chains on ``unitrec`` (``unitrec.files.load.x``)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
+
+    def add(dotted: str) -> None:  # the longest module that prefixes a dotted name
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            if ".".join(parts[:i]) in MODULES:
+                found.add(".".join(parts[:i]))
+                return
+
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom):
             if node.level:
@@ -87,7 +104,25 @@ def _imports(name: str, path: Path) -> set[str]:
                 found.add(full if full in MODULES else target)
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-    return {m for m in found if m in MODULES and m != name}
+        elif isinstance(node, ast.Call):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if called in ("import_module", "__import__"):
+                literal = node.args[0] if node.args and isinstance(node.args[0], ast.Constant) else None
+                if literal is not None and isinstance(literal.value, str):
+                    add(literal.value)
+                elif name not in DYNAMIC:
+                    found.add(f"<{called} of a computed name>")
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and \
+                isinstance(node.slice.value, str) and node.slice.value.startswith("unitrec"):
+            add(node.slice.value)  # sys.modules["unitrec.…"]
+        elif isinstance(node, ast.Attribute):
+            chain, inner = [node.attr], node.value
+            while isinstance(inner, ast.Attribute):
+                chain.append(inner.attr)
+                inner = inner.value
+            if isinstance(inner, ast.Name) and inner.id == "unitrec":
+                add(".".join(["unitrec", *reversed(chain)]))
+    return {m for m in found if (m in MODULES or m.startswith("<")) and m != name}
 
 
 GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
@@ -96,6 +131,9 @@ GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 def _part(name: str) -> str:
     if name in BASE or name in FACADES:
         return name
+    if name.startswith("<"):
+        raise AssertionError(f"a module imports by a name computed at run time ({name}); import by name, "
+                             "so that the layout can be checked")
     matches = [p for p in MAY_IMPORT if name == p or name.startswith(p + ".")]
     if not matches:
         raise AssertionError(f"{name} belongs to no part of the layout: add it to MAY_IMPORT "
@@ -150,6 +188,33 @@ def test_the_graph_is_read():
     assert "unitrec.errors" in GRAPH["unitrec.schema"]
     assert "unitrec.files.load" in GRAPH["unitrec.analysis.statistics.preferred"]
     assert len(MODULES) > 40
+
+
+def test_imports_by_string_and_attribute_are_read(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("import importlib, sys\nimport unitrec\n"
+                      "def f():\n"
+                      "    importlib.import_module('unitrec.recording.record')\n"
+                      "    __import__('unitrec.recording.stream')\n"
+                      "    sys.modules['unitrec.analysis']\n"
+                      "    return unitrec.files.load.load_layer\n"
+                      "def g(name):\n"
+                      "    return importlib.import_module(name)\n")
+    found = _imports("unitrec.files.m", source)
+    assert {"unitrec.recording.record", "unitrec.recording.stream", "unitrec.analysis", "unitrec.files.load",
+            "<import_module of a computed name>"} <= found
+
+
+def test_the_facades_import_what_their_tables_say():
+    # `_WHERE` (used at run time) and the TYPE_CHECKING imports (read by type checkers and by
+    # this test) must name the same module for every public name
+    for facade in ("unitrec", "unitrec.stimuli"):
+        module = importlib.import_module(facade)
+        tree = ast.parse(MODULES[facade].read_text())
+        typed = {alias.asname or alias.name: node.module for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+        for public, where in module._WHERE.items():
+            assert typed.get(public) == f"{facade}.{where}", (facade, public)
 
 
 def test_no_import_circles():
@@ -227,6 +292,16 @@ def test_every_public_name_resolves(name):
 def test_the_tests_mirror_the_layout():
     tests = Path(__file__).parent
     subpackages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
-    assert subpackages == ["analysis", "anatomy", "files", "recording", "stimuli"]
+    assert subpackages == ["analysis", "anatomy", "closedloop", "files", "recording", "stimuli"]
     for name in subpackages:
         assert (tests / name / "__init__.py").is_file() and list((tests / name).glob("test_*.py")), name
+
+
+def test_the_old_home_of_build_transform_still_works():
+    code = ("import warnings, unitrec as ur\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from unitrec.preprocess import build_transform\n"
+            "assert build_transform is ur.build_transform\n"
+            "assert any('ur.build_transform' in str(w.message) for w in caught)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -35,6 +35,13 @@ _WHERE = {
     "run_config": "run",
     "merge": "files.merge",
     "list_layers": "anatomy.layers",
+    "build_transform": "anatomy.preprocess",
+    "Scorer": "closedloop.scorer",
+    "visualize": "closedloop.visualize",
+    "evolve": "closedloop.evolve",
+    "load_evolution": "closedloop.trajectory",
+    "plot_evolution": "closedloop.figures",
+    "plot_visualizations": "closedloop.figures",
 }
 _SUBMODULES = ("analysis", "stimuli")
 
@@ -44,9 +51,15 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported here
     from unitrec.anatomy.model import load_model
     from unitrec.recording.record import record
     from unitrec.recording.recorder import Recorder
+    from unitrec.closedloop.evolve import evolve
+    from unitrec.closedloop.figures import plot_evolution, plot_visualizations
+    from unitrec.closedloop.scorer import Scorer
+    from unitrec.closedloop.trajectory import load_evolution
+    from unitrec.closedloop.visualize import visualize
     from unitrec.run import run_config
     from unitrec.files.merge import merge
     from unitrec.anatomy.layers import list_layers
+    from unitrec.anatomy.preprocess import build_transform
 
 
 def __getattr__(name: str) -> _Any:
@@ -69,20 +82,27 @@ __all__ = [
     "ModelError",
     "Recorder",
     "RecordingError",
+    "Scorer",
     "SelectionError",
     "StimulusError",
     "UnitrecError",
     "UnitrecWarning",
     "__version__",
     "analysis",
+    "build_transform",
+    "evolve",
     "list_layers",
+    "load_evolution",
     "load_layer",
     "load_model",
     "load_population",
     "load_summary",
     "merge",
     "open_recording",
+    "plot_evolution",
+    "plot_visualizations",
     "record",
     "run_config",
     "stimuli",
+    "visualize",
 ]

@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["main"]
 
@@ -60,9 +60,35 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_synthesis(path: Path, seconds: float) -> bool:
+    """The summary of a ``kind: evolve`` / ``kind: visualize`` run; False for a recording."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        kind = h5.attrs.get("kind")
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "unitrec evolution":
+            import numpy as np
+
+            clean = h5["clean_scores"][...]
+            done = int(h5["done"][...].sum())
+            best = np.unravel_index(np.nanargmax(clean), clean.shape)
+            print(f"evolved {done} generations of {clean.shape[1]} images in {seconds:.1f} s → {path}: best score "
+                  f"{clean[best]:.4g} (generation {best[0]}); figure {path.with_suffix('.png').name}")
+            return True
+        if kind == "unitrec visualizations":
+            n = h5["image"].shape[0]
+            print(f"visualised {n} unit{'s' * (n != 1)} in {seconds:.1f} s → {path}; figure "
+                  f"{path.with_suffix('.png').name}")
+            return True
+    return False
+
+
 def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> None:
     from unitrec.files.info import recording_info
 
+    if _print_synthesis(Path(path), seconds):
+        return
     info = recording_info(path)
     if "shard" in info:  # a shard whose siblings are not all finished yet
         part = info["shard"]
@@ -171,9 +197,48 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return _print_info(args)
 
 
+def _synthesis_info(path: str) -> dict[str, Any] | None:
+    """What an evolution or visualisation file holds, for `unitrec info`; None for anything else."""
+    import h5py
+
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError:
+        return None  # recording_info says what the file is
+    with h5:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
+        if attrs.get("kind") == "unitrec evolution":
+            import numpy as np
+
+            done = h5["done"][...].astype(bool)
+            clean = h5["clean_scores"][...][done]
+            attrs["generations_done"] = f"{int(done.sum())} of {len(done)}"
+            if clean.size:
+                g, i = np.unravel_index(np.nanargmax(clean), clean.shape)
+                attrs["best_clean_score"] = f"{clean[g, i]:.6g} (generation {int(np.flatnonzero(done)[g])})"
+        elif attrs.get("kind") == "unitrec visualizations":
+            attrs["units"] = int(h5["image"].shape[0])
+        else:
+            return None
+    attrs.pop("anatomy", None)  # the packed per-module description: long, and in the key's digest
+    return {"file": os.path.abspath(path), "file_size": os.path.getsize(path), **attrs}
+
+
 def _print_info(args: argparse.Namespace) -> int:
     from unitrec.files.info import recording_info
 
+    synthesis = _synthesis_info(args.file) if os.path.isfile(args.file) else None
+    if synthesis is not None:
+        if args.json:
+            print(json.dumps(synthesis, default=str, indent=1))
+            return 0
+        keys = ("kind", "status", "generations_done", "best_clean_score", "units", "model", "weights_sha256",
+                "objective", "arguments", "settings", "optimizer", "unitrec_version", "created", "finished")
+        print(f"{'file:':<18}{synthesis['file']} ({_size(synthesis['file_size'])})")
+        for key in keys:
+            if key in synthesis:
+                print(f"{key.replace('_', ' ') + ':':<18}{str(synthesis[key])[:300]}")
+        return 0
     info = recording_info(args.file)
     if args.json:
         print(json.dumps(info, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o), indent=1))
@@ -309,7 +374,7 @@ def _parser() -> argparse.ArgumentParser:
                           description="Write a parametric stimulus set and its metadata.csv; the columns "
                                       "become coordinates of every recording of that folder. `protocols` writes "
                                       "the grating protocols (phase, size, contrast) that "
-                                      "unitrec.analysis.experiments.protocols analyses.")
+                                      "unitrec.analysis analyses.")
     stim.add_argument("kind", choices=["gratings", "gabors", "protocols", "sparse-noise", "white-noise"])
     stim.add_argument("out_dir", help="folder to write (must be empty unless --overwrite)")
     stim.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")

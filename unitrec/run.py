@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping, overload
 import yaml
 
 from unitrec.errors import ConfigError, UnitrecWarning
-from unitrec.schema import Config, OutputSpec, ReportSpec, parse
+from unitrec.schema import ClosedLoopConfig, Config, OutputSpec, ReportSpec, parse
 
 __all__ = ["load_config", "run_config"]
 
@@ -42,8 +42,12 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Config, dict[str, Any], Path]:
-    """Read and validate a config; returns (config, raw mapping, folder for relative paths)."""
+def load_config(source: str | os.PathLike | Mapping[str, Any]
+                ) -> tuple[Config | ClosedLoopConfig, dict[str, Any], Path]:
+    """Read and validate a config; returns (config, raw mapping, folder for relative paths).
+
+    ``kind: visualize`` and ``kind: evolve`` configs are :class:`ClosedLoopConfig`; every
+    other (``kind: record``, the default) is a recording's :class:`Config`."""
     if isinstance(source, Mapping):
         raw, base = dict(source), Path.cwd()
     else:
@@ -69,6 +73,8 @@ def load_config(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Config, 
         if not isinstance(raw, dict):
             raise ConfigError(f"config {path} must be a mapping with keys model, stimuli, layers, output")
         base = path.resolve().parent
+    if raw.get("kind") in ("visualize", "evolve"):
+        return parse(ClosedLoopConfig, raw), raw, base
     return parse(Config, raw), raw, base
 
 
@@ -87,7 +93,8 @@ def _resolve(base: Path, value: str | None) -> Path | None:
 
 def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool = False,
                progress: bool | None = None, shard: tuple[int, int] | None = None) -> Path:
-    """Run the experiment a config describes; returns the path of the recording.
+    """Run the experiment a config describes; returns the path of the recording (or, for
+    ``kind: visualize`` / ``kind: evolve``, of the visualisations' or evolution's file).
 
     Relative paths in the config resolve against the config file's folder. The
     whole config is stored in the file's attributes. `shard` ``(i, n)`` records one
@@ -103,6 +110,10 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
     from unitrec.recording.record import record
 
     cfg, raw, base = load_config(source)
+    if isinstance(cfg, ClosedLoopConfig):
+        if shard is not None:
+            raise ConfigError(f"--shard splits a recording's stimuli; a kind: {cfg.kind} run has none to split")
+        return _closed_loop(cfg, raw, base, overwrite, progress)
     out_spec = cfg.output if isinstance(cfg.output, OutputSpec) else OutputSpec(path=cfg.output)
     out = _resolve(base, out_spec.path)
     with check_code(cfg.model.name, cfg.model.allow_code, base):
@@ -127,11 +138,91 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
         dtype=rec.dtype, compression=rec.compression, stop_early=rec.stop_early,
         on_error=cfg.stimuli.on_error, background=cfg.stimuli.background,
         overwrite=overwrite or out_spec.overwrite, shard=shard, config=raw,
+        ablate=[s.model_copy(update={"source": str(_resolve(base, s.source))}) if s.source else s
+                for s in cfg.ablate or []],  # from: a recording, relative to the config's folder
     )
     if cfg.report is not None and path == out:  # not a shard waiting for the others
         _report(path, cfg.report, _resolve(base, cfg.report.path) if cfg.report.path else path.parent / "report",
                 rec.progress if progress is None else progress)
     return path
+
+
+def _closed_loop(cfg: ClosedLoopConfig, raw: dict[str, Any], base: Path, overwrite: bool,
+                 progress: bool | None) -> Path:
+    """A ``kind: visualize`` or ``kind: evolve`` config: the synthesis, its file and its figure."""
+    from unitrec.anatomy.model import load_model
+
+    out_spec = cfg.output if isinstance(cfg.output, OutputSpec) else OutputSpec(path=cfg.output)
+    out = _resolve(base, out_spec.path)
+    overwrite = overwrite or out_spec.overwrite
+    show = cfg.progress if progress is None else progress
+    with check_code(cfg.model.name, cfg.model.allow_code, base):
+        model = load_model(cfg.model.name, weights=cfg.model.weights,
+                           checkpoint=_resolve(base, cfg.model.checkpoint), seed=cfg.model.seed,
+                           kwargs=cfg.model.kwargs)
+    ablate = [s.model_copy(update={"source": str(_resolve(base, s.source))}) if s.source else s
+              for s in cfg.ablate or []]
+    figure = out.with_suffix(".png")
+    if cfg.kind == "evolve":
+        from unitrec.closedloop.evolve import evolve
+
+        spec = cfg.evolve
+        assert spec is not None  # ClosedLoopConfig checks it
+        generator = None
+        if spec.generator is not None:
+            g = spec.generator
+            with check_code(g.name, g.allow_code, base):
+                generator = load_model(g.name, weights=g.weights, checkpoint=_resolve(base, g.checkpoint),
+                                       seed=g.seed, kwargs=g.kwargs)
+        extra = {"sigma0": spec.sigma0} if spec.sigma0 is not None else {}
+        result = evolve(model, spec.unit, out, generator=generator, code_size=spec.code_size, size=spec.size,
+                        generations=spec.generations, population=spec.population, noise=spec.noise,
+                        fit_rf=spec.fit_rf, seed=spec.seed, device=spec.device, normalize=spec.normalize,
+                        ablate=ablate, progress=show, overwrite=overwrite, **extra)
+        _figure(lambda: _plot("plot_evolution", result.path), figure)
+        return result.path
+    from unitrec.closedloop.gallery import save_visualizations
+    from unitrec.closedloop.visualize import visualize
+
+    vspec = cfg.visualize
+    assert vspec is not None
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; choose another output, or rerun with --overwrite (overwrite: true)")
+    results = [visualize(model, unit, size=vspec.size, steps=vspec.steps, param=vspec.param,
+                         decorrelate=vspec.decorrelate, transforms=vspec.transforms, lr=vspec.lr, seed=vspec.seed,
+                         device=vspec.device, normalize=vspec.normalize, ablate=ablate, progress=show)
+               for unit in vspec.units]
+    provenance = {"model": cfg.model.name, "config": yaml.safe_dump(raw, sort_keys=False),
+                  **_model_identity(model)}
+    path = save_visualizations(results, out, provenance=provenance, overwrite=overwrite)
+    _figure(lambda: _plot("plot_visualizations", results), figure)
+    return path
+
+
+def _model_identity(model: Any) -> dict[str, str]:
+    from unitrec._version import __version__
+    from unitrec.anatomy.fingerprint import anatomy_of
+    from unitrec.anatomy.model import state_dict_sha256
+
+    return {"weights_sha256": state_dict_sha256(model), "anatomy_sha256": anatomy_of(model).digest,
+            "unitrec_version": __version__}
+
+
+def _plot(name: str, what: Any) -> Any:
+    from unitrec.closedloop import figures
+
+    return getattr(figures, name)(what)
+
+
+def _figure(draw: Any, path: Path) -> None:
+    """Save a figure beside the output; without matplotlib, say how to get it and go on."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        warnings.warn(f"no figure written ({path.name}): matplotlib is missing; pip install 'unitrec[plots]'",
+                      UnitrecWarning, stacklevel=3)
+        return
+    draw().savefig(path, dpi=110)
 
 
 @contextlib.contextmanager

@@ -7,14 +7,19 @@ and lists the valid keys. :func:`parse` turns pydantic's report into a short
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin
+import math
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
 
+from unitrec._parse import parse
 from unitrec.errors import ConfigError
 
 __all__ = [
+    "AblationSpec",
+    "ClosedLoopConfig",
     "Config",
+    "EvolveSpec",
     "GenerateSpec",
     "LayerSpec",
     "ModelSpec",
@@ -22,11 +27,11 @@ __all__ = [
     "PreprocessSpec",
     "RecordSpec",
     "StimuliSpec",
+    "VisualizeSpec",
     "parse",
+    "parse_ablation",
     "parse_layers",
 ]
-
-T = TypeVar("T", bound=BaseModel)
 
 
 #: The largest batch size: a block is computed whole, so its images and every site's rows are held at once.
@@ -128,6 +133,46 @@ class LayerSpec(_Strict):
         if self.store_as:
             return self.store_as
         return self.name + ("@input" if self.capture == "input" and "@" not in self.name else "")
+
+
+class AblationSpec(_Strict):
+    """One lesion: a site's units and what their value becomes (README, "Closed-loop experiments").
+
+    The units are chosen with the layer-entry keys ``channels``, ``units``
+    (``center``), ``positions``; none of them means the whole site. Exactly one of
+    ``set`` (a number, or ``mean`` with ``from``: a recording holding the whole site)
+    and ``scale`` says what happens to them.
+    """
+
+    name: str
+    units: Optional[Literal["center", "centre"]] = None
+    channels: Optional[list[int]] = None
+    positions: Optional[list[tuple[int, int]]] = None
+    set_to: Optional[Union[StrictFloat, StrictInt, Literal["mean"]]] = Field(default=None, alias="set")
+    source: Optional[str] = Field(default=None, alias="from")
+    scale: Optional[Union[StrictFloat, StrictInt]] = None
+
+    @field_validator("units")
+    @classmethod
+    def _spelling(cls, v: Optional[str]) -> Optional[str]:
+        return "center" if v == "centre" else v
+
+    @model_validator(mode="after")
+    def _one_edit(self) -> "AblationSpec":
+        if (self.set_to is None) == (self.scale is None):
+            raise ValueError(f"lesion {self.name!r}: give exactly one of set: (a number, or mean with from: "
+                             "a recording) and scale: (a factor)")
+        for what, value in (("set", self.set_to), ("scale", self.scale)):
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise ValueError(f"lesion {self.name!r}: {what}: must be a finite number, got {value!r}")
+        if self.set_to == "mean" and not self.source:
+            raise ValueError(f"lesion {self.name!r}: set: mean needs from: a recording of the site "
+                             "(its summary or full data gives each unit's mean)")
+        if self.source and self.set_to != "mean":
+            raise ValueError(f"lesion {self.name!r}: from: is only for set: mean")
+        if self.units is not None and self.positions is not None:
+            raise ValueError(f"lesion {self.name!r}: choose units: or positions:, not both")
+        return self
 
 
 #: One layer entry: a site name, a mapping of :class:`LayerSpec`'s keys (see
@@ -271,6 +316,7 @@ class ReportSpec(_Strict):
 class Config(_Strict):
     """A whole experiment: model, stimuli, preprocessing, sites, recording, output."""
 
+    kind: Optional[Literal["record"]] = None  # the default; closed-loop kinds: ClosedLoopConfig
     model: ModelSpec
     stimuli: StimuliSpec
     preprocess: Optional[PreprocessSpec] = None
@@ -278,6 +324,7 @@ class Config(_Strict):
     record: RecordSpec = RecordSpec()
     output: Union[str, OutputSpec]
     report: Optional[ReportSpec] = None
+    ablate: Optional[list[AblationSpec]] = None
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -295,112 +342,75 @@ class Config(_Strict):
         return v
 
 
-def _where(loc: tuple) -> str:
-    """``layers.0.units`` as ``layers[0].units``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
-    return out
+UnitEntry = Union[str, dict[str, Any]]
+#: ``normalize:`` of a synthesis: the ImageNet mean/std, none (the model takes [0, 1] images), or [mean, std]
+Normalize = Union[None, Literal["imagenet"], tuple[tuple[float, float, float], tuple[float, float, float]]]
 
 
-#: What a union field takes, said once for the field
-_UNION_TAKES = {
-    "normalize": "'imagenet', null or {mean: [r, g, b], std: [r, g, b]}",
-    "output": "a file path or {path: ..., overwrite: ...}",
-}
+class VisualizeSpec(_Strict):
+    """``visualize:`` of a ``kind: visualize`` config: the arguments of :func:`unitrec.visualize`, per unit."""
+
+    units: list[UnitEntry]
+    size: int = Field(default=224, ge=16, le=2048, strict=True)
+    steps: int = Field(default=512, ge=1, strict=True)
+    param: Literal["fourier", "pixel"] = "fourier"
+    decorrelate: bool = True
+    transforms: Union[None, Literal["standard"], list[Any]] = "standard"
+    lr: float = Field(default=0.05, gt=0)
+    seed: int = Field(default=0, ge=0)
+    device: str = "cpu"
+    normalize: Normalize = "imagenet"
+
+    @field_validator("units", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, dict)) else v
+
+    @field_validator("units")
+    @classmethod
+    def _some(cls, v: list) -> list:
+        if not v:
+            raise ValueError("list at least one unit to visualise")
+        return v
 
 
-def _member_tags(model: Type[BaseModel], loc: tuple) -> set[int]:
-    """Which parts of an error's location name a union's member (pydantic's
-    `literal['imagenet']`, `OutputSpec`, `str`), found by walking the models."""
-    tags: set[int] = set()
-    ann: Any = model
-    for i, part in enumerate(loc):
-        args = [a for a in get_args(ann) if a is not type(None)] if get_origin(ann) is Union else [ann]
-        fields = {k: f for a in args if isinstance(a, type) and issubclass(a, BaseModel)
-                  for n, f in a.model_fields.items() for k in (n, f.alias) if k}
-        if isinstance(part, str) and part in fields:
-            ann = fields[part].annotation
-        elif isinstance(part, int) and get_origin(args[0]) in (list, tuple) and get_args(args[0]):
-            items = get_args(args[0])
-            ann = items[min(part, len(items) - 1)] if get_origin(args[0]) is tuple else items[0]
-        elif isinstance(part, str) and len(args) > 1:
-            tags.add(i)
-            ann = next((a for a in args if part == getattr(a, "__name__", None)  # a model: its class name
-                        or (part.startswith("dict[") and get_origin(a) is dict)), Any)
-        else:
-            break
-    return tags
+class EvolveSpec(_Strict):
+    """``evolve:`` of a ``kind: evolve`` config: the arguments of :func:`unitrec.evolve`."""
+
+    unit: UnitEntry
+    generator: Optional[ModelSpec] = None  # a module:factory returning the generator (model: name's rules)
+    code_size: Optional[int] = Field(default=None, gt=0, strict=True)
+    size: int = Field(default=224, ge=16, le=2048, strict=True)
+    generations: int = Field(default=100, ge=1, strict=True)
+    population: int = Field(default=40, ge=2, strict=True)
+    sigma0: Optional[float] = Field(default=None, gt=0)
+    noise: float = Field(default=0.0, ge=0)
+    fit_rf: bool = False
+    seed: int = Field(default=0, ge=0)
+    device: str = "cpu"
+    normalize: Normalize = "imagenet"
 
 
-def _per_field(errors: list[dict], model: Type[BaseModel]) -> list[dict]:
-    """pydantic's errors with one per field: a union's members are not named.
+class ClosedLoopConfig(_Strict):
+    """A synthesis experiment: ``kind: visualize`` (feature visualisation) or ``kind: evolve`` (CMA-ES)."""
 
-    A union field that no member takes gives one error per member; the members that
-    got inside the value (a mapping with a wrong key) say what is wrong there, else
-    one error says what the field takes.
-    """
-    out: list[dict] = []
-    unions: dict[tuple, list[dict]] = {}
-    for err in errors:
-        loc = tuple(err["loc"])
-        tags = _member_tags(model, loc)
-        if not tags:
-            out.append(err)
-            continue
-        cut = min(tags)
-        if loc[:cut] not in unions:
-            unions[loc[:cut]] = []
-            out.append({"loc": loc[:cut], "union": unions[loc[:cut]]})
-        unions[loc[:cut]].append({**err, "loc": tuple(p for i, p in enumerate(loc) if i not in tags)})
-    merged: list[dict] = []
-    for err in out:
-        if "union" not in err:
-            merged.append(err)
-            continue
-        members = err["union"]
-        inside = [e for e in members if len(e["loc"]) > len(err["loc"]) or e["type"] in ("missing", "extra_forbidden")
-                  or not e["msg"].startswith("Input should be")]
-        if inside:
-            merged.extend(inside)
-        else:
-            field = str(err["loc"][-1]) if err["loc"] else ""
-            takes = _UNION_TAKES.get(field, " or ".join(e["msg"].removeprefix("Input should be ") for e in members))
-            merged.append({"loc": err["loc"], "type": "union", "msg": f"must be {takes}; got {members[0].get('input')!r}"})
-    return merged
+    kind: Literal["visualize", "evolve"]
+    model: ModelSpec
+    ablate: Optional[list[AblationSpec]] = None
+    visualize: Optional[VisualizeSpec] = None
+    evolve: Optional[EvolveSpec] = None
+    output: Union[str, OutputSpec]
+    progress: bool = True
 
-
-def _message(exc: ValidationError, what: str, model: Type[BaseModel]) -> str:
-    lines = []
-    errors = _per_field([dict(e) for e in exc.errors()], model)
-    for err in errors[:3]:
-        where = _where(err["loc"])
-        if err["type"] == "extra_forbidden":
-            parent = model
-            for part in err["loc"][:-1]:
-                field = parent.model_fields.get(str(part)) if isinstance(part, str) else None
-                ann = getattr(field, "annotation", None)
-                parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
-                               and issubclass(a, BaseModel)), parent)
-            valid = ", ".join(f.alias or n for n, f in parent.model_fields.items())
-            # inside a list entry, name the entry and the key within it: layers[0]: unknown key 'unit'
-            cut = max((i + 1 for i, p in enumerate(err["loc"]) if isinstance(p, int)), default=0)
-            entry = f"{_where(err['loc'][:cut])}: " if cut else ""
-            key = ".".join(str(p) for p in err["loc"][cut:])
-            lines.append(f"{entry}unknown key '{key}' (valid keys: {valid})")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {msg}" if where else msg)
-    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-    return f"invalid {what}: " + "; ".join(lines) + more
-
-
-def parse(model: Type[T], data: Any, what: str = "config") -> T:
-    """Validate `data` against `model`, raising ConfigError with a short message."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_message(exc, what, model)) from None
+    @model_validator(mode="after")
+    def _its_section(self) -> "ClosedLoopConfig":
+        own, other = (self.visualize, self.evolve) if self.kind == "visualize" else (self.evolve, self.visualize)
+        if own is None:
+            raise ValueError(f"kind: {self.kind} needs its {self.kind}: section (the arguments)")
+        if other is not None:
+            name = "evolve" if self.kind == "visualize" else "visualize"
+            raise ValueError(f"kind: {self.kind} takes no {name}: section; write it in a config of its own")
+        return self
 
 
 def parse_layers(layers: Layers) -> list[LayerSpec]:
@@ -422,3 +432,15 @@ def parse_layers(layers: Layers) -> list[LayerSpec]:
             f"site {dup[0]!r} is listed twice; give one entry an 'as:' name to store both"
         )
     return specs
+
+
+def parse_ablation(ablate: Any) -> list[AblationSpec]:
+    """``ablate=`` (None, one entry or a list of dicts / :class:`AblationSpec`) to validated lesions."""
+    if ablate is None:
+        return []
+    if isinstance(ablate, (dict, AblationSpec)):
+        ablate = [ablate]
+    if isinstance(ablate, (str, bytes)) or not isinstance(ablate, Sequence):
+        raise ConfigError(f"ablate must be a list of lesions like [{{'name': 'layer3.0', 'channels': [5], "
+                          f"'set': 0}}], got {type(ablate).__name__} {ablate!r:.60}")
+    return [e if isinstance(e, AblationSpec) else parse(AblationSpec, e, "lesion") for e in ablate]

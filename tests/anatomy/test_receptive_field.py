@@ -216,7 +216,7 @@ def test_a_field_nobody_can_vouch_for_is_unknown_not_too_small():
 def test_the_field_follows_a_channel_last_permute_and_back():
     rows = {r.name: r for r in ur.list_layers(_ChannelLast().eval(), (4, 16, 16))}
     assert rows["dw"].rf_size == (7, 7)
-    assert rows["norm"].rf_size == (7, 7)  # a (y, x, channel) site, labelled so (tests/test_site_kinds.py)
+    assert rows["norm"].rf_size == (7, 7)  # a (y, x, channel) site, labelled so (tests/anatomy/test_site_kinds.py)
     assert rows["after"].rf_size == (9, 9) and rows["after"].rf_stride == (1, 1)
 
 

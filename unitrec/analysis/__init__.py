@@ -28,7 +28,7 @@ from unitrec.analysis.figures.protocols import (
     plot_size_tuning,
 )
 from unitrec.analysis.figures.rf_mapping import plot_rf_map
-from unitrec.analysis.figures.units import plot_montage, plot_tuning_curves
+from unitrec.analysis.figures.single_units import plot_montage, plot_tuning_curves
 from unitrec.analysis.statistics.cka import cka
 from unitrec.analysis.statistics.dimensionality import participation_ratio
 from unitrec.analysis.statistics.preferred import top_stimuli

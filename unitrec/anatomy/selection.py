@@ -42,7 +42,7 @@ class Selection:
     description: str = "all units"
     layout: tuple[str, ...] = ()
     _channels: np.ndarray | None = None  # channel subset to take first (dense/pooled)
-    _flat: np.ndarray | None = None  # flattened unit indices (units); token indices (tokens)
+    flat: np.ndarray | None = None  # flattened unit indices (units); token indices (tokens)
     _pool_from: int | None = None  # pooled tokens: the first patch token
     _cache: dict[Any, tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=dict)
 
@@ -50,7 +50,7 @@ class Selection:
         if device not in self._cache:
             def put(a):
                 return None if a is None else torch.as_tensor(a, dtype=torch.long, device=device)
-            self._cache[device] = (put(self._channels), put(self._flat))
+            self._cache[device] = (put(self._channels), put(self.flat))
         return self._cache[device]
 
     def apply(self, t: torch.Tensor) -> torch.Tensor:
@@ -209,10 +209,10 @@ def unit_selection(shape: tuple[int, ...], flat: np.ndarray, description: str,
     layout = tuple(layout) if layout is not None else _dims(shape)
     if len(shape) == 1:
         return Selection("units", ("unit",), (len(flat),), channel=flat, description=description,
-                         layout=layout, _flat=flat)
+                         layout=layout, flat=flat)
     index = dict(zip(layout, np.unravel_index(flat, shape)))
     return Selection("units", ("unit",), (len(flat),), channel=index["channel"], y=index["y"], x=index["x"],
-                     description=description, layout=layout, _flat=flat)
+                     description=description, layout=layout, flat=flat)
 
 
 def _token_selection(name: str, shape: tuple[int, ...], grid: TokenGrid, units: str | None,
@@ -250,4 +250,4 @@ def _token_selection(name: str, shape: tuple[int, ...], grid: TokenGrid, units: 
     else:
         picked, how = np.arange(n_tokens), "all tokens"
     return Selection("tokens", ("token", "channel"), (len(picked), len(kept)), channel=kept,
-                     description=f"{how}, {what}", _channels=ch, _flat=picked)
+                     description=f"{how}, {what}", _channels=ch, flat=picked)

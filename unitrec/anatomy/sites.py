@@ -104,7 +104,7 @@ class Site:
             for dim in ("query", "key"):
                 out.update({f"{dim}_{name}": (dim, labels[name]) for name in ("kind", "y", "x")})
         if self.tokens is not None and "token" in sel.dims:
-            kept = sel._flat if sel.kind == "tokens" else np.arange(self.tokens.n_tokens)
+            kept = sel.flat if sel.kind == "tokens" else np.arange(self.tokens.n_tokens)
             assert kept is not None
             out["token"] = ("token", np.asarray(kept))
             out.update({name: ("token", values) for name, values in self.tokens.coords(kept).items()})

@@ -18,7 +18,7 @@ import numpy as np
 from unitrec._text import text_of
 from unitrec.errors import RecordingError
 
-__all__ = ["FORMAT_VERSION", "STIMULUS_ID", "chunk_shape", "creating_path", "partial_path", "reserve_margin",
+__all__ = ["FORMAT_VERSION", "PARTIAL", "STIMULUS_ID", "chunk_shape", "creating_path", "partial_path", "reserve_margin",
            "reserved_names"]
 
 
@@ -42,9 +42,13 @@ def reserve_margin(n_rows: int, n_sites: int) -> int:
 FILE_COLUMNS = ("file_size", "file_mtime_ns", "file_sha256")  # per-stimulus identity of image files
 
 
+#: what a recording's name ends with until it is complete
+PARTIAL = ".partial.h5"
+
+
 def partial_path(out: Path) -> Path:
     """Where a recording lives until it is complete: ``<out>.partial.h5``."""
-    return out.with_name(out.name + ".partial.h5")
+    return out.with_name(out.name + PARTIAL)
 
 
 def creating_path(out: Path) -> Path:

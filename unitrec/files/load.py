@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["load_layer", "load_population", "load_summary", "open_recording", "pick_rows", "sites_in",
            "summaries_in"]
 
-_PROVENANCE = ("model", "model_description", "weights", "weights_sha256", "preprocessing", "run_id",
+_PROVENANCE = ("model", "model_description", "weights", "weights_sha256", "preprocessing", "ablation", "run_id",
                "unitrec_version", "status", "stimulus_set_sha256", "stimulus_root")
 _LABELLED_MAX = 4_000_000  # ranked responses per side that load_summary labels one by one
 

@@ -18,13 +18,19 @@ import h5py
 import numpy as np
 
 from unitrec.errors import ConfigError, RecordingError, UnitrecError
-from unitrec.files.layout import ZSTD, load_plugins, no_zstd
+from unitrec.files.layout import PARTIAL, ZSTD, load_plugins, no_zstd
 from unitrec.files.stitch import check_sources
 
 if TYPE_CHECKING:
     import xarray as xr
 
 __all__ = ["Chunks", "check_chunks", "check_file", "damage_is_one_line", "guarded", "open_h5"]
+
+#: The other files unitrec writes, by their ``kind`` attribute: what they are and how to read them.
+OTHER_KINDS = {
+    "unitrec evolution": "an evolution (ur.evolve); read it with ur.load_evolution(path), or `unitrec info`",
+    "unitrec visualizations": "feature visualisations (kind: visualize); open it with xarray.open_dataset(path)",
+}
 
 #: What ``chunks=`` accepts (as xarray's ``open_dataset``): None for lazy numpy-backed
 #: arrays, or dask chunks: ``"auto"``, an int, or a mapping of dim name to chunk size
@@ -55,7 +61,7 @@ def store_with_plugins(path: str, group: str) -> Any:
 def check_file(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
-        partial = path + ".partial.h5"
+        partial = path + PARTIAL
         hint = f"; an unfinished recording is at {partial}" if os.path.exists(partial) else ""
         raise RecordingError(f"no recording at {path}{hint}")
     if os.path.isdir(path):
@@ -80,6 +86,10 @@ def open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
         except (KeyError, OSError, RuntimeError) as exc:  # opens, but an object header is damaged
             raise RecordingError(f"{path} is truncated or damaged ({' '.join(str(exc).split())[:120]}); "
                                  "copy it again or record it again") from None
+        kind = h5.attrs.get("kind")
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind in OTHER_KINDS:
+            raise RecordingError(f"{path} is not a recording but {OTHER_KINDS[kind]}")
         if not isinstance(h5.get("done"), h5py.Dataset):
             fmt = h5.attrs.get("format")
             raise RecordingError(
@@ -159,7 +169,7 @@ def _stale_handles(path: str, *, renamed_only: bool = False) -> list[tuple[h5py.
         if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino):
             continue
         renamed = os.path.abspath(name) != os.path.abspath(path)
-        if renamed or (not renamed_only and name.endswith(".partial.h5") and fid.get_intent() == h5py.h5f.ACC_RDONLY):
+        if renamed or (not renamed_only and name.endswith(PARTIAL) and fid.get_intent() == h5py.h5f.ACC_RDONLY):
             stale.append((fid, name))
     return stale
 

@@ -19,7 +19,7 @@ from unitrec.errors import RecordingError
 from unitrec.files.disk import open_existing
 from unitrec.files.layout import DONE, FORMAT_VERSION
 from unitrec.files.stitch import changed_sources, missing_sources
-from unitrec.stimuli.dataset import file_sha256
+from unitrec.stimuli.decode import file_sha256
 
 __all__ = ["check_finished", "check_run_key", "check_stimulus_files", "coordinate_diff"]
 

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from unitrec.errors import ConfigError, RecordingError, UnitrecWarning
+from unitrec.files.layout import partial_path
 
 __all__ = ["Part", "check_counts", "check_shard", "job_key", "parse_shard", "plan", "shard_folder", "shard_part",
            "shard_path", "survey"]
@@ -123,7 +124,7 @@ def shard_part(path: Path, n_stimuli: int, shard: tuple[int, int], batch_size: i
     index, count = shard
     batch = batch_size
     if not overwrite:
-        own = [path, path.with_name(path.name + ".partial.h5")]
+        own = [path, partial_path(path)]
         siblings = sorted(p for p in path.parent.glob(f"*-of-{count:05d}.h5") if p != path)
         for candidate in own + siblings:
             stored = _stored_batch_size(candidate)

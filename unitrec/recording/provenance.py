@@ -54,7 +54,7 @@ def _versions() -> dict[str, str]:
 def run_key(*, model: dict[str, Any], weights_sha256: str, anatomy_sha256: str, preprocessing: str,
             sites: list[dict], stimuli_sha256: str, n_stimuli: int, coordinates_sha256: str, dtype: str,
             device: str, background: Sequence[int] | None = None,
-            stimuli_description: str | None = None) -> dict[str, Any]:
+            stimuli_description: str | None = None, ablation: str | None = None) -> dict[str, Any]:
     """The facts that must match for a partial recording to be resumed (or a finished one reused)."""
     key: dict[str, Any] = {
         "model": model.get("name"),
@@ -73,6 +73,8 @@ def run_key(*, model: dict[str, Any], weights_sha256: str, anatomy_sha256: str, 
         key["stimuli"] = f"{stimuli_description}, " + key["stimuli"]
     if background is not None:  # transparent pixels are composited on it
         key["background"] = "rgb(" + ", ".join(str(int(c)) for c in background) + ")"
+    if ablation:  # only when there are lesions: a recording without any keeps the key it always had
+        key["ablation"] = ablation
     return key
 
 

@@ -46,7 +46,8 @@ from unitrec.files.writer import RecordingFile
 from unitrec.recording.job import Job, launched_shard
 from unitrec.recording.provenance import coordinates_sha256, file_attrs, run_key
 from unitrec.recording.stream import first_good, stream
-from unitrec.schema import Layers, parse_layers
+from unitrec.recording.lesion import Lesions
+from unitrec.schema import AblationSpec, Layers, parse_ablation, parse_layers
 from unitrec.stimuli.dataset import Stimuli, StimulusSet, as_stimulus_set
 
 __all__ = ["record"]
@@ -70,6 +71,7 @@ def record(
     background: Sequence[int] = (255, 255, 255),
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
+    ablate: Any = None,
     config: dict[str, Any] | None = None,
 ) -> Path:
     """Record sites of `model` for every stimulus into an HDF5 file.
@@ -123,6 +125,14 @@ def record(
         process is shard ``RANK`` of ``WORLD_SIZE`` on ``cuda:LOCAL_RANK`` when
         `device` is ``"cuda"``, and only rank 0 shows progress; `shard` must then
         be left out.
+    ablate
+        Lesions applied while recording: a list of entries naming a site, its units
+        with the layer-entry keys (``channels``, ``units: center``, ``positions``;
+        none: the whole site) and ``set: 0`` (any number), ``set: "mean"`` with
+        ``from: FILE`` (each unit's mean in that recording) or ``scale: f``, e.g.
+        ``[{"name": "layer3.0", "channels": [5, 9], "set": 0}]``. Every consumer of
+        the module sees the lesioned output. Part of the run key, and stored in the
+        file's ``ablation`` attribute.
     config
         The experiment config to store in the file (set by :func:`run_config`).
 
@@ -152,6 +162,7 @@ def record(
               background=tuple(background), overwrite=overwrite, shard=shard)
     out = _check_output(out)
     specs = parse_layers(layers)
+    lesion_specs = parse_ablation(ablate)
     stim = as_stimulus_set(stimuli)
     weight = next((p for p in model.parameters() if p.is_floating_point()), None)
     if isinstance(stim.source, torch.Tensor) and weight is not None and stim.source.dtype != weight.dtype:
@@ -176,7 +187,7 @@ def record(
             training = model.training
             try:
                 model.to(job.device).eval()
-                path = _record(model, stim, specs, out, transform, preprocessing, job, config)
+                path = _record(model, stim, specs, out, transform, preprocessing, job, config, lesion_specs)
             finally:
                 model.train(training)
     except BaseException:
@@ -191,13 +202,14 @@ def record(
 
 
 def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing: str, job: Job,
-            config) -> Path:
+            config, lesion_specs: list[AblationSpec]) -> Path:
     example = first_good(stim.dataset(transform, job.background), job.on_error)
     # the trace first, then the hashes. Beside the trace they would hash weights that
     # the trace's forward may still write where no version counter sees it (a numpy view,
     # a deferred `nn.init.*_(w.data)`); and on 2 cores both were slower (measured: set-up
     # 0.30-0.43 s beside, 0.24-0.37 s after)
     sites, trace = resolve_sites(model, specs, example.unsqueeze(0).to(job.device))
+    lesions = Lesions(model, lesion_specs, trace)
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:  # SHA-256 on one thread, CRC-32s beside
         weights_digest = weights_sha256_on(pool, model)
         stim_digest = pool.submit(stim.sha256)
@@ -211,7 +223,8 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
                   stimuli_sha256=stim_sha, n_stimuli=len(stim), coordinates_sha256=coordinates_sha256(stim.coords),
                   dtype=job.dtype, device=str(job.device),
                   stimuli_description=stim.description if stim.root is None else None,
-                  background=job.background if stim.root is not None else None)
+                  background=job.background if stim.root is not None else None,
+                  ablation=lesions.text() if lesions else None)
     final, extra = out, {}
     if job.shard is not None:
         if job.overwrite:
@@ -245,12 +258,14 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
         rec_file = RecordingFile.reopen(out, sites, key, stim)
         batch_size = _adopted(rec_file.batch_size, job.batch_size, partial, "was started")
     else:
-        config = config or _implicit_config(desc, stim, preprocessing, specs, job, final)
+        config = config or _implicit_config(desc, stim, preprocessing, specs, job, final, lesion_specs)
         attrs = file_attrs(model=desc, weights_sha256=weights_sha, preprocessing=preprocessing,
                            config=config, stimuli_sha256=stim_sha, key=key,
                            stimuli_description=stim.description,
                            stimulus_root=str(stim.root) if stim.root is not None else "",
                            anatomy=anatomy.packed()) | extra
+        if lesions:
+            attrs["ablation"] = lesions.text()
         _check_space(out.parent, sites, len(stim), job)
         rec_file = RecordingFile.create(out, stim.labels, stim.coords, stim.file_stats(), sites, attrs,
                                         batch_size=job.batch_size, dtype=job.dtype,
@@ -261,7 +276,8 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
         todo = rec_file.todo()
         if resumed:
             _check_space(out.parent, sites, len(todo), job)
-        elapsed = stream(model, sites, trace, stim, rec_file, todo, transform, job, batch_size)
+        with lesions:
+            elapsed = stream(model, sites, trace, stim, rec_file, todo, transform, job, batch_size)
         if len(todo):
             rec_file.h5.attrs["last_run_seconds"] = round(elapsed, 3)
             rec_file.h5.attrs["last_run_images_per_second"] = round(len(todo) / max(elapsed, 1e-9), 2)
@@ -389,9 +405,10 @@ def _check_space(folder: Path, sites: list[Site], n_rows: int, job: Job) -> None
                              f"{human_size(free)} free; free some space or choose another output")
 
 
-def _implicit_config(desc, stim: StimulusSet, preprocessing, specs, job: Job, out) -> dict:
+def _implicit_config(desc, stim: StimulusSet, preprocessing, specs, job: Job, out,
+                     lesion_specs: list[AblationSpec]) -> dict:
     """The config a Python call is equivalent to, stored like a YAML run's."""
-    return {
+    config = {
         "model": {k: desc.get(k) for k in ("name", "weights", "checkpoint", "seed") if k in desc},
         "stimuli": {"path": str(stim.root) if stim.root is not None else stim.description},
         "preprocess": preprocessing,
@@ -399,3 +416,6 @@ def _implicit_config(desc, stim: StimulusSet, preprocessing, specs, job: Job, ou
         "record": {"batch_size": job.batch_size, "device": str(job.device), "dtype": job.dtype},
         "output": str(out),
     }
+    if lesion_specs:
+        config["ablate"] = [s.model_dump(by_alias=True, exclude_defaults=True) for s in lesion_specs]
+    return config

@@ -17,7 +17,8 @@ from torch import nn
 from unitrec.anatomy.sites import Site, resolve_sites
 from unitrec.anatomy.trace import Trace, first_tensor
 from unitrec.errors import ConfigError, RecordingError
-from unitrec.schema import Layers
+from unitrec.recording.lesion import Lesions
+from unitrec.schema import Layers, parse_ablation
 
 __all__ = ["Recorder", "StopForward"]
 
@@ -49,6 +50,9 @@ class Recorder:
     input_size
         ``(channels, height, width)`` of one input, used once to map the model
         (call counts, shapes, receptive fields) when the block is entered.
+    ablate
+        Lesions applied inside the block (see :func:`unitrec.record`): every
+        consumer of a lesioned module, recorded sites included, sees its edited output.
 
     Examples
     --------
@@ -61,7 +65,7 @@ class Recorder:
     """
 
     def __init__(self, model: nn.Module, layers: Layers, *, input_size: Sequence[int] = (3, 224, 224),
-                 example: torch.Tensor | None = None) -> None:
+                 example: torch.Tensor | None = None, ablate: Any = None) -> None:
         self.model = model
         self._layers = layers
         self._input_size = tuple(input_size)
@@ -74,6 +78,8 @@ class Recorder:
         self._stop_at: Site | None = None
         self._sink: Sink = self._keep
         self._batches: dict[str, list[torch.Tensor]] = {}
+        self._ablate = parse_ablation(ablate)
+        self._lesions: Lesions | None = None
 
     @classmethod
     def from_sites(cls, model: nn.Module, sites: list[Site], trace: Trace) -> Recorder:
@@ -115,12 +121,17 @@ class Recorder:
             if summarised:
                 raise ConfigError(f"keep: summary/both ({', '.join(summarised)}) is for ur.record, which writes "
                                   "the summary to its file; a Recorder keeps every value in memory")
+        if self._ablate and self._lesions is None:
+            assert self.trace is not None  # the sites were just resolved with it
+            self._lesions = Lesions(self.model, self._ablate, self.trace)
         modules = dict(self.model.named_modules())
         by_module: dict[tuple[str, str], list[Site]] = {}
         for site in self.sites:
             by_module.setdefault((site.module, site.capture), []).append(site)
         try:
             object.__setattr__(self.model, "_unitrec_recording", True)
+            if self._lesions is not None:
+                self._lesions.attach()
             self._handles.append(self.model.register_forward_pre_hook(self._begin))
             for (name, capture), sites in by_module.items():
                 module = modules[name]
@@ -136,6 +147,8 @@ class Recorder:
         """Remove every hook (safe to call twice)."""
         if self._handles:
             self.model.__dict__.pop("_unitrec_recording", None)
+        if self._lesions is not None:
+            self._lesions.detach()
         while self._handles:
             self._handles.pop().remove()
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from unitrec.errors import StimulusError, UnitrecWarning
-from unitrec.stimuli.decode import IMAGE_EXTENSIONS, find_stimuli, load_rgb
+from unitrec.stimuli.decode import IMAGE_EXTENSIONS, file_sha256, find_stimuli, load_rgb
 
 __all__ = ["METADATA_FILE", "Item", "StimulusSet", "as_stimulus_set"]
 
@@ -215,15 +215,6 @@ def collate(items: Sequence[Item | _Block]) -> tuple[list[int], torch.Tensor | N
     bad = [it for it in items if isinstance(it, Item) and it.tensor is None]
     batch = torch.stack([it.tensor for it in good if it.tensor is not None]) if good else None
     return [it.index for it in good], batch, bad, [it.digest for it in good]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex), read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for piece in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def _read_metadata(root: Path, labels: list[str]) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ later stages (preprocessing, the recorder) see a single pixel format.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unitrec.errors import ConfigError, StimulusError, UnitrecWarning
 
-__all__ = ["IMAGE_EXTENSIONS", "find_stimuli", "load_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "check_background", "file_sha256", "find_stimuli", "load_rgb"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".bmp", ".gif", ".jfif", ".jpeg", ".jpg", ".pbm", ".pgm", ".png", ".ppm",
@@ -223,3 +224,12 @@ def _to_rgb(image: Image.Image, bg: tuple[int, int, int]) -> Image.Image:
     alpha = rgba[..., 3:] / 255.0
     out = alpha * rgba[..., :3] + (1.0 - alpha) * np.asarray(bg, dtype=np.float64)
     return Image.fromarray(np.rint(out).astype(np.uint8))  # RGB
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for piece in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()

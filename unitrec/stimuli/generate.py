@@ -242,7 +242,7 @@ def protocols(
     ``"phase"``
         Full-field gratings, ``orientations × spatial_frequencies × phases`` at
         the highest of ``contrasts``: orientation and spatial-frequency tuning and
-        the modulation ratio F1/F0 (see :mod:`unitrec.analysis.experiments.protocols`).
+        the modulation ratio F1/F0 (see :func:`unitrec.analysis.modulation_ratio`).
     ``"size"``
         Gratings in circular apertures of growing diameter at
         ``aperture_center``, ``orientations × size_spatial_frequencies × phases ×

@@ -41,9 +41,9 @@ def layer_similarity(
         Layer name → recording (first dim ``"stimulus"``), all on the same
         stimulus labels (in any order; they are aligned to the first).
     method : {"cka", "rsa"}
-        ``"cka"``: linear CKA (see :func:`unitrec.analysis.statistics.cka`). ``"rsa"``: the
+        ``"cka"``: linear CKA (see :func:`unitrec.analysis.cka`). ``"rsa"``: the
         ``rsa_method`` correlation between the layers' ``metric`` RDMs (see
-        :func:`unitrec.analysis.rdm` and :func:`unitrec.analysis.statistics.rsa`).
+        :func:`unitrec.analysis.rdm` and :func:`unitrec.analysis.rsa`).
     metric : {"correlation", "euclidean", "cosine"}
         RDM metric, for ``method="rsa"``.
     rsa_method : {"spearman", "pearson", "kendall"}
@@ -68,7 +68,7 @@ def layer_similarity(
     Each layer is streamed once (its Gram matrix or RDM is reused for every
     pair). For CKA, a stimulus with NaN in any layer is dropped from all layers,
     so every entry uses the same stimuli; for RSA, pairs with NaN are dropped per
-    comparison (see :func:`unitrec.analysis.statistics.rsa`).
+    comparison (see :func:`unitrec.analysis.rsa`).
     """
     check_choice("method", method, ("cka", "rsa"))
     check_choice("metric", metric, ("correlation", "euclidean", "cosine"))

@@ -1,0 +1,1 @@
+"""Tests of unitrec.closedloop: scoring, lesions, feature visualisation, evolution."""
