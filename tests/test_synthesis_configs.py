@@ -64,12 +64,14 @@ def test_the_command_line_runs_both_kinds(tmp_path, capsys):
         assert main(["run", str(tmp_path / name), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "evolved 3 generations of 4 images" in out and "visualised 2 units" in out
+    assert main(["run", str(tmp_path / "e.yaml"), "--no-progress"]) == 0  # finished: nothing to run
+    assert "already holds this evolution" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("change, says", [
     ({"evolve": None}, "needs its evolve: section"),
     ({"visualize": {"units": ["layer1"]}}, "takes no visualize: section"),
-    ({"kind": "synthesise"}, "kind"),
+    ({"kind": "evolv"}, "kind must be record .the default: a recording., visualize or evolve"),
     ({"evolve": {"unit": "layer1", "population": 1}}, "population"),
 ])
 def test_config_mistakes_are_one_line(tmp_path, change, says, capsys):

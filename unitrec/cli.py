@@ -60,13 +60,20 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_synthesis(path: Path, seconds: float) -> bool:
+def _print_synthesis(path: Path, seconds: float, started: datetime.datetime) -> bool:
     """The summary of a ``kind: evolve`` / ``kind: visualize`` run; False for a recording."""
     import h5py
 
     with h5py.File(path, "r") as h5:
         kind = h5.attrs.get("kind")
         kind = kind.decode() if isinstance(kind, bytes) else kind
+        finished = h5.attrs.get("finished")
+        finished = finished.decode() if isinstance(finished, bytes) else finished
+        # finished before this run began: the stored result, nothing was run
+        if kind == "unitrec evolution" and finished and datetime.datetime.fromisoformat(str(finished)) < started:
+            print(f"{path} already holds this evolution, finished {str(h5.attrs.get('finished', ''))[:19]}: "
+                  "nothing was run (overwrite: true, or --overwrite, evolves it again)")
+            return True
         if kind == "unitrec evolution":
             import numpy as np
 
@@ -87,7 +94,7 @@ def _print_synthesis(path: Path, seconds: float) -> bool:
 def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> None:
     from unitrec.files.info import recording_info
 
-    if _print_synthesis(Path(path), seconds):
+    if _print_synthesis(Path(path), seconds, started):
         return
     info = recording_info(path)
     if "shard" in info:  # a shard whose siblings are not all finished yet

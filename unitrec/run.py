@@ -73,8 +73,11 @@ def load_config(source: str | os.PathLike | Mapping[str, Any]
         if not isinstance(raw, dict):
             raise ConfigError(f"config {path} must be a mapping with keys model, stimuli, layers, output")
         base = path.resolve().parent
-    if raw.get("kind") in ("visualize", "evolve"):
+    kind = raw.get("kind")
+    if kind in ("visualize", "evolve"):
         return parse(ClosedLoopConfig, raw), raw, base
+    if kind not in (None, "record"):
+        raise ConfigError(f"kind must be record (the default: a recording), visualize or evolve; got {kind!r}")
     return parse(Config, raw), raw, base
 
 

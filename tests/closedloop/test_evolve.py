@@ -20,7 +20,7 @@ from torch import nn
 from unitrec.closedloop.evolve import evolve
 from unitrec.closedloop.generators import DCTBasis, check_generator
 from unitrec.closedloop.trajectory import load_evolution
-from unitrec.errors import ConfigError, RecordingError
+from unitrec.errors import ConfigError, RecordingError, UnitrecWarning
 from unitrec.files.layout import partial_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +116,8 @@ def test_an_interrupted_run_resumes_bit_for_bit(tiny, tmp_path):
     with pytest.raises(Stop):
         evolve(tiny, UNIT, out, **{**FAST, "progress": stop_after(2)})
     assert partial_path(out).exists() and not out.exists()
-    part = load_evolution(out)  # the unfinished file opens, with its done generations
+    with pytest.warns(UnitrecWarning, match="not finished"):
+        part = load_evolution(out)  # the unfinished file opens, with its done generations
     assert part.attrs["status"] == "partial" and part.sizes["generation"] == 2
     np.testing.assert_array_equal(part.scores.values, ref.scores[:2])
 
@@ -248,6 +249,34 @@ def test_noise_is_seeded_and_multiplies_the_clean_scores(tiny, tmp_path):
     assert not np.array_equal(a.scores, a.clean_scores)
     c = evolve(tiny, UNIT, tmp_path / "c.h5", **{**args, "seed": 1})
     assert not np.array_equal(c.scores, a.scores)
+    # the best is the image that drives the unit most, noise aside, in the result and the file
+    g, i = np.unravel_index(np.argmax(a.clean_scores), a.clean_scores.shape)
+    assert (a.best_generation, a.best_individual, a.best_score) == (g, i, a.clean_scores[g, i])
+    with h5py.File(a.path) as h5:
+        best = h5["best_image"][g].astype(np.float32) / 255
+    np.testing.assert_array_equal(a.best_image, best)
+
+
+def test_the_output_folder_is_made(tiny, tmp_path):
+    evo = evolve(tiny, UNIT, tmp_path / "new" / "folder" / "e.h5", **FAST)
+    assert evo.path.is_file()
+
+
+def test_a_lesion_from_a_recording_is_keyed_by_its_run_not_its_path(tiny, tmp_path):
+    import unitrec as ur
+
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    source = ur.record(tiny, x, ["0"], tmp_path / "means.h5", progress=False)
+    lesion = [{"name": "0", "channels": [0], "set": "mean", "from": str(source)}]
+    first = evolve(tiny, UNIT, tmp_path / "e.h5", ablate=lesion, **FAST)
+    moved = tmp_path / "moved.h5"
+    source.rename(moved)  # the same recording elsewhere: the same job
+    again = evolve(tiny, UNIT, tmp_path / "e.h5", ablate=[{**lesion[0], "from": str(moved)}], **FAST)
+    assert again.path == first.path
+    np.testing.assert_array_equal(again.scores, first.scores)
+    ur.record(tiny, x + 1, ["0"], source, progress=False)  # another recording under the first name
+    with pytest.raises(RecordingError, match="ablate"):
+        evolve(tiny, UNIT, tmp_path / "e.h5", ablate=lesion, **FAST)
 
 
 def test_fit_rf_shows_the_image_only_inside_the_receptive_field(tiny, tmp_path):
@@ -311,7 +340,10 @@ def test_bad_arguments_are_refused_in_one_line(tiny, tmp_path, monkeypatch):
     out = tmp_path / "bad.h5"
     cases = {
         "generations must be an integer ≥ 1": {"generations": 0},
-        "population must be an integer ≥ 2": {"population": 1},
+        "population must be an integer ≥ 4": {"population": 3},
+        "size must be an integer ≥ 16": {"size": 10},
+        "fit_rf must be True or False": {"fit_rf": "no"},
+        "device 'cuda:0'|device 'cuda'|device must": {"device": "cuda:0" if not torch.cuda.is_available() else "tpu"},
         "sigma0 must be a finite number > 0": {"sigma0": 0.0},
         "noise must be a finite number ≥ 0": {"noise": -0.1},
         "normalize must be": {"normalize": "cifar"},

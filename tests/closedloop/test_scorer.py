@@ -131,6 +131,9 @@ def test_eval_mode_scores_equal_a_recording_even_of_a_model_left_in_training_mod
     (lambda s: s("not a tensor"), ConfigError, "preprocessed float batch"),
     (lambda s: s(torch.zeros(0, 3, 32, 32)), ConfigError, "at least one image"),
     (lambda s: s(torch.zeros(2, 3, 32, 32, dtype=torch.long)), ConfigError, "float batch"),
+    (lambda s: s(torch.zeros(3, 32, 32)), ConfigError, r"x\[None\]"),
+    (lambda s: s(torch.zeros(2, 3, 32, 32, dtype=torch.float64)), ConfigError, "torch.float32"),
+    (lambda s: s.units, ConfigError, "call it once"),
 ])
 def test_bad_batches_are_one_line(resnet, bad, error, says):
     with pytest.raises(error, match=says) as info:
@@ -147,3 +150,7 @@ def test_bad_entries_are_one_line(resnet):
         ur.Scorer("resnet18", ["layer1"])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="device"):
         ur.Scorer(resnet, ["layer1"], device="gpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no usable CUDA GPU"):
+            ur.Scorer(resnet, ["layer1"], device="cuda")
+    assert len(ur.Scorer(resnet, ["layer1"], input_size=(3, 32, 32)).units) == 64 * 8 * 8  # without a call

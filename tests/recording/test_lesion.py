@@ -218,3 +218,17 @@ def test_a_mean_from_a_partial_selection_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="whole site"):
         ur.record(model, _batch(), ["layer1"], tmp_path / "a.h5", progress=False,
                   ablate=[{"name": "layer1.0.conv1", "set": "mean", "from": str(source)}])
+
+
+def test_a_mean_from_an_unfinished_recording_is_said(tmp_path):
+    from tests.conftest import Interrupting
+
+    model = ur.load_model("resnet18")
+    out = tmp_path / "m.h5"
+    with pytest.raises(KeyboardInterrupt):
+        ur.record(model, Interrupting(24, stop_at=10), ["layer1.0.conv1"], out, batch_size=4, progress=False)
+    from unitrec.files.layout import partial_path
+
+    with pytest.warns(ur.UnitrecWarning, match="unfinished recording"):
+        ur.record(model, _batch(2, 32), ["layer1"], tmp_path / "a.h5", progress=False,
+                  ablate=[{"name": "layer1.0.conv1", "set": "mean", "from": str(partial_path(out))}])

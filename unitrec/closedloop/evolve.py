@@ -44,7 +44,10 @@ from unitrec.errors import ConfigError, RecordingError
 from unitrec.files.disk import fsync_folder, open_existing, refuse_foreign, written_whole
 from unitrec.files.layout import creating_path, partial_path
 from unitrec.files.lock import output_lock
+from unitrec.recording.job import check_device
+from unitrec.recording.lesion import lesion_identity
 from unitrec.recording.provenance import library_versions, numerics
+from unitrec.schema import parse_ablation
 
 __all__ = ["Evolution", "evolve"]
 
@@ -65,7 +68,7 @@ class Evolution:
     clean_scores
         The same, without noise (the objective's own).
     best_score, best_generation, best_individual
-        The highest of `scores` over the whole run, and where (the earliest among equals).
+        The highest of `clean_scores` over the whole run, and where (the earliest among equals).
     best_image
         ``(3, H, W)`` float32 in [0, 1]: that individual's image as the model saw it,
         from the file's 8-bit copy.
@@ -148,8 +151,9 @@ def evolve(model: nn.Module, unit: Any, out: str | os.PathLike, *, generator: nn
     Returns
     -------
     Evolution
-        The scores and the best image (see :class:`Evolution`); the best is chosen by
-        ``scores``, what the optimiser saw. The same arguments on a finished file
+        The scores and the best image (see :class:`Evolution`); the best is the image
+        with the highest ``clean_scores`` (the unit's own response, noise aside), in
+        every generation and over the run. The same arguments on a finished file
         return it as stored, computing nothing.
 
     Raises
@@ -170,6 +174,8 @@ def evolve(model: nn.Module, unit: Any, out: str | os.PathLike, *, generator: nn
     """
     _check_numbers(size=size, generations=generations, population=population, sigma0=sigma0, noise=noise,
                    seed=seed)
+    if not isinstance(fit_rf, bool):
+        raise ConfigError(f"fit_rf must be True or False, got {fit_rf!r}")
     if not (isinstance(progress, bool) or callable(progress)):
         raise ConfigError(f"progress must be True, False or a callable progress(generation, scores), got "
                           f"{type(progress).__name__}")
@@ -183,23 +189,24 @@ def evolve(model: nn.Module, unit: Any, out: str | os.PathLike, *, generator: nn
     entry = _unit_entry(unit)
     gen, code_size, gen_text = resolve_generator(generator, code_size, size)
     mean, std = _normalization(normalize)
-    try:
-        device_name = str(torch.device(device))
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:1', ...; got {device!r} ({exc})") from None
+    device_name = str(check_device(device))
     desc = dict(getattr(model, "unitrec_description", {"name": type(model).__name__}))
     anatomy = anatomy_of(model)
     weights = state_dict_sha256(model)
     args = {"unit": entry, "generator": gen_text, "code_size": code_size, "size": size, "generations": generations,
             "population": population, "sigma0": float(sigma0), "noise": float(noise), "fit_rf": bool(fit_rf),
             "seed": seed, "normalize": [list(mean), list(std or ())] if mean is not None else None,
-            "ablate": _plain(ablate)}
+            "ablate": lesion_identity(parse_ablation(ablate))}
     key = {name: json.dumps(value, sort_keys=True) for name, value in args.items()}
     key.update({"model": desc.get("name", ""), "model_kwargs": json.dumps(desc.get("kwargs") or {}, sort_keys=True,
                                                                            default=str),
                 "weights": weights, "anatomy": anatomy.digest, "device": device_name.split(":")[0],
                 "numerics": numerics(device_name)})
     partial = partial_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecordingError(f"cannot make the folder of {out}: {exc.strerror or exc}") from None
     with output_lock(out):
         if overwrite:
             refuse_foreign(out, "choose another output path")  # never replaced unless it is HDF5
@@ -268,7 +275,7 @@ def _run(h5: h5py.File, opt: Any, render: Callable, obj: Objective, start: int, 
             z = np.random.default_rng([seed, g]).standard_normal(population)
             scores = clean * np.maximum(0.0, 1.0 + noise * z)
             opt.tell([(x, -float(s)) for x, s in zip(xs, scores)])  # CMA-ES minimises
-            best = int(np.argmax(scores))
+            best = int(np.argmax(clean))  # the image that drives the unit most, noise aside
             image = np.round(shown[best].cpu().numpy().astype(np.float64) * 255).astype(np.uint8)
             write_generation(h5, g, codes=codes, scores=scores, clean=clean, best_image=image,
                              state=_state(opt))
@@ -353,7 +360,11 @@ def _optimizer(cma_class: type, h5: h5py.File, done: int, code_size: int, sigma0
                population: int, path: Path) -> Any:
     """A fresh CMA at code 0, or the one after the last done generation."""
     def fresh() -> Any:
-        return cma_class(mean=np.zeros(code_size), sigma=sigma0, seed=seed, population_size=population)
+        opt = cma_class(mean=np.zeros(code_size), sigma=sigma0, seed=seed, population_size=population)
+        history = getattr(opt, "_funhist_values", None)
+        if isinstance(history, np.ndarray):  # np.empty: read only once written, but pickled as it is
+            history[:] = 0
+        return opt
 
     if done == 0:
         return fresh()
@@ -392,16 +403,17 @@ def _state(opt: Any) -> bytes:
 def _result(path: Path) -> Evolution:
     with open_existing(path) as h5:
         scores, clean = h5["scores"][...], h5["clean_scores"][...]
-        g, i = best_of(scores)
+        g, i = best_of(clean)
         image = h5["best_image"][g].astype(np.float32) / np.float32(255)
         code = h5["codes"][g, i]
-    return Evolution(path=path, scores=scores, clean_scores=clean, best_score=float(scores[g, i]),
+    return Evolution(path=path, scores=scores, clean_scores=clean, best_score=float(clean[g, i]),
                      best_generation=g, best_individual=i, best_image=image, best_code=code)
 
 
 # ---------------------------------------------------------------------------- arguments
 def _check_numbers(**values: Any) -> None:
-    ints = {"size": 8, "generations": 1, "population": 2, "seed": 0}
+    # size as visualize's; CMA-ES's covariance update divides by terms that vanish below 4 (numpy warns)
+    ints = {"size": 16, "generations": 1, "population": 4, "seed": 0}
     for name, least in ints.items():
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
@@ -483,5 +495,5 @@ def _bar(enabled: bool, total: int, initial: int) -> Any:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 

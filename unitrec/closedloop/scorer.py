@@ -17,6 +17,7 @@ from torch import nn
 from unitrec.anatomy.sites import Site, resolve_sites
 from unitrec.anatomy.trace import Trace, first_tensor
 from unitrec.errors import ConfigError, RecordingError
+from unitrec.recording.job import check_device
 from unitrec.recording.lesion import Lesions
 from unitrec.recording.recorder import StopForward
 from unitrec.schema import Layers, parse_ablation, parse_layers
@@ -48,7 +49,8 @@ class Scorer:
         Lesions applied during every call (see :func:`unitrec.record`).
     input_size
         ``(channels, height, width)`` that :attr:`units` and :attr:`sites` describe
-        before the first call; after it, the last batch's.
+        before the first call (without it they need a call first); after it, the last
+        batch's.
 
     Examples
     --------
@@ -58,7 +60,7 @@ class Scorer:
     """
 
     def __init__(self, model: nn.Module, layers: Layers, *, device: str | torch.device = "cpu",
-                 ablate: Any = None, input_size: Sequence[int] = (3, 224, 224)) -> None:
+                 ablate: Any = None, input_size: Sequence[int] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module (e.g. ur.load_model('resnet18')), got "
                               f"{type(model).__name__}")
@@ -69,11 +71,8 @@ class Scorer:
             raise ConfigError(f"keep: summary/both ({', '.join(summarised)}) is for ur.record; a Scorer returns "
                               "every unit's response")
         self._ablate = parse_ablation(ablate)
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:1', ...; got {device!r} ({exc})") from None
-        self._input_size = tuple(input_size)
+        self.device = check_device(device)
+        self._input_size = tuple(input_size) if input_size is not None else None
         self._plans: dict[tuple, _Plan] = {}
         self._last: _Plan | None = None
 
@@ -103,7 +102,12 @@ class Scorer:
 
     def _plan_or_default(self) -> _Plan:
         if self._last is None:
-            self._plan_for(torch.zeros((1, *self._input_size), device=self._model_device()))
+            if self._input_size is None:
+                raise ConfigError("the Scorer maps the model on its first batch: call it once (scorer(x)), or give "
+                                  "input_size=(3, H, W), before asking for its units or sites")
+            weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+            dtype = weight.dtype if weight is not None else torch.float32
+            self._plan_for(torch.zeros((1, *self._input_size), device=self._model_device(), dtype=dtype))
         assert self._last is not None
         return self._last
 
@@ -117,6 +121,12 @@ class Scorer:
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
             raise ConfigError(f"a Scorer takes a preprocessed float batch (N, C, H, W), got "
                               f"{type(x).__name__}{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}")
+        if x.dim() == 3:
+            raise ConfigError(f"a Scorer takes a batch (N, C, H, W), got {tuple(x.shape)}: one image? give x[None]")
+        weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        if weight is not None and x.dtype != weight.dtype:
+            raise ConfigError(f"the batch is {x.dtype} and the model's weights are {weight.dtype}; give "
+                              f"x.to({weight.dtype})")
         if x.shape[0] == 0:
             raise ConfigError("a Scorer needs at least one image in the batch, got an empty batch")
         if self._model_device() != self.device:

@@ -52,7 +52,7 @@ def create_layout(h5: h5py.File, *, generations: int, population: int, code_size
         h5[name].attrs["dims"] = json.dumps(names)
     h5["scores"].attrs["long_name"] = "score the optimiser was told (with noise, when noise > 0)"
     h5["clean_scores"].attrs["long_name"] = "the objective's score, without noise"
-    h5["best_image"].attrs["long_name"] = "each generation's best individual (by scores), 8-bit RGB"
+    h5["best_image"].attrs["long_name"] = "each generation's best individual (by clean_scores, noise aside), 8-bit RGB"
     for key, value in attrs.items():
         h5.attrs[key] = value
     h5.attrs["kind"] = KIND
@@ -161,6 +161,12 @@ def load_evolution(path: str | Path) -> Any:
 
     path = Path(path)
     if not path.exists() and partial_path(path).exists():
+        import warnings
+
+        from unitrec.errors import UnitrecWarning
+
+        warnings.warn(f"{path} is not finished: reading the generations done so far from {partial_path(path).name}",
+                      UnitrecWarning, stacklevel=2)
         path = partial_path(path)
     if not path.is_file():
         raise RecordingError(f"no evolution at {path}: the file does not exist (ur.evolve writes it)")

@@ -21,6 +21,7 @@ from torch import nn
 from unitrec.closedloop.objective import Objective, objective
 from unitrec.closedloop.parametrize import PARAMS, Transforms, image_param
 from unitrec.errors import ConfigError, RecordingError
+from unitrec.recording.job import check_device
 
 __all__ = ["Visualization", "visualize"]
 
@@ -118,6 +119,9 @@ def visualize(model: nn.Module, unit: Any, *, size: int = 224, steps: int = 512,
     ((3, 128, 128), True)
     """
     _check(size, steps, lr, param, seed)
+    if not isinstance(decorrelate, bool):
+        raise ConfigError(f"decorrelate must be True or False, got {decorrelate!r}")
+    check_device(device)  # a missing GPU is one line, before anything is built
     mean_std = _normalization(normalize)
     chain = Transforms(transforms)
     plain = transforms is None or isinstance(transforms, str)

@@ -18,7 +18,7 @@ from unitrec.files.shards import check_shard
 from unitrec.schema import MAX_BATCH_SIZE
 from unitrec.stimuli.decode import check_background
 
-__all__ = ["Job", "launched_shard"]
+__all__ = ["Job", "check_device", "launched_shard"]
 
 
 @dataclass(frozen=True)
@@ -57,18 +57,24 @@ class Job:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        try:
-            object.__setattr__(self, "device", torch.device(self.device))
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:1', ...; got {self.device!r} ({exc})") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {str(self.device)!r}: this machine has no usable CUDA GPU "
-                              "(torch.cuda.is_available() is False); use device: cpu")
-        if self.device.type not in ("cpu", "cuda"):
-            raise ConfigError(f"device {str(self.device)!r} is not supported; use 'cpu' or 'cuda'")
+        object.__setattr__(self, "device", check_device(self.device))
         object.__setattr__(self, "background", check_background(self.background))  # here, not per image
         if self.shard is not None:
             object.__setattr__(self, "shard", check_shard(self.shard))
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a :class:`torch.device` this machine has, or a one-line ConfigError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:1', ...; got {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(dev)!r}: this machine has no usable CUDA GPU "
+                          "(torch.cuda.is_available() is False); use device: cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {str(dev)!r} is not supported; use 'cpu' or 'cuda'")
+    return dev
 
 
 def launched_shard(shard: tuple[int, int] | None, device: str | torch.device,

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +25,10 @@ from torch import nn
 
 from unitrec.anatomy.sites import Site, resolve_sites
 from unitrec.anatomy.trace import Trace
-from unitrec.errors import ConfigError
+from unitrec.errors import ConfigError, UnitrecWarning
 from unitrec.schema import AblationSpec, LayerSpec, parse_ablation
 
-__all__ = ["Lesions"]
+__all__ = ["Lesions", "lesion_identity", "source_run_id"]
 
 
 @dataclass
@@ -39,7 +41,7 @@ class _Lesion:
     source_run: str | None = None  # set: mean: the run id of the recording the means come from
 
     def describe(self) -> dict[str, Any]:
-        """The lesion as the run key and the file's ``ablation`` attribute hold it."""
+        """The lesion as the file's ``ablation`` attribute holds it (the run key: without ``from``)."""
         spec = self.spec
         out: dict[str, Any] = {"site": self.site.key}
         for key in ("units", "channels", "positions"):
@@ -85,7 +87,13 @@ class Lesions:
         return [lesion.describe() for lesion in self._lesions]
 
     def text(self) -> str:
+        """The ``ablation`` attribute: every lesion, ``from:`` paths included."""
         return json.dumps(self.describe(), sort_keys=True)
+
+    def key_text(self) -> str:
+        """The run key's ``ablation``: the source recordings by run id, not by path, so a moved
+        folder is the same job and a recording made again under the same name is not."""
+        return json.dumps([{k: v for k, v in d.items() if k != "from"} for d in self.describe()], sort_keys=True)
 
     # ------------------------------------------------------------------ resolving
     def _resolve(self, spec: AblationSpec, trace: Trace) -> _Lesion:
@@ -171,12 +179,49 @@ def _edit(output: torch.Tensor, lesion: _Lesion) -> torch.Tensor:
     return torch.where(mask, lesion.value.to(device=output.device, dtype=output.dtype), output)
 
 
+def lesion_identity(specs: list[AblationSpec]) -> list[dict[str, Any]]:
+    """What identifies lesions without a model at hand (an evolution's key): the entries, and a
+    ``set: mean`` source by its run id instead of its path."""
+    out = []
+    for spec in specs:
+        entry = spec.model_dump(by_alias=True, exclude_defaults=True)
+        if spec.source:
+            entry.pop("from")
+            entry["from_run_id"] = source_run_id(spec.name, spec.source)
+        out.append(entry)
+    return out
+
+
+def source_run_id(name: str, source: str) -> str:
+    """The run id of the recording a ``set: mean`` lesion reads (one line if it is not one)."""
+    import h5py
+
+    from unitrec.files.layout import partial_path
+
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        where = " (an unfinished recording is beside it: let it finish)" if partial_path(Path(path)).exists() else ""
+        raise ConfigError(f"lesion {name!r}: from: {path} is not a recording{where}; record the site there first")
+    try:
+        with h5py.File(path, "r") as h5:
+            run = h5.attrs.get("run_id")
+    except OSError as exc:
+        raise ConfigError(f"lesion {name!r}: from: {path} cannot be read ({' '.join(str(exc).split())[:80]})") from None
+    return run.decode() if isinstance(run, bytes) else str(run)
+
+
 def _means(spec: AblationSpec, key: str, full: tuple[int, ...]) -> tuple[torch.Tensor, str]:
     """Each unit's mean response from a recording of the whole site (summary first, else full data)."""
+    from unitrec.files.info import recording_info
     from unitrec.files.load import load_layer, load_summary, sites_in, summaries_in
 
     path = os.fspath(spec.source or "")
     summaries, sites = summaries_in(path), sites_in(path)
+    info = recording_info(path)
+    if info.get("status") != "complete":
+        warnings.warn(f"lesion {spec.name!r}: {path} is an unfinished recording; set: mean takes the means over the "
+                      f"{info['n_recorded']} of {info['n_stimuli']} stimuli recorded so far", UnitrecWarning,
+                      stacklevel=5)
     if key in summaries:
         data = load_summary(path, key)
         means, run = np.asarray(data["mean"].values, dtype=np.float64), str(data.attrs.get("run_id", ""))

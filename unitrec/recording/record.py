@@ -44,9 +44,9 @@ from unitrec.files.resume import check_finished, check_run_key
 from unitrec.files.shards import check_counts, shard_part, shard_path
 from unitrec.files.writer import RecordingFile
 from unitrec.recording.job import Job, launched_shard
+from unitrec.recording.lesion import Lesions
 from unitrec.recording.provenance import coordinates_sha256, file_attrs, run_key
 from unitrec.recording.stream import first_good, stream
-from unitrec.recording.lesion import Lesions
 from unitrec.schema import AblationSpec, Layers, parse_ablation, parse_layers
 from unitrec.stimuli.dataset import Stimuli, StimulusSet, as_stimulus_set
 
@@ -224,7 +224,7 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
                   dtype=job.dtype, device=str(job.device),
                   stimuli_description=stim.description if stim.root is None else None,
                   background=job.background if stim.root is not None else None,
-                  ablation=lesions.text() if lesions else None)
+                  ablation=lesions.key_text() if lesions else None)
     final, extra = out, {}
     if job.shard is not None:
         if job.overwrite:
