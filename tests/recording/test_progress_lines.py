@@ -44,3 +44,14 @@ def test_a_recording_logged_to_a_file_has_no_carriage_returns(tmp_path, capfd):
     assert "\r" not in err
     assert [line for line in err.splitlines() if line.startswith("recording: ")][-1].startswith(
         "recording: 8/8 img (100%)")
+
+
+def test_a_synthesis_logged_to_a_file_says_its_steps_and_score(capsys):
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU()).eval()
+    ur.visualize(model, {"name": "0", "channels": [1], "units": "center"}, size=16, steps=3, transforms=None,
+                 normalize=None)
+    err = capsys.readouterr().err
+    assert "\r" not in err  # whole lines, no bar redraws
+    lines = err.splitlines()
+    assert lines[0].startswith("visualize: 0/3 step (0%)") and lines[-1].startswith("visualize: 3/3 step (100%)")
+    assert "score=" in lines[-1]

@@ -45,6 +45,7 @@ from unitrec.files.disk import fsync_folder, open_existing, refuse_foreign, writ
 from unitrec.files.layout import creating_path, partial_path
 from unitrec.files.lock import output_lock
 from unitrec.recording.job import check_device
+from unitrec.recording.stream import progress_bar
 from unitrec.recording.lesion import lesion_identity
 from unitrec.recording.provenance import library_versions, numerics
 from unitrec.schema import parse_ablation
@@ -264,7 +265,7 @@ def evolve(model: nn.Module, unit: Any, out: str | os.PathLike, *, generator: nn
 def _run(h5: h5py.File, opt: Any, render: Callable, obj: Objective, start: int, generations: int,
          population: int, noise: float, seed: int, progress: Progress) -> None:
     """Generations `start` .. `generations - 1`: ask, render, score, tell, write."""
-    bar = _bar(progress is True, generations, start)
+    bar = progress_bar(True, generations, start, desc="evolving", unit="gen") if progress is True else None
     try:
         for g in range(start, generations):
             xs = [opt.ask() for _ in range(population)]
@@ -486,14 +487,5 @@ def _normalization(normalize: Any) -> tuple[tuple[float, ...] | None, tuple[floa
     return mean, std
 
 
-def _bar(enabled: bool, total: int, initial: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="gen", desc="evolving", dynamic_ncols=True)
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-

@@ -22,6 +22,7 @@ from unitrec.closedloop.objective import Objective, objective
 from unitrec.closedloop.parametrize import PARAMS, Transforms, image_param
 from unitrec.errors import ConfigError, RecordingError
 from unitrec.recording.job import check_device
+from unitrec.recording.stream import progress_bar
 
 __all__ = ["Visualization", "visualize"]
 
@@ -154,7 +155,7 @@ def _ascend(obj: Objective, chain: Transforms, param: str, size: int, decorrelat
         scale = torch.tensor(mean_std[1], dtype=torch.float32, device=where).view(1, 3, 1, 1)
     optimizer = torch.optim.Adam(image_f.params, lr=lr)  # the image's parameters only
     scores = np.empty(steps, dtype=np.float64)
-    bar = _bar(progress, steps)
+    bar = progress_bar(True, steps, 0, desc="visualize", unit="step") if progress else None
     try:
         for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
@@ -263,12 +264,3 @@ class _frozen:
             p.requires_grad_(flag)
         for m, flag in self.training:
             m.training = flag
-
-
-def _bar(enabled: bool, total: int) -> Any:
-    """A tqdm bar, or ``None``; ``tqdm.auto`` in a notebook (the package's other bars do the same)."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="visualize", unit="step", dynamic_ncols=True)

@@ -204,28 +204,29 @@ def first_good(loading, on_error: str) -> torch.Tensor:
     raise StimulusError(f"none of the {len(errors)} stimuli could be decoded; the first: {errors[0]}")
 
 
-def progress_bar(enabled: bool, total: int, initial: int):
+def progress_bar(enabled: bool, total: int, initial: int, *, desc: str = "recording", unit: str = "img"):
     """A tqdm bar on a terminal or in a notebook; elsewhere (a SLURM log) a line now and then."""
     import sys
 
     if enabled and not sys.stderr.isatty() and "ipykernel" not in sys.modules:
-        return _LineProgress(total, initial)
+        return _LineProgress(total, initial, desc=desc, unit=unit)
     if not enabled:  # tqdm.auto warns in a notebook without ipywidgets, even for a disabled bar
         from tqdm import tqdm
     else:
         from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="img", desc="recording", disable=not enabled,
-                dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
 class _LineProgress:
     """Progress for a log file: whole lines (no ``\\r`` redraws), at the start, at most once
     every ``interval`` seconds, and at the end."""
 
-    def __init__(self, total: int, initial: int, interval: float = 60.0) -> None:
+    def __init__(self, total: int, initial: int, interval: float = 60.0, *, desc: str = "recording",
+                 unit: str = "img") -> None:
         import time
 
+        self.desc, self.unit, self.postfix = desc, unit, ""
         self.total, self.done, self.first, self.interval = total, initial, initial, interval
         self.start = self.last = time.monotonic()
         self._line()
@@ -241,6 +242,10 @@ class _LineProgress:
         if self.done != self.shown:  # the last count, unless the last line said it
             self._line()
 
+    def set_postfix(self, refresh: bool = False, **values: Any) -> None:
+        """What the next line ends with (``best=4.2``), as tqdm's postfix."""
+        self.postfix = ", " + ", ".join(f"{k}={v}" for k, v in values.items()) if values else ""
+
     def _line(self) -> None:
         import sys
         import time
@@ -250,5 +255,6 @@ class _LineProgress:
         rate = (self.done - self.first) / (now - self.start) if now > self.start else 0.0
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         left = f", {(self.total - self.done) / rate / 60:.1f} min left" if rate > 0 and self.done < self.total else ""
-        print(f"recording: {self.done}/{self.total} img{share}, {rate:.1f} img/s{left}", file=sys.stderr, flush=True)
+        print(f"{self.desc}: {self.done}/{self.total} {self.unit}{share}, {rate:.1f} {self.unit}/s{left}{self.postfix}",
+              file=sys.stderr, flush=True)
 
