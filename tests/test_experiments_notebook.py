@@ -71,8 +71,10 @@ def test_experiments_notebook_runs_and_reads_out_what_it_claims(tmp_path, monkey
     monkeypatch.setenv("TQDM_DISABLE", "1")
     nb = _notebook()
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+    here = tmp_path / "notebooks"  # run as in a clone: it writes into ../runs/notebooks/
+    here.mkdir()
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+                            resources={"metadata": {"path": str(here)}}).execute()
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
@@ -85,7 +87,7 @@ def test_experiments_notebook_runs_and_reads_out_what_it_claims(tmp_path, monkey
     text = "".join(o.get("text", "") for o in code[-1].outputs if o.output_type == "stream")
     got = json.loads(text.split("PROBE", 1)[1])
     assert Path(got["prefix"]).resolve() == Path(sys.prefix).resolve()  # the venv's kernel
-    assert Path(got["work"]) == (tmp_path / "experiments").resolve()  # written where it ran
+    assert Path(got["work"]) == (tmp_path / "runs" / "notebooks" / "experiments").resolve()  # runs/: git-ignored
     assert not (ROOT / "notebooks" / "experiments").exists()
 
     # 1. rectified conv1 units are linear filters: all simple, F1/F0 of a rectified sine (pi/2)

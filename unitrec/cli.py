@@ -133,7 +133,7 @@ def _print_summary(path: Path, seconds: float, started: datetime.datetime) -> No
 
 
 def _reader_notes(info: dict) -> list[str]:
-    """What other programs need to read this file's storage (the README's reader table)."""
+    """What other programs need to read this file's storage (the reader table of docs/user-guide/the-file.md)."""
     notes = []
     if any(site.get("dtype") == "float16" for site in info["sites"]):
         notes.append("note: float16 data: netCDF-C readers (netCDF4-python, xarray engine='netcdf4', ncdump) "
@@ -273,7 +273,9 @@ def _print_info(args: argparse.Namespace) -> int:
         rf = f"  rf {_rows_by_cols(site['rf_size'].tolist())} px" if "rf_size" in site else ""
         if "rf_size_pooled" in site:
             rf += f" (pooled over the map: {_rows_by_cols(site['rf_size_pooled'].tolist())} px)"
-        print(f"  {site['name']:<28} {site.get('module_type', ''):<18} ({dims}) {site['dtype']}{rf}{_kept(site)}")
+        stored = site["dtype"] + (f", {site['compression']}" if site.get("compression") else "") + \
+            (f", keepbits {site['keepbits']}" if site.get("keepbits") else "")
+        print(f"  {site['name']:<28} {site.get('module_type', ''):<18} ({dims}) {stored}{rf}{_kept(site)}")
     print(*_reader_notes(info), sep="\n", end="\n" if _reader_notes(info) else "")
     for reason in info["skipped"][:10]:
         print(f"skipped: {reason}")
@@ -322,16 +324,59 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from unitrec.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=1))
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    """Write the example configs (the package's copy of the repository's configs/) into a folder."""
+    import shlex
+    from importlib.resources import files
+
+    from unitrec.errors import UnitrecError
+
+    folder = Path(args.dir)
+    configs = sorted((c for c in files("unitrec._configs").iterdir() if c.name.endswith(".yaml")),
+                     key=lambda c: (c.name != "demo.yaml", c.name))
+    targets = [folder / c.name for c in configs]
+    there = [t for t in targets if t.exists()]
+    if there and not args.force:
+        raise UnitrecError(f"{', '.join(map(str, there))} already exist{'s' * (len(there) == 1)}; "
+                           "nothing written (--force overwrites them)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for config, target in zip(configs, targets):
+            # written for configs/ in a clone, with outputs in the clone's runs/: here, DIR/runs/
+            target.write_text(config.read_text(encoding="utf-8").replace("../runs/", "runs/"), encoding="utf-8")
+    except OSError as exc:
+        raise UnitrecError(f"cannot write the configs into {folder}: {exc.strerror or exc}") from None
+    print(f"wrote {len(targets)} example configs (outputs go to {folder / 'runs'}/):")
+    for target in targets:
+        print(f"  {target}{'  (overwritten)' if target in there else ''}")
+    print(f"next: unitrec run {shlex.quote(str(folder / 'demo.yaml'))}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from unitrec._version import __version__
 
     p = argparse.ArgumentParser(
         prog="unitrec",
         description="In-silico electrophysiology: record units of PyTorch vision models to HDF5.",
-        epilog="Start with: unitrec run configs/demo.yaml. Docs: README.md",
+        epilog="Start with: unitrec init DIR, then unitrec run DIR/demo.yaml. Docs: docs/index.md (a site: mkdocs build)",
     )
     p.add_argument("--version", action="version", version=f"unitrec {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    init = sub.add_parser("init", help="write the example configs (demo, V1 protocols, evolve, visualize) into DIR",
+                          description="Write the example configs into DIR, with their outputs in DIR/runs/; "
+                                      "then `unitrec run DIR/demo.yaml`.")
+    init.add_argument("dir", metavar="DIR", help="folder to write them into (created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite configs of the same names in DIR")
+    init.set_defaults(func=_cmd_init)
 
     run = sub.add_parser("run", help="run an experiment config (YAML): record, then report if asked",
                          description="Record the sites a YAML config lists. Rerunning the same config "
@@ -428,6 +473,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="write the report even if OUT_DIR holds the report of this recording with these options")
     report.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     report.set_defaults(func=_cmd_report)
+
+    schema = sub.add_parser("schema", help="print the config's JSON Schema (for YAML editors)",
+                            description="The JSON Schema of a config file, generated from the schema that validates "
+                                        "it: point a YAML editor at it (e.g. `# yaml-language-server: $schema=…`).")
+    schema.set_defaults(func=_cmd_schema)
     return p
 
 

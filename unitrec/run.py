@@ -138,7 +138,7 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
     path = record(
         model, stimuli, cfg.layers, out, transform=transform, batch_size=rec.batch_size,
         device=rec.device, num_workers=rec.num_workers, progress=rec.progress if progress is None else progress,
-        dtype=rec.dtype, compression=rec.compression, stop_early=rec.stop_early,
+        dtype=rec.dtype, compression=rec.compression, keepbits=rec.keepbits, stop_early=rec.stop_early,
         on_error=cfg.stimuli.on_error, background=cfg.stimuli.background,
         overwrite=overwrite or out_spec.overwrite, shard=shard, config=raw,
         ablate=[s.model_copy(update={"source": str(_resolve(base, s.source))}) if s.source else s

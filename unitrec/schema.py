@@ -30,6 +30,7 @@ __all__ = [
     "VisualizeSpec",
     "parse",
     "parse_ablation",
+    "json_schema",
     "parse_layers",
 ]
 
@@ -136,7 +137,7 @@ class LayerSpec(_Strict):
 
 
 class AblationSpec(_Strict):
-    """One lesion: a site's units and what their value becomes (README, "Closed-loop experiments").
+    """One lesion: a site's units and what their value becomes (docs/user-guide/closed-loop.md).
 
     The units are chosen with the layer-entry keys ``channels``, ``units``
     (``center``), ``positions``; none of them means the whole site. Exactly one of
@@ -294,7 +295,8 @@ class RecordSpec(_Strict):
     device: str = "cpu"
     num_workers: int = Field(default=0, ge=0, strict=True)
     dtype: Literal["float32", "float16"] = "float32"
-    compression: Optional[Literal["zstd"]] = None
+    compression: Optional[Literal["gzip", "zstd"]] = None
+    keepbits: Optional[int] = Field(default=None, ge=1, le=23, strict=True)  # BitRound float32; implies gzip
     stop_early: bool = True
     progress: bool = True
 
@@ -444,3 +446,15 @@ def parse_ablation(ablate: Any) -> list[AblationSpec]:
         raise ConfigError(f"ablate must be a list of lesions like [{{'name': 'layer3.0', 'channels': [5], "
                           f"'set': 0}}], got {type(ablate).__name__} {ablate!r:.60}")
     return [e if isinstance(e, AblationSpec) else parse(AblationSpec, e, "lesion") for e in ablate]
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file: a recording's, or a synthesis's (``kind: visualize | evolve``)."""
+    record, synthesis = Config.model_json_schema(by_alias=True), ClosedLoopConfig.model_json_schema(by_alias=True)
+    defs = {**record.pop("$defs", {}), **synthesis.pop("$defs", {})}
+    # what validators take before the models see it: a bare site name, one entry instead of a list
+    entry = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/LayerSpec"}]}
+    record["properties"]["layers"] = {"anyOf": [entry, {"type": "array", "items": entry, "minItems": 1}]}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "unitrec config",
+            "description": "A unitrec experiment: a recording (kind: record, the default) or a synthesis "
+                           "(kind: visualize or evolve)", "anyOf": [record, synthesis], "$defs": defs}

@@ -88,7 +88,7 @@ def build(width=32, depth=3):
 
 
 def test_the_readme_own_network_runs_from_a_config_with_kwargs_and_a_checkpoint(tmp_path, monkeypatch):
-    """README "Models", "Your own network": a factory next to the config, kwargs, checkpoint."""
+    """docs, Recording, "Models", "Your own network": a factory next to the config, kwargs, checkpoint."""
     (tmp_path / "mynets.py").write_text(_README_NET)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

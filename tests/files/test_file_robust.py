@@ -493,8 +493,8 @@ def test_the_readme_recipe_gives_pandas_labelled_columns(tmp_path):
 
     out = _record(tmp_path / "acts.h5")
     recipe = re.search(r"`(ur\.load_population\(path\)\.set_index\([^`]*\)\.to_pandas\(\))`",
-                       (REPO / "README.md").read_text())
-    assert recipe, "the README says how to get labelled columns in pandas"
+                       (REPO / "docs" / "user-guide" / "analysis.md").read_text())
+    assert recipe, "the docs (Analysis) say how to get labelled columns in pandas"
     df = eval(recipe.group(1), {"ur": ur, "path": out})
     assert list(df.columns.names) == ["layer", "channel", "y", "x"]
     np.testing.assert_allclose(df["fc"].values, _expected(_stimuli())["fc"], atol=1e-6)

@@ -106,7 +106,7 @@ def storages(tmp_path_factory):
 
 @pytest.mark.slow  # a fresh interpreter per reader and storage
 def test_which_reader_reads_which_storage(storages):
-    """The table in the README ("Reading the file elsewhere"), reader by reader."""
+    """The table in the docs (The file, "Reading the file elsewhere"), reader by reader."""
     pytest.importorskip("netCDF4")
     import hdf5plugin
 

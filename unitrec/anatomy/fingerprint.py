@@ -22,7 +22,7 @@ Per module (by its ``named_modules()`` name):
   are listed under the model itself;
 - ``nonpersistent``: the SHA-256 of each buffer left out of the state_dict.
 
-Not covered, and said so in the README: code that a forward calls beyond its own
+Not covered, and said so in the user guide (long runs): code that a forward calls beyond its own
 body (a helper function, a global variable, an environment variable), the library
 versions themselves (recorded in every file, not compared), and values the model
 draws at random in its forward.

@@ -14,7 +14,8 @@ import h5py
 from unitrec.files import summary as summaries
 from unitrec.files.layout import load_plugins
 from unitrec.files.load import summary_names, unit_dims
-from unitrec.files.opening import check_file, is_zstd, open_h5
+from unitrec.files.opening import check_file, open_h5
+from unitrec.files.storage import storage_of
 
 __all__ = ["recording_info"]
 
@@ -53,8 +54,7 @@ def recording_info(path: str | os.PathLike) -> dict[str, Any]:
                 dims = [act.dims[i][0].name.rsplit("/", 1)[-1] for i in range(act.ndim)]
                 entry = {"name": key, "dims": dims, "shape": act.shape, "dtype": str(act.dtype),
                          **{k: act.attrs[k] for k in _INFO_ATTRS if k in act.attrs}}
-                if is_zstd(act):
-                    entry["compression"] = "zstd"
+                entry.update(storage_of(act))  # compression ("gzip"/"zstd") and keepbits, where set
             elif keep == "summary":
                 dims = unit_dims(group, group["mean"] if "mean" in group else None)
                 entry = {"name": key, "dims": dims, "shape": tuple(group[d].shape[0] for d in dims),

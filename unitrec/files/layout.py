@@ -141,5 +141,6 @@ ZSTD = 32015  # HDF5's id of the Zstd filter
 
 
 def no_zstd(path: str) -> RecordingError:
-    return RecordingError(f"{path} is compressed with zstd and this Python cannot decompress it: install hdf5plugin "
-                          "(pip install 'unitrec[zstd]') here and, on a dask cluster, on every worker")
+    return RecordingError(f"{path} is compressed with zstd and this Python cannot decompress it: pip install "
+                          "hdf5plugin (here and, on a dask cluster, on every worker; unitrec then imports it, other "
+                          "code needs `import hdf5plugin` before reading); compression 'gzip' needs no plugin")

@@ -120,10 +120,10 @@ def damage_is_one_line(path: str) -> Iterator[None]:
 def check_activation(path: str, h5: h5py.File, ds: h5py.Dataset) -> None:
     """Refuse a site whose layout is garbled: there a flipped bit reads as other numbers, or as NaN
     (a lost chunk), without an error from HDF5, and the chunks' checksums cannot see it."""
-    if ds.is_virtual:
-        return  # its shards are checked when they are read
     if is_zstd(ds) and not h5py.h5z.filter_avail(ZSTD):
         raise no_zstd(path)
+    if ds.is_virtual:
+        return  # its shards are checked when they are read
     what = None
     if ds.dtype not in (np.dtype("<f4"), np.dtype("<f2")) or not np.isnan(ds.fillvalue):
         what = f"its type is {ds.dtype} with fill value {ds.fillvalue}, not float32/float16 with NaN"
@@ -266,8 +266,9 @@ def __getattr__(name: str) -> Any:  # the class needs xarray, imported on first 
 
 
 def is_zstd(ds: h5py.Dataset) -> bool:
-    """Whether a dataset (or, virtual, its first source) is stored with the Zstd filter (id 32015)."""
-    if ds.is_virtual:
-        return False  # the shards say; their compression is the recording's
-    plist = ds.id.get_create_plist()
-    return any(plist.get_filter(i)[0] == ZSTD for i in range(plist.get_nfilters()))
+    """Whether a dataset (or, virtual, its first source: the shards' compression is the recording's) is
+    stored with the Zstd filter (id 32015)."""
+    from unitrec.files.storage import storage_of
+
+    return storage_of(ds).get("compression") == "zstd"
+

@@ -29,6 +29,7 @@ from unitrec.files.disk import (datasync, disk_error, finisher, fsync_folder, no
 from unitrec.files.layout import (COORDINATE_NAMES, DONE, SKIPPED, TODO, chunk_shape, column, creating_path, describe,
                                   nc_char, partial_path, stimulus_copies, strings)
 from unitrec.files.resume import check_run_key, check_stimulus_files
+from unitrec.files.storage import KEEPBITS_ATTR, bitround, dataset_filters
 
 __all__ = ["AsyncWriter", "RecordingFile"]
 
@@ -41,6 +42,9 @@ class RecordingFile:
         self._datasets = {s.key: h5[s.key]["activation"] for s in sites if s.stored}
         # datasets whose chunks are whole rows, stored unfiltered: their rows go straight to the file
         self._direct = {k: ds.chunks[0] for k, ds in self._datasets.items() if raw_rows(ds)}
+        # sites stored BitRounded (keepbits): rounded here, in the writer thread, as they are written
+        self._keepbits = {k: int(ds.attrs[KEEPBITS_ATTR]) for k, ds in self._datasets.items()
+                          if KEEPBITS_ATTR in ds.attrs}
         self._summarised = [s for s in sites if s.summarised]
         self._done = h5["done"]
         self._digests = h5["file_sha256"] if "file_sha256" in h5 else None
@@ -63,25 +67,21 @@ class RecordingFile:
     @classmethod
     def create(cls, final: Path, labels: list[str], coords: dict[str, np.ndarray],
                files: tuple[np.ndarray, np.ndarray] | None, sites: list[Site], attrs: dict[str, Any], *,
-               batch_size: int, dtype: str = "float32", compression: str | None = None) -> RecordingFile:
+               batch_size: int, dtype: str = "float32", compression: str | None = None,
+               keepbits: int | None = None) -> RecordingFile:
         """Make the whole layout under a temporary name, then give it the partial file's name.
 
         `files` is each stimulus file's (size, mtime_ns), or None when the stimuli
         are not files. A crash or a full disk while creating leaves no partial file.
+        `keepbits`: float32 values are BitRounded to that many mantissa bits as they are written.
         """
-        filters: dict[str, Any] = {}
-        if compression == "zstd":
-            try:
-                import hdf5plugin
-            except ImportError:
-                raise RecordingError("compression 'zstd' needs hdf5plugin: pip install 'unitrec[zstd]'") from None
-            filters = dict(hdf5plugin.Zstd(clevel=1))
+        filters = dataset_filters(compression, keepbits)
         tmp, path = creating_path(final), partial_path(final)
         try:
             with written_whole(tmp, path) as h5:
                 cls._create_root(h5, labels, coords, files, attrs, batch_size)
                 for site in sites:
-                    cls._create_site(h5, site, len(labels), batch_size, np.dtype(dtype), filters)
+                    cls._create_site(h5, site, len(labels), batch_size, np.dtype(dtype), filters, keepbits)
         except (OSError, RuntimeError) as exc:
             if isinstance(exc, RecordingError):
                 raise
@@ -126,7 +126,7 @@ class RecordingFile:
 
     @staticmethod
     def _create_site(h5: h5py.File, site: Site, n: int, batch_size: int, dtype: np.dtype,
-                     filters: dict[str, Any]) -> None:
+                     filters: dict[str, Any], keepbits: int | None = None) -> None:
         g = h5.create_group(site.key, track_order=True)
         coords = site.coords()
         dims = site.selection.dims
@@ -149,6 +149,8 @@ class RecordingFile:
         act = g.create_dataset("activation", shape=shape, dtype=dtype, fillvalue=np.nan,
                                chunks=chunk_shape(shape, batch_size, dtype.itemsize), fletcher32=_CHECKSUM,
                                **filters)
+        if keepbits is not None:  # netCDF's name: netCDF-C and netCDF4-python recognise the quantization
+            act.attrs[KEEPBITS_ATTR] = np.int32(keepbits)
         act.dims[0].attach_scale(h5["stimulus"])
         for i, dim in enumerate(dims):
             act.dims[i + 1].attach_scale(g[dim])
@@ -214,6 +216,9 @@ class RecordingFile:
             st.mean.nbytes * (6 + 2 * 2 * len(st.top_value)) for st in states.values())
         try:
             self._reserve(nbytes)
+            for key, keepbits in self._keepbits.items():
+                if key in values:  # in place: the ring buffer is the writer's until this write returns
+                    bitround(values[key], keepbits)
             for start, stop, offset in _runs(rows):
                 for key, data in values.items():
                     self._put(key, start, stop, data[offset : offset + stop - start])

@@ -36,7 +36,8 @@ class Job:
     num_workers: int = 0
     progress: bool = True
     dtype: Literal["float32", "float16"] = "float32"
-    compression: Literal["zstd"] | None = None
+    compression: Literal["gzip", "zstd"] | None = None
+    keepbits: int | None = None  # BitRound float32 to this many mantissa bits (1-23); implies gzip
     stop_early: bool = True
     on_error: Literal["skip", "raise"] = "skip"
     background: tuple[int, ...] = (255, 255, 255)
@@ -51,12 +52,21 @@ class Job:
             (isinstance(self.num_workers, int) and not isinstance(self.num_workers, bool)
              and self.num_workers >= 0, f"num_workers must be an integer ≥ 0, got {self.num_workers!r}"),
             (self.dtype in ("float32", "float16"), f"dtype must be 'float32' or 'float16', got {self.dtype!r}"),
-            (self.compression in (None, "zstd"), f"compression must be None or 'zstd', got {self.compression!r}"),
+            (self.compression in (None, "gzip", "zstd"),
+             f"compression must be None, 'gzip' or 'zstd', got {self.compression!r}"),
+            (self.keepbits is None or (isinstance(self.keepbits, int) and not isinstance(self.keepbits, bool)
+                                       and 1 <= self.keepbits <= 23),
+             f"keepbits must be an integer from 1 to 23 (float32 mantissa bits kept), got {self.keepbits!r}"),
+            (self.keepbits is None or self.dtype == "float32",
+             f"keepbits rounds float32 values: it cannot be combined with dtype {self.dtype!r}; record float32 "
+             "with keepbits (keepbits: 10 keeps float16's precision without its ±65504 overflow), or drop keepbits"),
             (self.on_error in ("skip", "raise"), f"on_error must be 'skip' or 'raise', got {self.on_error!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.keepbits is not None and self.compression is None:  # the zeroed bits are only saved compressed
+            object.__setattr__(self, "compression", "gzip")
         object.__setattr__(self, "device", check_device(self.device))
         object.__setattr__(self, "background", check_background(self.background))  # here, not per image
         if self.shard is not None:

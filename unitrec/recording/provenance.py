@@ -5,7 +5,7 @@ may be resumed, and whether a finished one is the same job: same model (name and
 constructor kwargs), weights, anatomy (module types, settings, hooks, forward code,
 non-persistent buffers: see :mod:`unitrec.anatomy.fingerprint`), preprocessing (and background
 colour for image files), sites, stimulus list and stimulus coordinates (the
-metadata.csv columns), dtype and device kind. Batch size is not in it: a file keeps the batch size it was started
+metadata.csv columns), dtype, keepbits (when set) and device kind. Batch size is not in it: a file keeps the batch size it was started
 with (see ``record``). Workers and progress bars cannot change a value. Each image
 file's identity (size, time, content hash) is checked per stimulus by the writer.
 """
@@ -54,7 +54,8 @@ def _versions() -> dict[str, str]:
 def run_key(*, model: dict[str, Any], weights_sha256: str, anatomy_sha256: str, preprocessing: str,
             sites: list[dict], stimuli_sha256: str, n_stimuli: int, coordinates_sha256: str, dtype: str,
             device: str, background: Sequence[int] | None = None,
-            stimuli_description: str | None = None, ablation: str | None = None) -> dict[str, Any]:
+            stimuli_description: str | None = None, ablation: str | None = None,
+            keepbits: int | None = None) -> dict[str, Any]:
     """The facts that must match for a partial recording to be resumed (or a finished one reused)."""
     key: dict[str, Any] = {
         "model": model.get("name"),
@@ -75,6 +76,8 @@ def run_key(*, model: dict[str, Any], weights_sha256: str, anatomy_sha256: str, 
         key["background"] = "rgb(" + ", ".join(str(int(c)) for c in background) + ")"
     if ablation:  # only when there are lesions: a recording without any keeps the key it always had
         key["ablation"] = ablation
+    if keepbits is not None:  # BitRound changes the stored values (compression alone does not)
+        key["keepbits"] = keepbits
     return key
 
 

@@ -65,7 +65,8 @@ def record(
     num_workers: int = 0,
     progress: bool = True,
     dtype: Literal["float32", "float16"] = "float32",
-    compression: Literal["zstd"] | None = None,
+    compression: Literal["gzip", "zstd"] | None = None,
+    keepbits: int | None = None,
     stop_early: bool = True,
     on_error: Literal["skip", "raise"] = "skip",
     background: Sequence[int] = (255, 255, 255),
@@ -103,7 +104,13 @@ def record(
         ``"float32"`` (default) or ``"float16"`` storage (values beyond ±65504 become
         ±inf; they are counted, warned about and stored in the site's attributes).
     compression
-        None (default) or ``"zstd"`` (level 1, needs ``hdf5plugin``).
+        None (default), ``"gzip"`` (shuffle + deflate level 1: every HDF5 and netCDF reader
+        has it built in) or ``"zstd"`` (level 1, needs ``hdf5plugin`` to write and to read).
+    keepbits
+        None (default) or 1–23: store float32 values BitRounded to that many mantissa
+        bits (round to nearest, ties to even; relative error ≤ 2^-(keepbits+1); NaN and
+        ±inf kept), compressed with gzip unless ``compression="zstd"``. Needs dtype float32.
+        Part of the run key; summaries are computed from the unrounded values.
     stop_early
         Skip the part of the network after the deepest site.
     on_error
@@ -158,7 +165,7 @@ def record(
     shard, device, progress = launched_shard(shard, device, progress)
     # Job.__post_init__ turns a str device into a torch.device (and a bad one into ConfigError)
     job = Job(batch_size=batch_size, device=cast(torch.device, device), num_workers=num_workers, progress=progress, dtype=dtype,
-              compression=compression, stop_early=stop_early, on_error=on_error,
+              compression=compression, keepbits=keepbits, stop_early=stop_early, on_error=on_error,
               background=tuple(background), overwrite=overwrite, shard=shard)
     out = _check_output(out)
     specs = parse_layers(layers)
@@ -224,7 +231,7 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
                   dtype=job.dtype, device=str(job.device),
                   stimuli_description=stim.description if stim.root is None else None,
                   background=job.background if stim.root is not None else None,
-                  ablation=lesions.key_text() if lesions else None)
+                  ablation=lesions.key_text() if lesions else None, keepbits=job.keepbits)
     final, extra = out, {}
     if job.shard is not None:
         if job.overwrite:
@@ -266,10 +273,12 @@ def _record(model, stim: StimulusSet, specs, out: Path, transform, preprocessing
                            anatomy=anatomy.packed()) | extra
         if lesions:
             attrs["ablation"] = lesions.text()
+        if job.keepbits is not None:
+            attrs["keepbits"] = job.keepbits
         _check_space(out.parent, sites, len(stim), job)
         rec_file = RecordingFile.create(out, stim.labels, stim.coords, stim.file_stats(), sites, attrs,
                                         batch_size=job.batch_size, dtype=job.dtype,
-                                        compression=job.compression)
+                                        compression=job.compression, keepbits=job.keepbits)
         batch_size = job.batch_size
     failed = True
     try:
@@ -413,7 +422,9 @@ def _implicit_config(desc, stim: StimulusSet, preprocessing, specs, job: Job, ou
         "stimuli": {"path": str(stim.root) if stim.root is not None else stim.description},
         "preprocess": preprocessing,
         "layers": [s.model_dump(by_alias=True, exclude_defaults=True) for s in specs],
-        "record": {"batch_size": job.batch_size, "device": str(job.device), "dtype": job.dtype},
+        "record": {"batch_size": job.batch_size, "device": str(job.device), "dtype": job.dtype,
+                   **({"compression": job.compression} if job.compression else {}),
+                   **({"keepbits": job.keepbits} if job.keepbits is not None else {})},
         "output": str(out),
     }
     if lesion_specs:
