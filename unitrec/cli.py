@@ -366,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unitrec",
         description="In-silico electrophysiology: record units of PyTorch vision models to HDF5.",
-        epilog="Start with: unitrec init DIR, then unitrec run DIR/demo.yaml. Docs: docs/index.md (a site: mkdocs build)",
+        epilog="Start with: unitrec init DIR, then unitrec run DIR/demo.yaml. Docs: docs/ in a clone or the sdist (a site: mkdocs build)",
     )
     p.add_argument("--version", action="version", version=f"unitrec {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -350,3 +350,13 @@ def test_every_reader_of_a_zstd_file_without_hdf5plugin_says_one_line(tmp_path):
         else:  # summaries are never compressed, and info reads no data: both work, info names the compression
             assert outcome == "ok", line
             assert name != "info" or line.endswith("zstd")
+
+
+def test_keepbits_takes_a_numpy_integer(tmp_path):
+    import unitrec as ur
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)).eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = ur.record(model, x, ["0"], tmp_path / "k.h5", keepbits=np.arange(12)[10], progress=False)
+    with h5py.File(out) as h5:
+        assert int(h5.attrs["keepbits"]) == 10

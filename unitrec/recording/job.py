@@ -7,6 +7,7 @@ come from its environment (:func:`launched_shard`).
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -45,6 +46,8 @@ class Job:
     shard: tuple[int, int] | None = None  # (index, count): record one contiguous part of the rows
 
     def __post_init__(self) -> None:
+        if isinstance(self.keepbits, numbers.Integral) and not isinstance(self.keepbits, bool):
+            object.__setattr__(self, "keepbits", int(self.keepbits))  # np.int64 from np.arange, say
         checks = [
             (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
              and 0 < self.batch_size <= MAX_BATCH_SIZE, f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE} "
