@@ -360,3 +360,18 @@ def test_keepbits_takes_a_numpy_integer(tmp_path):
     out = ur.record(model, x, ["0"], tmp_path / "k.h5", keepbits=np.arange(12)[10], progress=False)
     with h5py.File(out) as h5:
         assert int(h5.attrs["keepbits"]) == 10
+
+
+def test_ncdump_dumps_a_whole_recording_of_image_files(tmp_path):
+    from tests.conftest import make_images
+
+    ncdump = _tool("ncdump")
+    folder = make_images(tmp_path / "images", n=4, size=16)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)).eval()
+    out = ur.record(model, folder, ["0"], tmp_path / "acts.h5", keepbits=KEEPBITS, progress=False,
+                    transform=ur.build_transform({"resize": None, "crop": None}))
+    done = subprocess.run([ncdump, str(out)], capture_output=True, text=True, env=_env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]  # file_sha256 is variable-length: netCDF-C dumps it
+    with h5py.File(out) as h5:
+        digests = [d.decode() if isinstance(d, bytes) else d for d in h5["file_sha256"][...]]
+    assert all(len(d) == 64 for d in digests) and digests[0] in done.stdout

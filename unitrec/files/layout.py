@@ -9,8 +9,10 @@ NaN, so an unwritten row can never pass for a ReLU zero.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -119,6 +121,18 @@ def describe(ds: h5py.Dataset, long_name: str, units: str | None = None) -> None
     ds.attrs["long_name"] = long_name
     if units is not None:
         ds.attrs["units"] = units
+
+
+def digests_sha256(values: Any) -> str:
+    """SHA-256 over the per-file hashes of a recording, as 64-byte cells (``stimulus_content_sha256``).
+
+    The same for the old fixed-length (``S64``) column and the variable-length one that
+    netCDF-C's ``ncdump`` can dump: each hash is padded with NUL to 64 bytes."""
+    digest = hashlib.sha256()
+    for value in values:
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        digest.update(raw.ljust(64, b"\0"))
+    return digest.hexdigest()
 
 
 def strings(values) -> np.ndarray:

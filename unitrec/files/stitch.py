@@ -24,7 +24,7 @@ import numpy as np
 from unitrec.errors import RecordingError
 from unitrec.files import summary as summaries
 from unitrec.files.disk import finisher, no_space, reserve_space, written_whole
-from unitrec.files.layout import chunk_shape, load_plugins
+from unitrec.files.layout import chunk_shape, digests_sha256, load_plugins
 from unitrec.files.shards import Part, job_key
 
 __all__ = ["changed_sources", "check_sources", "is_current", "missing_sources", "open_file", "source_chunks",
@@ -126,7 +126,7 @@ def _write(dst: h5py.File, shards: list[h5py.File], listing: list[dict], out: Pa
                     _copy_attrs(ds, group.create_dataset(child, data=ds[...], dtype=ds.dtype))
                 datasets.append(path)
     if "file_sha256" in dst:  # over every file's hash, as a one-process run computes it
-        dst.attrs["stimulus_content_sha256"] = hashlib.sha256(dst["file_sha256"][...].tobytes()).hexdigest()
+        dst.attrs["stimulus_content_sha256"] = digests_sha256(dst["file_sha256"][...])
     _dimension_scales(first, dst, datasets)
     for name in summarised:
         _merge_summary(dst[name], [s[name] for s in shards], listing)

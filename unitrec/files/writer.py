@@ -10,7 +10,6 @@ checking that it is the same job (``resume.py``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -27,7 +26,7 @@ from unitrec.files import summary as summaries
 from unitrec.files.disk import (datasync, disk_error, finisher, fsync_folder, no_space, open_existing, raw_rows,
                                 release_reserved, reserve_space, written_whole)
 from unitrec.files.layout import (COORDINATE_NAMES, DONE, SKIPPED, TODO, chunk_shape, column, creating_path, describe,
-                                  nc_char, partial_path, stimulus_copies, strings)
+                                  digests_sha256, nc_char, partial_path, stimulus_copies, strings)
 from unitrec.files.resume import check_run_key, check_stimulus_files
 from unitrec.files.storage import KEEPBITS_ATTR, bitround, dataset_filters
 
@@ -114,7 +113,8 @@ class RecordingFile:
             columns = {"file_size": (np.asarray(size, dtype=np.int64), "byte", "size of the image file"),
                        "file_mtime_ns": (np.asarray(mtime, dtype=np.int64), "nanoseconds since 1970-01-01",
                                          "modification time of the image file"),
-                       "file_sha256": (np.zeros(n, dtype="S64"), None, "hex SHA-256 of the bytes recorded")}
+                       # variable-length, as every text here: netCDF-C's ncdump crashes on fixed-length strings
+                       "file_sha256": (strings([""] * n), None, "hex SHA-256 of the bytes recorded")}
             for name, (values, units, long_name) in columns.items():
                 ds = h5.create_dataset(name, data=values)
                 describe(ds, long_name, units)
@@ -223,7 +223,7 @@ class RecordingFile:
                 for key, data in values.items():
                     self._put(key, start, stop, data[offset : offset + stop - start])
                 if self._digests is not None and digests is not None:
-                    self._digests[start:stop] = np.array(digests[offset : offset + stop - start], dtype="S64")
+                    self._digests[start:stop] = strings(digests[offset : offset + stop - start])
             for key, count in (overflow or {}).items():
                 attrs = self._datasets[key].attrs
                 attrs["float16_overflow"] = int(attrs.get("float16_overflow", 0)) + count
@@ -299,7 +299,7 @@ class RecordingFile:
             self.h5.attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
             self.h5.attrs["finished_by"] = finisher()
             if self._digests is not None:  # the stimulus set's content, for provenance
-                self.h5.attrs["stimulus_content_sha256"] = hashlib.sha256(self._digests[...].tobytes()).hexdigest()
+                self.h5.attrs["stimulus_content_sha256"] = digests_sha256(self._digests[...])
             self.h5.flush()
             os.fsync(self.h5.id.get_vfd_handle())
             self.close()
