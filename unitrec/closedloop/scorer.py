@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from unitrec.anatomy.sites import Site, resolve_sites
-from unitrec.anatomy.trace import Trace, first_tensor
+from unitrec.anatomy.trace import Trace
 from unitrec.errors import ConfigError, RecordingError
 from unitrec.recording.job import check_device
 from unitrec.recording.lesion import Lesions
-from unitrec.recording.recorder import StopForward
+from unitrec.recording.recorder import StopForward, called, hook_sites
 from unitrec.schema import Layers, parse_ablation, parse_layers
 
 __all__ = ["Scorer"]
@@ -139,15 +139,8 @@ class Scorer:
         frozen = [p for p in self.model.parameters() if p.requires_grad] if x.requires_grad else []
         last = max(plan.sites, key=lambda s: s.event)
 
-        def take(site_list: list[Site], counter: str, value: Any) -> None:
-            index = counts.get(counter, 0)
-            counts[counter] = index + 1
-            for site in site_list:
-                if site.index != index:
-                    continue
-                tensor = value if isinstance(value, torch.Tensor) else first_tensor(value)
-                if tensor is None:
-                    raise RecordingError(f"site {site.key!r}: the module's {site.capture} is not a tensor")
+        def take(name: str, site_list: list[Site], value: Any, counter: str) -> None:
+            for site, tensor in called(site_list, value, counter, counts):
                 kept = site.selection.apply(tensor)
                 if kept.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
                     kept = kept.clone()  # an in-place op later in the forward must not reach it
@@ -156,21 +149,13 @@ class Scorer:
                 raise StopForward
 
         handles = []
-        modules = dict(self.model.named_modules())
         was_training = self.model.training
         try:
             for p in frozen:
                 p.requires_grad_(False)
             plan.lesions.attach()
             handles.append(self.model.register_forward_pre_hook(lambda m, a: counts.clear()))
-            for (name, capture), site_list in plan.by_module.items():
-                counter = name + ("@input" if capture == "input" else "")
-                if capture == "input":
-                    pre = (lambda sl, c: lambda m, a: take(sl, c, a))(site_list, counter)
-                    handles.append(modules[name].register_forward_pre_hook(pre))
-                else:
-                    post = (lambda sl, c: lambda m, a, o: take(sl, c, o))(site_list, counter)
-                    handles.append(modules[name].register_forward_hook(post))
+            handles += hook_sites(self.model, plan.sites, take)
             self.model.eval()
             with torch.set_grad_enabled(x.requires_grad):
                 try:
@@ -210,13 +195,10 @@ class Scorer:
 
 
 class _Plan:
-    """What one input shape needs: sites, hooks by module, lesions, and the state they were made for."""
+    """What one input shape needs: sites, lesions, and the state they were made for."""
 
     def __init__(self, sites: list[Site], trace: Trace, lesions: Lesions, state: tuple) -> None:
         self.sites, self.trace, self.lesions, self.state = sites, trace, lesions, state
-        self.by_module: dict[tuple[str, str], list[Site]] = {}
-        for site in sites:
-            self.by_module.setdefault((site.module, site.capture), []).append(site)
         self.n_units = sum(int(np.prod(s.shape)) for s in sites)
         self.table: Any = None
 

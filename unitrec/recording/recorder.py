@@ -9,7 +9,7 @@ second call and nothing else.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -20,9 +20,63 @@ from unitrec.errors import ConfigError, RecordingError
 from unitrec.recording.lesion import Lesions
 from unitrec.schema import Layers, parse_ablation
 
-__all__ = ["Recorder", "StopForward"]
+__all__ = ["Recorder", "StopForward", "called", "hook_sites"]
 
 Sink = Callable[[Site, torch.Tensor], None]
+#: ``take(module name, sites, value, counter)``: what a hooked module's call hands on
+Take = Callable[[str, list[Site], Any, str], None]
+
+
+def hook_sites(model: nn.Module, sites: list[Site], take: Take) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hook every module a site reads, its sites grouped per module and capture: `take` gets the
+    module's output when it returns, or its arguments when it is called (``@input`` sites).
+
+    The counter names the call stream (``layer1`` or ``layer1@input``) that :func:`called`
+    counts per forward. On an error the hooks made so far are removed."""
+    modules = dict(model.named_modules())
+    grouped: dict[tuple[str, str], list[Site]] = {}
+    for site in sites:
+        grouped.setdefault((site.module, site.capture), []).append(site)
+    handles = []
+    try:
+        for (name, capture), group in grouped.items():
+            if capture == "input":
+                handles.append(modules[name].register_forward_pre_hook(_pre_hook(take, name, group)))
+            else:
+                handles.append(modules[name].register_forward_hook(_post_hook(take, name, group)))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles
+
+
+# closures of library code, not partials: a model's fingerprint names them and does not read
+# what they hold, should it be taken while they are attached
+def _pre_hook(take: Take, name: str, sites: list[Site]) -> Callable[..., None]:
+    def hook(module: nn.Module, args: Any) -> None:
+        take(name, sites, args, name + "@input")
+    return hook
+
+
+def _post_hook(take: Take, name: str, sites: list[Site]) -> Callable[..., None]:
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        take(name, sites, output, name)
+    return hook
+
+
+def called(sites: list[Site], value: Any, counter: str, counts: dict[str, int]) -> Iterator[tuple[Site, torch.Tensor]]:
+    """The sites this call of a module is for (calls counted per forward in `counts`), each with
+    the tensor it reads: `value` itself, or the first tensor in a tuple or dict."""
+    index = counts.get(counter, 0)
+    counts[counter] = index + 1
+    for site in sites:
+        if site.index != index:
+            continue
+        tensor = value if isinstance(value, torch.Tensor) else first_tensor(value)
+        if tensor is None:
+            raise RecordingError(f"site {site.key!r}: the module's {site.capture} is not a tensor")
+        yield site, tensor
 
 
 class StopForward(BaseException):
@@ -124,21 +178,12 @@ class Recorder:
         if self._ablate and self._lesions is None:
             assert self.trace is not None  # the sites were just resolved with it
             self._lesions = Lesions(self.model, self._ablate, self.trace)
-        modules = dict(self.model.named_modules())
-        by_module: dict[tuple[str, str], list[Site]] = {}
-        for site in self.sites:
-            by_module.setdefault((site.module, site.capture), []).append(site)
         try:
             object.__setattr__(self.model, "_unitrec_recording", True)
             if self._lesions is not None:
                 self._lesions.attach()
             self._handles.append(self.model.register_forward_pre_hook(self._begin))
-            for (name, capture), sites in by_module.items():
-                module = modules[name]
-                if capture == "input":
-                    self._handles.append(module.register_forward_pre_hook(self._pre_hook(name, sites)))
-                else:
-                    self._handles.append(module.register_forward_hook(self._post_hook(name, sites)))
+            self._handles += hook_sites(self.model, self.sites, self._take)
         except BaseException:
             self.detach()
             raise
@@ -160,15 +205,8 @@ class Recorder:
         self._given = tuple(x.shape[1:]) if x is not None else None
 
     def _take(self, name: str, sites: list[Site], value: Any, counter: str) -> None:
-        index = self._counts.get(counter, 0)
-        self._counts[counter] = index + 1
         stop = False
-        for site in sites:
-            if site.index != index:
-                continue
-            tensor = value if isinstance(value, torch.Tensor) else first_tensor(value)
-            if tensor is None:
-                raise RecordingError(f"site {site.key!r}: the module's {site.capture} is not a tensor")
+        for site, tensor in called(sites, value, counter, self._counts):
             with torch.no_grad():
                 kept = site.selection.apply(tensor.detach())
             if tuple(kept.shape[1:]) != site.shape:  # never broadcast into a buffer of another shape
@@ -194,16 +232,6 @@ class Recorder:
             stop = stop or site is self._stop_at
         if stop:  # only after every entry on this call has its value
             raise StopForward
-
-    def _pre_hook(self, name: str, sites: list[Site]):
-        def hook(module, args):
-            self._take(name, sites, args, name + "@input")
-        return hook
-
-    def _post_hook(self, name: str, sites: list[Site]):
-        def hook(module, args, output):
-            self._take(name, sites, output, name)
-        return hook
 
     # ------------------------------------------------------------------ use
     def _keep(self, site: Site, value: torch.Tensor) -> None:
