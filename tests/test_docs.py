@@ -68,7 +68,7 @@ def test_the_site_builds_in_strict_mode(tmp_path):
         pytest.skip("mkdocs is not installed: pip install -e '.[docs]'")
     mkdocs = shutil.which("mkdocs") or str(Path(sys.executable).parent / "mkdocs")
     done = subprocess.run([mkdocs, "build", "--strict", "-d", str(tmp_path / "site")], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "site" / "reference" / "api" / "index.html").stat().st_size > 100_000
 
