@@ -132,7 +132,7 @@ def test_public_names_are_pinned():
     assert ur.__all__ == sorted(ur.__all__)
     assert set(ur.__all__) == {
         "ConfigError", "LayerNotFoundError", "ModelError", "Recorder", "RecordingError", "SelectionError",
-        "StimulusError", "UnitrecError", "UnitrecWarning", "__version__", "analysis", "list_layers", "load_layer",
+        "StimulusError", "UnitrecError", "UnitrecWarning", "__version__", "analysis", "atlas", "list_layers", "load_layer",
         "load_model", "load_population", "load_summary", "merge", "open_recording", "record", "run_config", "stimuli",
         "Scorer", "visualize", "evolve", "load_evolution", "plot_evolution", "plot_visualizations",  # the closed loop
         "build_transform",

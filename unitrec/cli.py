@@ -16,13 +16,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from unitrec._text import human_size as _size
+
 __all__ = ["main"]
-
-
-def _size(n: float) -> str:
-    from unitrec._text import human_size
-
-    return human_size(n)
 
 
 def _rows_by_cols(values) -> str:
@@ -324,6 +320,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_atlas(args: argparse.Namespace) -> int:
+    from unitrec.atlas import atlas
+
+    options = {k: getattr(args, k) for k in ("visualizations", "evolutions", "stimulus_root", "by", "ranks")}
+    print(f"atlas: {atlas(args.file, args.out, **options, max_units=args.max_units, progress=not args.no_progress)}")
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from unitrec.schema import json_schema
 
@@ -382,8 +386,8 @@ def _parser() -> argparse.ArgumentParser:
                          description="Record the sites a YAML config lists. Rerunning the same config "
                                      "resumes an interrupted run.")
     run.add_argument("config", help="path of the YAML config, e.g. configs/demo.yaml")
-    run.add_argument("--overwrite", action="store_true",
-                     help="start over even if the output exists or an unfinished run of another config does")
+    run.add_argument("--overwrite", action="store_true", help="start over even if the output exists or an "
+                                                             "unfinished run of another config does")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="record only shard I of N (from 0) into <output>.shards/; the last shard to finish "
@@ -396,9 +400,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "shards that are missing, unfinished or from another job.")
     merge.add_argument("out", help="the output the shards were recorded for, e.g. runs/x/activations.h5")
     merge.add_argument("--copy", action="store_true", help="copy the activations into OUT (self-contained)")
-    merge.add_argument("--overwrite", action="store_true",
-                       help="replace an OUT that is not a stitch of these shards (kept whole until the new one is "
-                            "written)")
+    merge.add_argument("--overwrite", action="store_true", help="replace an OUT that is not a stitch of these shards "
+                                                               "(kept whole until the new one is written)")
     merge.set_defaults(func=_cmd_merge)
 
     layers = sub.add_parser("layers", help="list every recording site of a model",
@@ -406,10 +409,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "forward, receptive field, channel provenance of concatenations.")
     layers.add_argument("model", help="torchvision name (resnet50, densenet121, ...), timm:NAME "
                                       "(timm:inception_resnet_v2, ...) or package.module:factory")
-    layers.add_argument("--input-size", type=int, default=None,
-                        help="input height = width (default: a timm model's own, else 224)")
-    layers.add_argument("--weights", default=None, help="weights enum name (default: random init)")
-    layers.add_argument("--checkpoint", default=None, help="local state_dict file")
+    layers.add_argument("--input-size", type=int, help="input height = width (default: a timm model's own, else 224)")
+    for flag, what in (("weights", "weights enum name (default: random init)"), ("checkpoint", "local state_dict file")):
+        layers.add_argument(f"--{flag}", help=what)
     layers.add_argument("--stages", action="store_true", help="only the classic stages (blocks, pools, fc)")
     layers.add_argument("--grep", default=None, metavar="TEXT", help="only sites whose name contains TEXT (any case)")
     layers.add_argument("--json", action="store_true", help="machine-readable output")
@@ -466,13 +468,27 @@ def _parser() -> argparse.ArgumentParser:
                             description="Tuning curves, RDMs, layer similarity and preferred stimuli.")
     report.add_argument("file", help="a .h5 recording")
     report.add_argument("out_dir", help="folder for the figures and index.html")
-    report.add_argument("--by", default=None, help="stimulus coordinate for tuning curves (default: orientation if present)")
-    report.add_argument("--units-per-site", type=int, default=8, metavar="N",
-                        help="tuning curves drawn per site (default 8)")
-    report.add_argument("--force", action="store_true",
-                        help="write the report even if OUT_DIR holds the report of this recording with these options")
+    report.add_argument("--by", help="stimulus coordinate for tuning curves (default: orientation if present)")
+    report.add_argument("--units-per-site", type=int, default=8, metavar="N", help="tuning curves per site (default 8)")
+    report.add_argument("--force", action="store_true", help="write the report even if OUT_DIR holds the report of "
+                                                            "this recording with these options")
     report.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     report.set_defaults(func=_cmd_report)
+
+    at = sub.add_parser("atlas", help="a static web page to browse every unit of a recording",
+                        description="A folder (index.html, data, thumbnails) to browse every recorded unit; it opens "
+                                    "from file://, no server needed.")
+    at.add_argument("file", help="a .h5 recording")
+    at.add_argument("-o", "--out", metavar="DIR", help="folder to write (default: atlas/ beside the recording)")
+    for flag, what in (("visualizations", "kind: visualize"), ("evolutions", "ur.evolve / kind: evolve")):
+        at.add_argument(f"--{flag}", nargs="+", default=[], metavar="FILE", help=f"files of {what} runs to show")
+    at.add_argument("--stimulus-root", metavar="DIR", help="where the stimulus images are now, if they moved")
+    at.add_argument("--by", help="stimulus parameter of the tuning curves (default: orientation or direction)")
+    at.add_argument("--ranks", type=int, default=9, metavar="N", help="top and bottom stimuli per unit (default 9)")
+    at.add_argument("--max-units", type=int, default=200_000, metavar="N",
+                    help="sites with more units are listed without them (default 200000)")
+    at.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    at.set_defaults(func=_cmd_atlas)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema (for YAML editors)",
                             description="The JSON Schema of a config file, generated from the schema that validates "

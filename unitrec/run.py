@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping, overload
 import yaml
 
 from unitrec.errors import ConfigError, UnitrecWarning
-from unitrec.schema import ClosedLoopConfig, Config, OutputSpec, ReportSpec, parse
+from unitrec.schema import AtlasSpec, ClosedLoopConfig, Config, OutputSpec, ReportSpec, parse
 
 __all__ = ["load_config", "run_config"]
 
@@ -124,12 +124,14 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
                            checkpoint=_resolve(base, cfg.model.checkpoint), seed=cfg.model.seed,
                            kwargs=cfg.model.kwargs)
     stimuli = _stimuli(cfg, base, out)
-    if cfg.report is not None and cfg.report.by:  # checked now, not after the whole recording
+    asked = {"report.by": cfg.report.by if cfg.report is not None else None,
+             "atlas.by": cfg.atlas.by if isinstance(cfg.atlas, AtlasSpec) else None}
+    for what, by in asked.items():  # checked now, not after the whole recording
         from unitrec.stimuli.dataset import as_stimulus_set
 
-        coords = sorted(as_stimulus_set(stimuli).coords)
-        if cfg.report.by not in coords:
-            raise ConfigError(f"report.by {cfg.report.by!r} is not a stimulus coordinate of {stimuli}; it has: "
+        coords = sorted(as_stimulus_set(stimuli).coords) if by else []
+        if by and by not in coords:
+            raise ConfigError(f"{what} {by!r} is not a stimulus coordinate of {stimuli}; it has: "
                               f"{', '.join(coords) or 'none (add a metadata.csv, or class subfolders)'}")
     transform = None
     if cfg.preprocess is not None or getattr(model, "unitrec_transform", None) is None:
@@ -147,6 +149,9 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
     if cfg.report is not None and path == out:  # not a shard waiting for the others
         _report(path, cfg.report, _resolve(base, cfg.report.path) if cfg.report.path else path.parent / "report",
                 rec.progress if progress is None else progress)
+    if cfg.atlas and path == out:
+        _atlas(path, cfg.atlas if isinstance(cfg.atlas, AtlasSpec) else AtlasSpec(), base,
+               rec.progress if progress is None else progress)
     return path
 
 
@@ -283,6 +288,17 @@ def _report(path: Path, spec: ReportSpec, folder: Path, progress: bool) -> None:
     index = write_report(path, folder, by=spec.by, units_per_site=spec.units_per_site, force=spec.force,
                          progress=progress)
     _log.info("report: %s", index)
+
+
+def _atlas(path: Path, spec: AtlasSpec, base: Path, progress: bool) -> None:
+    from unitrec.atlas import atlas
+
+    index = atlas(path, _resolve(base, spec.path) if spec.path else None,
+                  visualizations=[_resolve(base, v) for v in spec.visualizations],
+                  evolutions=[_resolve(base, e) for e in spec.evolutions],
+                  stimulus_root=_resolve(base, spec.stimulus_root) if spec.stimulus_root else None, by=spec.by,
+                  ranks=spec.ranks, max_units=spec.max_units, progress=progress)
+    _log.info("atlas: %s", index)
 
 
 def _stimuli(cfg: Config, base: Path, out: Path) -> Path:

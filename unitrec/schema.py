@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
 from unitrec._parse import parse
 from unitrec.errors import ConfigError
@@ -315,6 +315,18 @@ class ReportSpec(_Strict):
     force: bool = False  # rebuild even when the folder holds the report of this very recording
 
 
+class AtlasSpec(_Strict):
+    """``atlas:`` of a config: the options of ``unitrec atlas`` (see :func:`unitrec.atlas`); ``true``: the defaults."""
+
+    path: Optional[str] = None  # default: atlas/ beside the recording
+    visualizations: list[str] = []  # files of kind: visualize runs (relative to the config's folder)
+    evolutions: list[str] = []  # files of kind: evolve runs
+    stimulus_root: Optional[str] = None
+    by: Optional[str] = None  # stimulus parameter of the tuning curves; default orientation or direction
+    ranks: int = Field(default=9, ge=0, strict=True)
+    max_units: int = Field(default=200_000, ge=1, strict=True)
+
+
 class Config(_Strict):
     """A whole experiment: model, stimuli, preprocessing, sites, recording, output."""
 
@@ -326,6 +338,7 @@ class Config(_Strict):
     record: RecordSpec = RecordSpec()
     output: Union[str, OutputSpec]
     report: Optional[ReportSpec] = None
+    atlas: Union[StrictBool, AtlasSpec] = False
     ablate: Optional[list[AblationSpec]] = None
 
     @field_validator("layers", mode="before")

@@ -87,7 +87,7 @@ def summary_names(h5: h5py.File) -> list[str]:
     return [k for k, v in h5.items() if isinstance(v, h5py.Group) and v.attrs.get("keep") in ("summary", "both")]
 
 
-def _stimulus_coords(h5: h5py.File) -> dict[str, tuple[str, np.ndarray]]:
+def stimulus_coords(h5: h5py.File) -> dict[str, tuple[str, np.ndarray]]:
     listed = h5["done"].attrs.get("coordinates", "")
     names = ["stimulus", "done"] + [n for n in (listed.decode() if isinstance(listed, bytes) else listed).split()
                                     if n]
@@ -148,7 +148,7 @@ def load_layer(path: str | os.PathLike, layer: str, *, chunks: Chunks = None,
         if layer not in sites:
             raise LayerNotFoundError(_no_site(layer, sites, path))
         check_activation(path, h5, h5[layer]["activation"])
-        coords = _stimulus_coords(h5)
+        coords = stimulus_coords(h5)
         described = {name: _cf_attrs(h5[name]) for name in coords}
         attrs = _root_attrs(h5)
         if isinstance(chunks, dict) and not chunks:  # the file's own chunks; a virtual dataset has none
@@ -231,7 +231,7 @@ def load_summary(path: str | os.PathLike, layer: str) -> xr.Dataset:
         else:
             dims = unit_dims(group, group["mean"])
             data = {name: group[name][()] for name in summaries.FINALS}
-        stimuli = _stimulus_coords(h5)
+        stimuli = stimulus_coords(h5)
         unit_coords = {}
         for name, ds in group.items():
             if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or name == "rank":
