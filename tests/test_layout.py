@@ -47,12 +47,12 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "unitrec.closedloop": ("base", "unitrec.anatomy", "unitrec.stimuli", "unitrec.files", "unitrec.recording",
                            "unitrec.analysis"),
     # the atlas shows synthesised images through closedloop's torch-free reader (trajectory.py)
-    "unitrec.atlas": ("base", "unitrec.stimuli", "unitrec.files", "unitrec.analysis", "unitrec.closedloop"),
+    "unitrec.web": ("base", "unitrec.stimuli", "unitrec.files", "unitrec.analysis", "unitrec.closedloop"),
     "unitrec.report": ("base", "unitrec.stimuli", "unitrec.files", "unitrec.analysis"),
     "unitrec.run": ("base", "unitrec", "unitrec.anatomy", "unitrec.stimuli", "unitrec.files", "unitrec.recording",
-                    "unitrec.analysis", "unitrec.report", "unitrec.closedloop", "unitrec.atlas"),
+                    "unitrec.analysis", "unitrec.report", "unitrec.closedloop", "unitrec.web"),
     "unitrec.cli": ("base", "unitrec", "unitrec.anatomy", "unitrec.stimuli", "unitrec.files", "unitrec.recording",
-                    "unitrec.analysis", "unitrec.report", "unitrec.closedloop", "unitrec.atlas", "unitrec.run"),
+                    "unitrec.analysis", "unitrec.report", "unitrec.closedloop", "unitrec.web", "unitrec.run"),
 }
 BASE = ("unitrec._version", "unitrec._text", "unitrec.errors", "unitrec._parse", "unitrec.schema")
 FACADES = ("unitrec", "unitrec.__main__", "unitrec.preprocess")  # the last: an old path, kept
@@ -61,7 +61,7 @@ LONGER = {
     "unitrec.anatomy.trace": "one TorchFunctionMode and the channel labelling that reads its private records "
                              "of ops, concatenations and in-place writes (539 lines)",
     "unitrec.report": "one page whose sections share the figures' state (532 lines); the atlas's page is a "
-                      "JavaScript app of its own (unitrec/atlas/static), so there is no page module to share",
+                      "JavaScript app of its own (unitrec/web/static), so there is no page module to share",
     "unitrec.cli": "one parser for every subcommand, and the one-line summaries each prints (about 560 lines)",
 }
 
@@ -293,7 +293,7 @@ def test_every_public_name_resolves(name):
 def test_the_tests_mirror_the_layout():
     tests = Path(__file__).parent
     subpackages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
-    assert subpackages == ["analysis", "anatomy", "atlas", "closedloop", "files", "recording", "stimuli"]
+    assert subpackages == ["analysis", "anatomy", "closedloop", "files", "recording", "stimuli", "web"]
     for name in subpackages:
         assert (tests / name / "__init__.py").is_file() and list((tests / name).glob("test_*.py")), name
 
@@ -306,3 +306,18 @@ def test_the_old_home_of_build_transform_still_works():
             "assert build_transform is ur.build_transform\n"
             "assert any('ur.build_transform' in str(w.message) for w in caught)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_module_of_the_package_hides_a_public_name():
+    """Importing ``unitrec.X`` sets the attribute ``unitrec.X`` to the module: a module named like
+    a public function (``atlas``, ``record``) would, once imported, replace the function."""
+    import importlib
+    import pkgutil
+
+    import unitrec
+
+    names = {m.name for m in pkgutil.iter_modules(unitrec.__path__)}
+    assert names & set(unitrec.__all__) == {"analysis", "stimuli"}  # the two public submodules
+    for module in ("unitrec.web", "unitrec.web.build", "unitrec.run", "unitrec.cli"):
+        importlib.import_module(module)
+    assert callable(unitrec.atlas) and unitrec.atlas.__module__ == "unitrec.web.build"

@@ -169,6 +169,9 @@ def test_the_built_sdist_and_wheel_carry_tests_and_configs(tmp_path):
         names = set(whl.namelist())
     assert {f"unitrec/_configs/{name}" for name in CONFIGS} <= names
     assert "unitrec/py.typed" in names
+    static = {f"unitrec/web/static/{p.name}" for p in (ROOT / "unitrec" / "web" / "static").iterdir()}
+    assert static == {"unitrec/web/static/index.html", "unitrec/web/static/atlas.js", "unitrec/web/static/atlas.css"}
+    assert static <= names  # the atlas's page
     assert not [n for n in names if n.startswith(("configs/", "tests/", "notebooks/"))]
     for name in CONFIGS:
         with zipfile.ZipFile(wheel) as whl:

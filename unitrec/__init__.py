@@ -42,7 +42,7 @@ _WHERE = {
     "load_evolution": "closedloop.trajectory",
     "plot_evolution": "closedloop.figures",
     "plot_visualizations": "closedloop.figures",
-    "atlas": "atlas.build",
+    "atlas": "web.build",
 }
 _SUBMODULES = ("analysis", "stimuli")
 
@@ -61,7 +61,7 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported here
     from unitrec.files.merge import merge
     from unitrec.anatomy.layers import list_layers
     from unitrec.anatomy.preprocess import build_transform
-    from unitrec.atlas.build import atlas
+    from unitrec.web.build import atlas
 
 
 def __getattr__(name: str) -> _Any:

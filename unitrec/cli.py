@@ -321,7 +321,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_atlas(args: argparse.Namespace) -> int:
-    from unitrec.atlas import atlas
+    from unitrec.web import atlas
 
     options = {k: getattr(args, k) for k in ("visualizations", "evolutions", "stimulus_root", "by", "ranks")}
     print(f"atlas: {atlas(args.file, args.out, **options, max_units=args.max_units, progress=not args.no_progress)}")

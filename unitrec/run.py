@@ -291,7 +291,7 @@ def _report(path: Path, spec: ReportSpec, folder: Path, progress: bool) -> None:
 
 
 def _atlas(path: Path, spec: AtlasSpec, base: Path, progress: bool) -> None:
-    from unitrec.atlas import atlas
+    from unitrec.web import atlas
 
     index = atlas(path, _resolve(base, spec.path) if spec.path else None,
                   visualizations=[_resolve(base, v) for v in spec.visualizations],

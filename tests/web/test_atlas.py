@@ -42,7 +42,7 @@ def _transform():
     return ur.build_transform({"resize": None, "crop": None, "normalize": "imagenet"})
 
 
-LAYERS = [{"name": "1", "keep": "both", "top": 9}, "3", {"name": "6", "keep": "summary", "top": 4}]
+LAYERS = [{"name": "1", "keep": "both", "top": 9}, "2", "3", {"name": "6", "keep": "summary", "top": 4}]
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +154,10 @@ def test_a_full_sites_ranks_equal_a_numpy_sort(recording, built):
         da.isel(stimulus=0)).transpose("channel", "y", "x").values.reshape(-1))
 
 
-def test_tuning_curves_and_their_selectivity_where_the_stimuli_are_parametric(recording, built):
-    entry = site(built, "3")
-    da = ur.load_layer(recording, "3")
+@pytest.mark.parametrize("name", ["3", "2"])  # after a ReLU, and a convolution's signed responses
+def test_tuning_curves_and_their_selectivity_where_the_stimuli_are_parametric(recording, built, name):
+    entry = site(built, name)
+    da = ur.load_layer(recording, name)
     curves = A.tuning_curves(da, by="orientation")
     assert entry["tuning"] == {"by": "orientation", "levels": [0.0, 45.0, 90.0, 135.0]}
     got = details(built, entry)
@@ -170,8 +171,13 @@ def test_tuning_curves_and_their_selectivity_where_the_stimuli_are_parametric(re
     assert np.all(np.abs(np.array(got["tuning"], dtype=float) - flat(curves["mean"])) <= bound + printed)
     column = next(c for c in entry["columns"] if c["name"] == "selectivity")
     assert column["label"] == "selectivity (orientation)"
-    np.testing.assert_allclose(_float(table(built, entry)["selectivity"]),  # a ratio of such sums: 4 of them
-                               curves["selectivity"].values.reshape(-1), rtol=1e-5, equal_nan=True)
+    # the index of the rectified responses (a ratio of such sums), in [0, 1] where a signed curve's is not
+    rectified = A.tuning_curves(da.clip(min=0), by="orientation")["selectivity"].values.reshape(-1)
+    shown = _float(table(built, entry)["selectivity"])
+    np.testing.assert_allclose(shown, rectified, rtol=1e-5, equal_nan=True)
+    assert np.nanmin(shown) >= 0 and np.nanmax(shown) <= 1 + 1e-6
+    signed = curves["selectivity"].values
+    assert (name == "2") == bool((signed < 0).any() or (signed > 1).any())  # the signed index leaves [0, 1]
     summary_only = site(built, "6")  # no responses to average: the peak z of its summary
     assert summary_only["tuning"] is None
     assert next(c for c in summary_only["columns"] if c["name"] == "selectivity")["label"] == "selectivity (peak z)"
@@ -364,29 +370,32 @@ def test_visualisations_and_evolutions_are_shown_with_their_units(recording, tmp
 
 def test_a_sparse_noise_recording_gets_receptive_field_maps(tmp_path):
     ur.stimuli.sparse_noise(tmp_path / "noise", size=12, grid=4)
-    model = nn.Sequential(nn.Conv2d(3, 2, 5, padding=2), nn.ReLU()).eval()
     torch.manual_seed(0)
-    path = ur.record(model, tmp_path / "noise", [{"name": "1", "units": "center"}], tmp_path / "acts.h5",
-                     progress=False, transform=_transform())
+    model = nn.Sequential(nn.Conv2d(3, 2, 5, padding=2), nn.ReLU(), nn.Conv2d(2, 2, 9, padding=4), nn.ReLU()).eval()
+    layers = [{"name": "1", "units": "center"}, {"name": "3", "units": "center"}]  # fields of 5 and 13 px
+    path = ur.record(model, tmp_path / "noise", layers, tmp_path / "acts.h5", progress=False, transform=_transform())
     folder = ur.atlas(path, tmp_path / "a", progress=False).parent
-    entry = site(folder, "1")
-    assert entry["rf_map"] is True
-    got = details(folder, entry)
-    maps = A.sparse_noise_map(ur.load_layer(path, "1"))
-    assert site(folder, "1")["rf_map_polarities"] == [str(p) for p in maps["polarity"].values]
-    for unit, file in enumerate(got["rf_map"]):
-        png = np.asarray(Image.open(folder / file).convert("RGB"), dtype=int)
-        on = maps.isel(polarity=0, unit=unit).values  # red where above the mean, blue below
-        zoom = png.shape[0] // on.shape[0]
-        pixels = png[zoom // 2::zoom, zoom // 2:on.shape[1] * zoom:zoom][: on.shape[0], : on.shape[1]]  # cell centres
-        strong = np.abs(on) > 0.5 * np.nanmax(np.abs(on))
-        assert strong.any()
-        red_minus_blue = pixels[..., 0] - pixels[..., 2]
-        assert np.all(np.sign(red_minus_blue[strong]) == np.sign(on[strong]))
+    for name, field in (("1", 5), ("3", 13)):
+        entry = site(folder, name)
+        assert entry["rf_map"] is True and entry["rf_size"] == [field, field]
+        got = details(folder, entry)
+        maps = A.sparse_noise_map(ur.load_layer(path, name))
+        assert entry["rf_map_polarities"] == [str(p) for p in maps["polarity"].values] == ["on", "off"]
+        for unit, file in enumerate(got["rf_map"]):
+            png = np.asarray(Image.open(folder / file).convert("RGB"), dtype=int)
+            on = maps.isel(polarity=0, unit=unit).values  # red where above the mean, blue below
+            zoom = png.shape[0] // on.shape[0]
+            pixels = png[zoom // 2::zoom, zoom // 2:on.shape[1] * zoom:zoom][: on.shape[0], : on.shape[1]]  # centres
+            strong = np.abs(on) > 0.5 * np.nanmax(np.abs(on))
+            assert strong.any()
+            red_minus_blue = pixels[..., 0] - pixels[..., 2]
+            assert np.all(np.sign(red_minus_blue[strong]) == np.sign(on[strong]))
+            gap = png[:, on.shape[1] * zoom:png.shape[1] - on.shape[1] * zoom]  # between the on and off maps
+            assert gap.size and (gap == 255).all()  # a field larger than the input stays on its own map
 
 
 def test_a_failed_build_leaves_the_old_atlas_whole(recording, tmp_path, monkeypatch):
-    from unitrec.atlas import build
+    from unitrec.web import build
 
     index = ur.atlas(recording, tmp_path / "a", progress=False)
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))

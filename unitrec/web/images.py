@@ -137,15 +137,13 @@ def rf_map_png(on_off: np.ndarray, names: list[str], path: Path, box: tuple[floa
     zoom = max(1, 128 // max(h, w))
     gap = 4
     canvas = Image.new("RGB", (len(names) * w * zoom + (len(names) - 1) * gap, h * zoom), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
     for i in range(len(names)):
         tile = Image.fromarray((rgb[i] * 255).round().astype(np.uint8)).resize((w * zoom, h * zoom),
                                                                              Image.Resampling.NEAREST)
-        left = i * (w * zoom + gap)
-        canvas.paste(tile, (left, 0))
-        if box is not None and all(np.isfinite(box)):
+        if box is not None and all(np.isfinite(box)):  # drawn on the tile: a large field is cut at its edge
             cy, cx, bh, bw = box
-            draw.rectangle([left + (cx - (bw - 1) / 2) * zoom, (cy - (bh - 1) / 2) * zoom,
-                            left + (cx + (bw + 1) / 2) * zoom - 1, (cy + (bh + 1) / 2) * zoom - 1],
-                           outline=(40, 40, 40))
+            ImageDraw.Draw(tile).rectangle([(cx - (bw - 1) / 2) * zoom, (cy - (bh - 1) / 2) * zoom,
+                                            (cx + (bw + 1) / 2) * zoom - 1, (cy + (bh + 1) / 2) * zoom - 1],
+                                           outline=(40, 40, 40))
+        canvas.paste(tile, (i * (w * zoom + gap), 0))
     canvas.save(path)

@@ -180,7 +180,8 @@ def _statistics(units: SiteUnits, mean: np.ndarray, high: np.ndarray, std: np.nd
 
 
 def _tuning(units: SiteUnits, da: xr.DataArray, by: str | None, dims: list[str]) -> None:
-    """Tuning curves, and their selectivity index as the selectivity column, where the stimuli allow."""
+    """Tuning curves, and the selectivity index of the rectified responses as the selectivity
+    column, where the stimuli allow."""
     name = tuning_parameter([str(c) for c in da.coords if da[c].dims == ("stimulus",)], by)
     if name is None:
         return
@@ -198,6 +199,9 @@ def _tuning(units: SiteUnits, da: xr.DataArray, by: str | None, dims: list[str])
         -1, len(units.tuning_levels))
     units.tuning_sem = np.asarray(curves["sem"].transpose(*order, name).values, dtype=np.float64).reshape(
         -1, len(units.tuning_levels))
+    # the index of the rectified responses, as the sparseness is: in [0, 1] (a signed curve's is not)
+    if bool((da < 0).any()):
+        curves = A.tuning_curves(da.clip(min=0), by=name)
     units.columns["selectivity"] = _values(curves["selectivity"], order)
     units.selectivity = name
 

@@ -1,7 +1,7 @@
 """``ur.atlas``: a recording as a static web folder that browses every unit.
 
 The folder opens from ``file://`` or any static host: ``index.html``, ``atlas.js`` and
-``atlas.css`` (written by the project, in ``unitrec/atlas/static``), and the data as
+``atlas.css`` (written by the project, in ``unitrec/web/static``), and the data as
 JavaScript files that call ``unitrecAtlas.<loader>(...)`` (a page opened from
 ``file://`` may not ``fetch``, but may add a ``<script>``):
 
@@ -34,9 +34,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from unitrec.atlas.extras import Extra, read_extras, units_of
-from unitrec.atlas.images import rf_map_png, thumbnails
-from unitrec.atlas.units import SiteUnits, site_units
+from unitrec.web.extras import Extra, read_extras, units_of
+from unitrec.web.images import rf_map_png, thumbnails
+from unitrec.web.units import SiteUnits, site_units
 from unitrec.errors import ConfigError
 from unitrec.files.info import recording_info
 from unitrec.files.load import stimulus_coords, text_array
@@ -341,8 +341,9 @@ def _columns(units: SiteUnits) -> list[dict[str, Any]]:
                                    "of the unit's responses: (max − mean) / std")
             else:
                 column["label"] = f"selectivity ({units.selectivity})"
-                column["title"] = (f"selectivity index of the tuning curve over {units.selectivity} "
-                                   "(analysis.tuning_curves: circular for orientation and direction)")
+                column["title"] = (f"selectivity index of the tuning curve over {units.selectivity} of the "
+                                   "rectified responses, in [0, 1] (analysis.tuning_curves: circular for "
+                                   "orientation and direction)")
         if name == "sparseness":
             column["title"] = "Vinje–Gallant lifetime sparseness of the rectified responses (0: dense, 1: one stimulus)"
         out.append(column)
