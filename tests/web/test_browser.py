@@ -16,8 +16,9 @@ from ``file://`` as a user would open it. The tests prove that:
 - a stimulus file named like markup (``<img src=x onerror=...>.png``) is shown as text;
 - a screenshot of the unit view is a real PNG, and the browser's console holds no error.
 
-Without selenium, ``/usr/bin/chromium`` or ``/usr/bin/chromedriver`` the tests skip, unless
-``UNITREC_REQUIRE_BROWSER=1`` (CI) makes them fail. Nothing is downloaded: Selenium Manager is
+Marked slow (a browser's start and the 16 images' recording take about 12 s): CI runs them
+with the other slow tests. Without selenium, ``/usr/bin/chromium`` or ``/usr/bin/chromedriver``
+the tests skip, unless ``UNITREC_REQUIRE_BROWSER=1`` (CI) makes them fail. Nothing is downloaded: Selenium Manager is
 kept offline and the system chromedriver is given.
 """
 
@@ -39,6 +40,8 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SITE = "layer3"
 TABLE_CHUNK = 100  # the builder's 5,000 would give layer3's 256 units a single table chunk
 HOSTILE = "<img src=x onerror=alert(1)>.png"  # a stimulus file name that is markup
+
+pytestmark = pytest.mark.slow
 
 
 def _why_no_browser() -> str | None:
