@@ -538,7 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unitrec: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nunitrec: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        print("\nunitrec: interrupted; " + ("the atlas folder was left as it was" if args.command == "atlas" else
+                                            "rerun the same command to resume where it stopped"), file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -133,6 +133,11 @@ def run_config(source: str | os.PathLike | Mapping[str, Any], *, overwrite: bool
         if by and by not in coords:
             raise ConfigError(f"{what} {by!r} is not a stimulus coordinate of {stimuli}; it has: "
                               f"{', '.join(coords) or 'none (add a metadata.csv, or class subfolders)'}")
+    if cfg.atlas:  # its folder too: refused now, not after the whole recording
+        from unitrec.web.build import check_output
+
+        spec = cfg.atlas if isinstance(cfg.atlas, AtlasSpec) else AtlasSpec()
+        check_output(_resolve(base, spec.path) if spec.path else None, out)
     transform = None
     if cfg.preprocess is not None or getattr(model, "unitrec_transform", None) is None:
         transform = build_transform(cfg.preprocess)

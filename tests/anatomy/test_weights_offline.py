@@ -35,7 +35,8 @@ def test_imagenet1k_v2_with_a_checkpoint_takes_its_preprocessing_without_a_downl
 @pytest.mark.parametrize(("name", "weights"), [
     ("googlenet", "IMAGENET1K_V1"),  # transform_input on, aux heads off
     ("inception_v3", "IMAGENET1K_V1"),  # transform_input on, aux head kept
-    ("vit_b_16", "IMAGENET1K_SWAG_E2E_V1"),  # 384 px position embeddings
+    # 384 px position embeddings; 13-18 s (a ViT-B built twice), so with the slow tests
+    pytest.param("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", marks=pytest.mark.slow),
 ])
 def test_the_architecture_is_the_one_the_builder_makes_for_those_weights(tmp_path, offline, monkeypatch, name,
                                                                         weights):

@@ -30,6 +30,7 @@ from unitrec.errors import ConfigError
 from tests.conftest import float32_sum_bound
 
 RANKS = 5
+pytestmark = pytest.mark.filterwarnings("ignore::unitrec.errors.UnitrecWarning")  # the messages, checked as such
 
 
 def _model() -> nn.Module:
@@ -207,7 +208,7 @@ def test_the_manifest_carries_anatomy_and_provenance(recording, built):
     m = manifest(built)
     info = ur.open_recording(recording).attrs
     assert m["recording"]["run_id"] == info["run_id"] and m["recording"]["weights_sha256"] == info["weights_sha256"]
-    assert m["messages"] == []
+    assert m["messages"] == ["site 6: its summary keeps 4 top and bottom stimuli per unit, so 4 are shown, not 5"]
     entry = site(built, "3")
     da = ur.load_layer(recording, "3")
     assert entry["rf_size"] == [int(v) for v in da.attrs["rf_size"]]
@@ -225,10 +226,13 @@ def test_moved_and_changed_stimuli_are_shown_by_label_and_said(recording, tmp_pa
         h5.attrs["stimulus_root"] = str(copy / "stimuli")
     moved = tmp_path / "elsewhere"
     (copy / "stimuli").rename(moved)
-    out = ur.atlas(copy / "acts.h5", tmp_path / "a", progress=False).parent
+    with pytest.warns(ur.UnitrecWarning) as caught:  # each message is a warning too
+        out = ur.atlas(copy / "acts.h5", tmp_path / "a", progress=False).parent
     m = manifest(out)
     assert m["stimuli"]["thumbs"] is False and not (out / "thumbs").exists()
-    assert len(m["messages"]) == 1 and "is not there (moved since recording?)" in m["messages"][0]
+    moved_message = [msg for msg in m["messages"] if "moved" in msg]
+    assert len(moved_message) == 1 and "is not there (moved since recording?)" in moved_message[0]
+    assert [str(w.message) for w in caught] == m["messages"]
     assert site(out, "3")["has_units"]  # the units are all there, only without pictures
     # told where they are now, the pictures come back; a changed file is caught by its SHA-256
     first = sorted(p.name for p in moved.iterdir() if p.suffix == ".png")[0]
@@ -285,18 +289,37 @@ def test_the_output_folder_is_never_someone_elses(recording, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
         ur.atlas(recording, tmp_path / "file", progress=False)
-    with pytest.raises(ConfigError, match="ranks must be an integer"):
-        ur.atlas(recording, tmp_path / "x", ranks=-1, progress=False)
+    for ranks in (-1, 65, 2.0, True):
+        with pytest.raises(ConfigError, match="ranks must be an integer from 0 to 64"):
+            ur.atlas(recording, tmp_path / "x", ranks=ranks, progress=False)
     with pytest.raises(ConfigError, match="by='colour' is not a stimulus parameter.*orientation"):
         ur.atlas(recording, tmp_path / "x", by="colour", progress=False)
-    # an atlas is replaced whole by a new one, leaving nothing beside it
+    # an atlas is replaced whole by a new one, leaving nothing beside it; a file of the user's in it is kept
     index = ur.atlas(recording, tmp_path / "a", progress=False)
-    (index.parent / "stale.txt").write_text("from before")
+    (index.parent / "NOTES.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds files the atlas did not write \(NOTES.txt\)"):
+        ur.atlas(recording, tmp_path / "a", progress=False)
+    (index.parent / "NOTES.txt").unlink()
+    (tmp_path / ".a.building-killed").mkdir()  # what a build killed by SIGKILL leaves
+    (tmp_path / ".a.building-killed" / "half.js").write_text("unitrecAtlas.units(")
+    old = (index.parent / "data").stat().st_ino
     ur.atlas(recording, tmp_path / "a", progress=False)
-    assert not (index.parent / "stale.txt").exists() and index.is_file()
+    assert index.is_file() and (index.parent / "data").stat().st_ino != old  # a new folder in its place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file", "notes"]
+    # the folder follows the umask as its files do (not mkdtemp's 0700), and a link is written through
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o777 & ~_umask()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    ur.atlas(recording, tmp_path / "link", progress=False)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link" / "index.html").is_file()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.slow  # a recording of resnet18 from a config, and a python subprocess
 def test_the_command_line_and_a_configs_atlas(recording, tmp_path, capsys):
     assert main(["atlas", str(recording), "-o", str(tmp_path / "cli"), "--no-progress", "--ranks", "2"]) == 0
     assert capsys.readouterr().out.strip() == f"atlas: {tmp_path / 'cli' / 'index.html'}"
@@ -316,8 +339,21 @@ def test_the_command_line_and_a_configs_atlas(recording, tmp_path, capsys):
     config.write_text(config.read_text().replace("atlas: {path: browse, ranks: 3}", "atlas: {by: colour}"))
     with pytest.raises(ConfigError, match="atlas.by 'colour' is not a stimulus coordinate"):
         ur.run_config(config, progress=False, overwrite=True)
+    # a folder the atlas may not write is refused before the recording, not after it
+    config.write_text(config.read_text().replace("atlas: {by: colour}", "atlas: {path: stimuli}"))
+    before = (tmp_path / "out" / "acts.h5").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match="stimuli is not empty and holds no unitrec atlas"):
+        ur.run_config(config, progress=False, overwrite=True)
+    assert (tmp_path / "out" / "acts.h5").stat().st_mtime_ns == before
+    # on the command line, the atlas's messages are warning lines
+    done = subprocess.run([sys.executable, "-m", "unitrec", "atlas", str(recording), "-o", str(tmp_path / "cli"),
+                           "--no-progress", "--ranks", "6"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0 and done.stderr.splitlines() == [
+        "unitrec: warning: site 6: its summary keeps 4 top and bottom stimuli per unit, so 4 are shown, not 6"]
 
 
+@pytest.mark.slow  # a python subprocess
 def test_building_the_atlas_imports_no_torch(recording, tmp_path):
     code = ("import sys, unitrec as ur; ur.atlas(sys.argv[1], sys.argv[2], progress=False); "
             "assert 'torch' not in sys.modules, 'torch imported'")
@@ -345,16 +381,26 @@ def test_visualisations_and_evolutions_are_shown_with_their_units(recording, tmp
         nn.init.normal_(p)
     foreign = save_visualizations([ur.visualize(other, unit, size=16, steps=1, transforms=None, progress=False)],
                                   tmp_path / "other.nc", provenance={"weights_sha256": state_dict_sha256(other)})
-    folder = ur.atlas(recording, tmp_path / "a", visualizations=[vis, foreign], evolutions=[evo],
+    # a unit named by its map position: the same filter at the same place in input pixels, whatever
+    # the image size (here the visualisation's 32 px against the recording's 16)
+    at = {"name": "3", "channels": [0], "positions": [[1, 2]]}
+    sha = state_dict_sha256(model)
+    larger = ur.visualize(model, at, size=32, steps=1, transforms=None, progress=False)
+    assert larger.receptive_field["center_y"] == 3 and larger.receptive_field["center_x"] == 5
+    larger = save_visualizations([larger], tmp_path / "larger.nc", provenance={"weights_sha256": sha})
+    folder = ur.atlas(recording, tmp_path / "a", visualizations=[vis, foreign, larger], evolutions=[evo],
                       progress=False).parent
-    messages = manifest(folder)["messages"]
+    messages = [m for m in manifest(folder)["messages"] if "left out" in m]
     assert len(messages) == 1 and "other.nc left out: made on other weights" in messages[0]
     three, one = site(folder, "3"), site(folder, "1")
     extras = details(folder, three)["extras"]
     with_images = {u: e for u, e in enumerate(extras) if e}
     centre = 2 * 49 + 3 * 7 + 3
     channel_4 = set(range(4 * 49, 5 * 49))  # a channel's mean: every unit of the channel
-    assert set(with_images) == {centre} | channel_4
+    assert set(with_images) == {centre, 0 * 49 + 1 * 7 + 2} | channel_4  # the centre, [1, 2] at 16 px, channel 4
+    assert [e["file"] for e in with_images[9]] == [str(larger)]
+    columns = table(folder, three)
+    assert (columns["rf_center_y"][9], columns["rf_center_x"][9]) == (3, 5)  # the recorded unit's field: the same
     (only,) = with_images[centre]
     assert only["kind"] == "visualization" and only["score"] == pytest.approx(float(shown.scores[-1]), rel=1e-6)
     image = np.asarray(Image.open(folder / only["image"]))
@@ -403,7 +449,7 @@ def test_a_failed_build_leaves_the_old_atlas_whole(recording, tmp_path, monkeypa
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(build, "_write_stimuli", full_disk)
+    monkeypatch.setattr(build, "write_stimuli", full_disk)
     with pytest.raises(OSError, match="No space left"):
         ur.atlas(recording, tmp_path / "a", progress=False)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before and index.is_file()

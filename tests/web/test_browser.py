@@ -82,11 +82,11 @@ def recording(tmp_path_factory, zoo) -> Path:
 @pytest.fixture(scope="module")
 def index(recording, tmp_path_factory) -> Path:
     """The atlas's index.html, its unit table in chunks of TABLE_CHUNK units."""
-    from unitrec.web import build
+    from unitrec.web import data
 
     out = tmp_path_factory.mktemp("atlas_browser_out") / "atlas"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(build, "TABLE_CHUNK", TABLE_CHUNK)
+        mp.setattr(data, "TABLE_CHUNK", TABLE_CHUNK)
         return ur.atlas(recording, out, progress=False)
 
 
@@ -226,7 +226,7 @@ def test_a_permalink_shows_the_units_top_and_bottom_stimuli_of_its_summary(drive
 @pytest.mark.parametrize("column, has", [("max", "ties"), ("sparseness", "NaN")])
 def test_a_header_click_sorts_every_chunk_ascending_then_descending(driver, index, manifest, recording, column, has):
     site = _site(manifest, SITE)
-    assert site["n_table_chunks"] >= 2, "the table should span chunks here (is build.TABLE_CHUNK still used?)"
+    assert site["n_table_chunks"] >= 2, "the table should span chunks here (is web.data.TABLE_CHUNK still used?)"
     table = _table(index, site)
     values = table[column]
     # silent units: max 0 (ties, ranked by unit) and sparseness NaN (last, either way)

@@ -23,34 +23,37 @@ but an atlas is never written into.
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from unitrec.web.extras import Extra, read_extras, units_of
-from unitrec.web.images import rf_map_png, thumbnails
-from unitrec.web.units import SiteUnits, site_units
-from unitrec.errors import ConfigError
+from unitrec.errors import ConfigError, UnitrecWarning
+from unitrec.files.lock import output_lock
 from unitrec.files.info import recording_info
 from unitrec.files.load import stimulus_coords, text_array
 from unitrec.files.opening import check_file, open_h5
+from unitrec.web import data
+from unitrec.web.data import STIMULI_CHUNK, chunks, write_js, write_site, write_stimuli
+from unitrec.web.extras import Extra, read_extras, units_of
+from unitrec.web.images import thumbnails
+from unitrec.web.units import SiteUnits, site_units
 
-__all__ = ["atlas"]
+__all__ = ["atlas", "check_output"]
 
 MARKER = ".unitrec-atlas.json"  # in every atlas folder: what it was built from (and that it may be replaced)
 STATIC = Path(__file__).with_name("static")
-STIMULI_CHUNK = 10_000
-TABLE_CHUNK = 5_000
-DETAIL_CHUNK = 500
 #: A site kept in full is read whole if its responses fit this many float64 bytes (else on dask blocks).
-_IN_MEMORY = 512 * 2**20
+_IN_MEMORY = 128 * 2**20
+MAX_RANKS = 64  # top and bottom stimuli per unit: more would not be looked at on one page
 _RF_MAP_BYTES = 256 * 2**20  # receptive-field maps of a site: above this, left out (with a note)
 
 
@@ -65,8 +68,9 @@ def atlas(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
     path
         A recording (a ``.partial.h5`` of a run in progress gives the stimuli recorded so far).
     out_dir
-        The folder to write (default: ``atlas`` beside the recording). It is replaced
-        if it holds an atlas; a folder holding anything else is refused.
+        The folder to write (default: ``atlas`` beside the recording; a link is written
+        through). It is replaced if it holds an atlas and nothing else; a folder holding
+        anything else is refused. One build of a folder at a time: a second waits.
     visualizations, evolutions
         Files of ``kind: visualize`` runs (``.nc``) and of ``ur.evolve`` (``.h5``): their
         images are shown with the units they were made for.
@@ -76,7 +80,7 @@ def atlas(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
         The stimulus parameter of the tuning curves (default: ``orientation`` or
         ``direction`` where the stimuli have one).
     ranks
-        Top and bottom stimuli shown per unit (at most the summaries' ``top:``).
+        Top and bottom stimuli shown per unit, 0 to 64 (a summary site: at most its ``top:``).
     max_units
         Sites with more units are listed with their anatomy only.
     progress
@@ -87,6 +91,12 @@ def atlas(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
     pathlib.Path
         ``out_dir/index.html``: open it in a browser (no server needed).
 
+    Warns
+    -----
+    UnitrecWarning
+        One per message the atlas shows (stimuli moved, an unfinished recording, a site
+        listed without its units, a file of synthesised images left out, ...).
+
     Raises
     ------
     ConfigError
@@ -94,33 +104,46 @@ def atlas(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
     RecordingError
         ``path`` is not a unitrec recording.
     """
-    for name, value, low in (("ranks", ranks, 0), ("max_units", max_units, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ConfigError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    for name, value, low, high in (("ranks", ranks, 0, MAX_RANKS), ("max_units", max_units, 1, None)):
+        if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low
+                or (high is not None and value > high)):
+            raise ConfigError(f"{name} must be an integer from {low}" + (f" to {high}" if high else "")
+                              + f", got {value!r}")
     visualizations, evolutions = _paths("visualizations", visualizations), _paths("evolutions", evolutions)
     path = Path(check_file(path))
-    out = Path(out_dir) if out_dir is not None else path.parent / "atlas"
-    _check_out(out, path)
+    out = check_output(out_dir, path)
     tell = _Progress(progress)
     info = recording_info(path)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
-        manifest = _build(path, info, work, tell, visualizations=visualizations, evolutions=evolutions,
-                          stimulus_root=stimulus_root, by=by, ranks=int(ranks), max_units=int(max_units))
-        for name in ("index.html", "atlas.js", "atlas.css"):
-            shutil.copyfile(STATIC / name, work / name)
-        (work / MARKER).write_text(json.dumps({"recording": str(path), "run_id": info.get("run_id"),
-                                               "generated": manifest["generated"],
-                                               "unitrec_version": manifest["unitrec_version"]}, indent=1),
-                                   encoding="utf-8")
-        _swap(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    for message in manifest["messages"]:
-        tell.say(message, always=True)
+    with output_lock(out, wait=True):  # one build of a folder at a time; what a killed one left goes
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.building-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        check_output(out, path)  # again: another build may have written it while this one waited
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        try:
+            work.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: the atlas follows the umask, like its files
+            manifest = _build(path, info, work, tell, visualizations=visualizations, evolutions=evolutions,
+                              stimulus_root=stimulus_root, by=by, ranks=int(ranks), max_units=int(max_units))
+            for name in ("index.html", "atlas.js", "atlas.css"):
+                shutil.copyfile(STATIC / name, work / name)
+            written = sorted(p.name for p in work.iterdir()) + [MARKER]
+            (work / MARKER).write_text(json.dumps({"recording": str(path), "run_id": info.get("run_id"),
+                                                   "generated": manifest["generated"], "written": written,
+                                                   "unitrec_version": manifest["unitrec_version"]}, indent=1),
+                                       encoding="utf-8")
+            _swap(work, out)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    for message in manifest["messages"]:  # as warnings: `unitrec: warning: ...` lines on the command line
+        warnings.warn(message, UnitrecWarning, stacklevel=2)
     tell.say(f"{out / 'index.html'}")
     return out / "index.html"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _paths(what: str, values: Any) -> list[str]:
@@ -136,18 +159,33 @@ def _paths(what: str, values: Any) -> list[str]:
     return [os.fspath(v) for v in items]
 
 
-def _check_out(out: Path, recording: Path) -> None:
-    """Refuse a folder that is not ours to replace."""
+def check_output(out_dir: str | os.PathLike | None, recording: Path) -> Path:
+    """The atlas's folder (default: ``atlas`` beside the recording; a link: the folder it points
+    to), once it is sure to be ours to replace: missing, empty, or an atlas holding nothing but
+    what the atlas wrote. Called before a recording too (a config's ``atlas:``)."""
+    out = Path(out_dir) if out_dir is not None else recording.parent / "atlas"
+    if out.is_symlink():
+        out = out.resolve()  # written through: the link keeps pointing at the new atlas
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file, not a folder: choose another output folder for the atlas")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ConfigError(f"{out} is not empty and holds no unitrec atlas: choose another (or an empty) folder")
-    if out.resolve() in recording.resolve().parents:
+    if out.resolve() == recording.resolve().parent or out.resolve() in recording.resolve().parents:
         raise ConfigError(f"{out} holds the recording: choose another output folder for the atlas")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ConfigError(f"{out} is not empty and holds no unitrec atlas: choose another (or an empty) folder")
+        try:
+            written = set(json.loads((out / MARKER).read_text(encoding="utf-8"))["written"])
+        except (OSError, ValueError, KeyError, TypeError):
+            written = {"index.html", "atlas.js", "atlas.css", "data", "thumbs", "images", MARKER}  # an older atlas
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in written)
+        if foreign:
+            raise ConfigError(f"{out} holds files the atlas did not write ({', '.join(foreign[:3])}"
+                              f"{', …' if len(foreign) > 3 else ''}): move them, or choose another folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot make the folder {out.parent}: {exc.strerror or exc}") from None
+    return out
 
 
 def _swap(work: Path, out: Path) -> None:
@@ -203,7 +241,7 @@ def _build(path: Path, info: dict[str, Any], work: Path, tell: _Progress, *, vis
                              square=square, whole=_size(site, len(rows)) <= _IN_MEMORY)
         entries.append(entry)
         if units is not None:
-            _write_site(work, entry, units, _site_extras(entry, units, extras, matched))
+            write_site(work, entry, units, _site_extras(entry, units, extras, matched))
             ranked += [np.unique(units.top), np.unique(units.bottom)]
         tell.say(f"site {site['name']}: {entry['n_units']} units" + (f" ({entry['note']})" if entry["note"] else ""))
         del units
@@ -216,7 +254,7 @@ def _build(path: Path, info: dict[str, Any], work: Path, tell: _Progress, *, vis
                         digests=digests)
     messages += thumbs.messages
     tell.say(f"{int(thumbs.made.sum())} stimuli thumbnailed")
-    _write_stimuli(work, labels, thumbs.made, coords)
+    write_stimuli(work, labels, thumbs.made, coords)
     manifest = {
         "format": 1,
         "title": f"unitrec atlas: {info.get('model', '')}, {len(rows)} stimuli",
@@ -225,13 +263,13 @@ def _build(path: Path, info: dict[str, Any], work: Path, tell: _Progress, *, vis
         "messages": messages,
         "recording": _provenance(info),
         "stimuli": {"count": int(len(labels)), "recorded": int(len(rows)), "chunk": STIMULI_CHUNK,
-                    "n_chunks": _chunks(len(labels), STIMULI_CHUNK), "thumbs": bool(thumbs.made.any()),
+                    "n_chunks": chunks(len(labels), STIMULI_CHUNK), "thumbs": bool(thumbs.made.any()),
                     "thumb_size": list(thumbs.thumb_size) if thumbs.thumb_size else None,
                     "input_size": list(thumbs.input_size) if thumbs.input_size else None,
                     "coords": list(coords)},
         "sites": entries,
     }
-    _write_js(work / "data" / "manifest.js", "manifest", [manifest])
+    write_js(work / "data" / "manifest.js", "manifest", [manifest])
     return manifest
 
 
@@ -246,10 +284,6 @@ def _size(site: dict[str, Any], n_rows: int) -> int:
     if "stimulus" not in site.get("dims", []):
         return 0
     return int(np.prod(site.get("shape", [0])[1:])) * n_rows * 8
-
-
-def _chunks(n: int, size: int) -> int:
-    return max(0, -(-n // size))
 
 
 def _stimulus_coords(path: Path) -> dict[str, np.ndarray]:
@@ -270,7 +304,7 @@ def _site(path: Path, site: dict[str, Any], key: str, rows: np.ndarray, messages
         "key": key, "name": site["name"], "module_type": site.get("module_type", ""), "keep": keep,
         "selection": site.get("selection", ""), "dims": dims, "shape": unit_shape, "n_units": n_units,
         "rf_size": None, "rf_stride": None, "sources": [], "pool": None, "note": "", "has_units": False,
-        "table_chunk": TABLE_CHUNK, "n_table_chunks": 0, "detail_chunk": DETAIL_CHUNK, "n_detail_chunks": 0,
+        "table_chunk": data.TABLE_CHUNK, "n_table_chunks": 0, "detail_chunk": data.DETAIL_CHUNK, "n_detail_chunks": 0,
         "columns": [], "rf_center": False, "ranks": 0, "tuning": None, "rf_map": False, "extras": False,
         "module_shape": None,
     }
@@ -291,8 +325,12 @@ def _site(path: Path, site: dict[str, Any], key: str, rows: np.ndarray, messages
     for note in units.notes:
         messages.append(f"site {site['name']}: {note}")
     entry["has_units"] = True
+    if units.top.shape[1] < min(ranks, len(rows)):
+        messages.append(f"site {site['name']}: its summary keeps {units.top.shape[1]} top and bottom stimuli "
+                        f"per unit, so {units.top.shape[1]} are shown, not {ranks}")
     entry["n_units"] = n = len(units.columns["unit"])
-    entry["n_table_chunks"], entry["n_detail_chunks"] = _chunks(n, TABLE_CHUNK), _chunks(n, DETAIL_CHUNK)
+    entry["n_table_chunks"] = chunks(n, entry["table_chunk"])
+    entry["n_detail_chunks"] = chunks(n, entry["detail_chunk"])
     entry["ranks"] = int(units.top.shape[1])
     entry["rf_center"] = "rf_center_y" in units.columns and "rf_center_x" in units.columns
     entry["columns"] = _columns(units)
@@ -359,115 +397,6 @@ def _site_extras(entry: dict[str, Any], units: SiteUnits, extras: list[Extra], m
             out.setdefault(int(unit), []).append((i, extra))
             matched.add(i)
     return out
-
-
-def _write_site(work: Path, entry: dict[str, Any], units: SiteUnits, site_extras: dict[int, list]) -> None:
-    key, n = entry["key"], entry["n_units"]
-    folder, images = work / "data" / key, work / "images" / key
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(entry["n_table_chunks"]):
-        lo, hi = k * TABLE_CHUNK, min(n, (k + 1) * TABLE_CHUNK)
-        columns = {name: _json_values(values[lo:hi], 7) for name, values in units.columns.items()}
-        _write_js(folder / f"table-{k}.js", "table", [key, k, {"start": lo, "columns": columns}], raw=True)
-    maps, names = None, []
-    if units.rf_maps is not None:
-        names = [str(p) for p in np.asarray(units.rf_maps["polarity"].values)]
-        maps = np.asarray(units.rf_maps.values).reshape(units.rf_maps.sizes["polarity"], n,
-                                                       *units.rf_maps.shape[-2:])
-        entry["rf_map"] = True
-        images.mkdir(parents=True, exist_ok=True)
-    if site_extras:
-        entry["extras"] = True
-        images.mkdir(parents=True, exist_ok=True)
-    written: dict[int, str] = {}
-    for k in range(entry["n_detail_chunks"]):
-        lo, hi = k * DETAIL_CHUNK, min(n, (k + 1) * DETAIL_CHUNK)
-        detail: dict[str, Any] = {
-            "start": lo,
-            "top": _json_values(units.top[lo:hi]), "top_response": _json_values(units.top_response[lo:hi]),
-            "bottom": _json_values(units.bottom[lo:hi]),
-            "bottom_response": _json_values(units.bottom_response[lo:hi])}
-        if units.tuning is not None and units.tuning_sem is not None:
-            detail["tuning"] = _json_values(units.tuning[lo:hi], 7)
-            detail["tuning_sem"] = _json_values(units.tuning_sem[lo:hi], 7)
-        if maps is not None:
-            paths = []
-            size = entry["rf_size"]
-            for u in range(lo, hi):
-                box = None
-                if entry["rf_center"] and size:
-                    box = (float(units.columns["rf_center_y"][u]), float(units.columns["rf_center_x"][u]),
-                           float(size[0]), float(size[-1]))
-                name = f"rf-{u}.png"
-                rf_map_png(maps[:, u], names, images / name, box)
-                paths.append(f"images/{key}/{name}")
-            detail["rf_map"] = json.dumps(paths)
-            entry["rf_map_polarities"] = names  # the maps side by side, left to right
-        if site_extras:
-            lists = []
-            for u in range(lo, hi):
-                shown = []
-                for i, extra in site_extras.get(u, []):
-                    if i not in written:
-                        written[i] = f"images/{key}/{extra.kind}-{i}.png"
-                        _save_png(extra.image, work / written[i])
-                    shown.append({"kind": extra.kind, "image": written[i], "title": extra.title,
-                                  "score": extra.score if np.isfinite(extra.score) else None, "file": extra.file})
-                lists.append(shown)
-            detail["extras"] = json.dumps(lists)
-        _write_js(folder / f"units-{k}.js", "units", [key, k, detail], raw=True)
-
-
-def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.ascontiguousarray(image)).save(path)
-
-
-def _write_stimuli(work: Path, labels: np.ndarray, made: np.ndarray, coords: dict[str, np.ndarray]) -> None:
-    for k in range(_chunks(len(labels), STIMULI_CHUNK)):
-        lo, hi = k * STIMULI_CHUNK, min(len(labels), (k + 1) * STIMULI_CHUNK)
-        body = {"start": lo, "labels": json.dumps([str(v) for v in labels[lo:hi]], ensure_ascii=False),
-                "thumb": json.dumps([bool(v) for v in made[lo:hi]]),
-                "coords": {name: _json_values(values[lo:hi]) for name, values in coords.items()}}
-        _write_js(work / "data" / f"stimuli-{k}.js", "stimuli", [k, body], raw=True)
-
-
-def _json_values(values: np.ndarray, digits: int = 9) -> str:
-    """JSON text of an array (any shape) of numbers or text; NaN as null; floats rounded to
-    ``digits`` significant digits (9 give a float32 back exactly; 7 are as many as it holds)."""
-    values = np.asarray(values)
-    if values.dtype.kind in "iub":
-        return json.dumps(values.astype(np.int64).tolist())
-    if values.dtype.kind == "f":
-        x = values.astype(np.float64)
-        finite = np.isfinite(x)
-        with np.errstate(all="ignore"):
-            scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(np.where(finite & (x != 0), x, 1.0)))))
-            rounded = np.where(finite, np.round(x * scale) / scale, 0.0)
-        if finite.all():
-            return json.dumps(rounded.tolist())
-        items = rounded.astype(object)
-        items[~finite] = None
-        return json.dumps(items.tolist())
-    return json.dumps(np.asarray(values, dtype=str).tolist(), ensure_ascii=False)
-
-
-def _write_js(path: Path, loader: str, args: list[Any], *, raw: bool = False) -> None:
-    """``unitrecAtlas.<loader>(arg, ...);`` — dict values that are already JSON text go in as they are."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [_raw_json(a) if raw and isinstance(a, dict) else json.dumps(a, ensure_ascii=False, allow_nan=False)
-             for a in args]
-    text = f"unitrecAtlas.{loader}({', '.join(parts)});\n"
-    path.write_text(text.replace("</", "<\\/"), encoding="utf-8")  # no "</script>" inside a script
-
-
-def _raw_json(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)}: {_raw_json(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str):
-        return value  # already JSON
-    return json.dumps(value, allow_nan=False)
 
 
 def _provenance(info: dict[str, Any]) -> dict[str, Any]:

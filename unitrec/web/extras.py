@@ -69,6 +69,10 @@ def _visualizations(path: Path, weights_sha256: str) -> list[Extra]:
 
     if not path.is_file():
         raise RecordingError("no such file")
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise RecordingError("not a netCDF-4/HDF5 file (a kind: visualize run writes one)")
     with xr.open_dataset(path, engine="h5netcdf") as ds:
         if ds.attrs.get("kind") != "unitrec visualizations":
             raise RecordingError("not a file of unitrec visualisations (a kind: visualize run writes them)")
@@ -93,7 +97,10 @@ def _evolution(path: Path, weights_sha256: str) -> Extra:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an unfinished evolution: its generations so far, said in the title
-        ds = load_evolution(path)
+        try:
+            ds = load_evolution(path)
+        except RecordingError as exc:
+            raise RecordingError(f"not an evolution (ur.evolve and kind: evolve runs write them): {exc}") from None
     _same_network(path, str(ds.attrs.get("weights_sha256", "")), weights_sha256)
     if ds.sizes["generation"] == 0:
         raise RecordingError("no generation done yet")

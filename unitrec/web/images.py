@@ -59,7 +59,7 @@ def thumbnails(attrs: dict[str, Any], labels: np.ndarray, rows: np.ndarray, out:
     steps = geometry(preprocessing)
     if steps is None:
         result.messages.append(f"the preprocessing ({' '.join(preprocessing.split())[:80]}) cannot be rebuilt "
-                               "without torch: thumbnails show the original images, without receptive fields")
+                               "from its text: thumbnails show the original images, without receptive fields")
     background = background_colour(str(attrs.get("run_key", "")))
     out.mkdir(parents=True, exist_ok=True)
     moved: list[str] = []
