@@ -43,6 +43,7 @@ def test_an_evolve_config_writes_the_file_and_its_figure(tmp_path):
         ur.run_config(_evolve(tmp_path, fit_rf=True, population=5))
 
 
+@pytest.mark.slow  # 5-10 s on 2 cores: run with the slow tests, so the default suite stays under 3 min
 def test_a_visualize_config_writes_every_unit_with_its_field(tmp_path):
     path = ur.run_config(_visualize(tmp_path))
     with xr.open_dataset(path, engine="h5netcdf") as ds:
@@ -58,6 +59,7 @@ def test_a_visualize_config_writes_every_unit_with_its_field(tmp_path):
     assert ur.run_config({**_visualize(tmp_path), "output": {"path": str(path), "overwrite": True}}) == path
 
 
+@pytest.mark.slow  # 5-10 s on 2 cores: run with the slow tests, so the default suite stays under 3 min
 def test_the_command_line_runs_both_kinds(tmp_path, capsys):
     for name, config in (("e.yaml", _evolve(tmp_path)), ("v.yaml", _visualize(tmp_path))):
         (tmp_path / name).write_text(yaml.safe_dump(config))

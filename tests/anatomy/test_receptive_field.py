@@ -4,6 +4,7 @@ input pixels that actually reach a unit (non-zero gradient)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -55,6 +56,7 @@ def test_alexnet_published(zoo):
     assert f["classifier.1"] == (None, None)  # linear: no spatial field to report
 
 
+@pytest.mark.slow  # 5-10 s on 2 cores: run with the slow tests, so the default suite stays under 3 min
 def test_vgg16_published():
     f = _fields(ur.load_model("vgg16"), 64)
     # conv1_1, conv1_2, pool1, conv2_2, pool2, conv3_3, pool3, conv4_3, pool4, conv5_3, pool5
@@ -319,6 +321,7 @@ def test_gradient_support_of_convnext_channel_last_blocks():
     _check(m, "features.1", 160, [(20, 20), (19, 22), (0, 0)], images=1)
 
 
+@pytest.mark.slow  # 5-10 s on 2 cores: run with the slow tests, so the default suite stays under 3 min
 def test_gradient_support_of_efficientnet_through_squeeze_excitation():
     """The stored field is the spatial path's; the channel gate, pooled over the whole
     image, is the only way pixels beyond it reach the unit (shown by detaching it)."""

@@ -88,7 +88,7 @@ def test_feature_extractor_is_not_inplace_safe_but_we_are(zoo, x):
     assert ours.min() < 0
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])  # resnet50: 6-9 s
 def test_blocks_match_create_feature_extractor(zoo, images, transform64, tmp_path, name):
     m = zoo(name)
     nodes = ["layer1", "layer2.1", "layer3.0", "layer4", "avgpool", "fc"]
