@@ -23,7 +23,7 @@ def grating_run(tmp_path_factory) -> Path:
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["stimuli"]["generate"].update(size=32, orientations=[0, 45, 90, 135], spatial_frequencies=[2, 4],
                                       phases=[0, 180])
-    cfg["output"], cfg["report"] = "run/acts.h5", {"path": "run/report"}
+    cfg["output"], cfg["report"], cfg["atlas"] = "run/acts.h5", {"path": "run/report"}, {"path": "run/atlas"}
     cfg["record"]["progress"] = False
     (tmp / "demo.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["run", str(tmp / "demo.yaml")]) == 0
@@ -50,6 +50,11 @@ def test_report_written_by_the_run_and_by_the_cli(grating_run, tmp_path, capsys)
     assert "montage_" in text and "random init" in text
     assert main(["report", str(grating_run), str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "index.html").exists()
+    # and the atlas the demo writes beside it, every site in it
+    manifest = (grating_run.parent / "atlas" / "data" / "manifest.js").read_text(encoding="utf-8")
+    assert (grating_run.parent / "atlas" / "index.html").is_file()
+    for site in ("conv1", "layer1.0.relu:1", "layer2", "layer3", "layer4", "fc"):
+        assert f'"name": "{site}"' in manifest
 
 
 @pytest.mark.slow

@@ -295,6 +295,7 @@ def test_gradient_support_of_resnet18_layer2(zoo):
     np.testing.assert_array_equal(cy, 8 * np.arange(20))
 
 
+@pytest.mark.slow  # 4-6 s on 2 cores: run with the slow tests, so the default suite stays under 3 min
 def test_gradient_support_of_a_googlenet_inception_block(zoo):
     m = zoo("googlenet")
     # unpadded ceil-mode pools in the stem move the field off the grid: asymmetric
@@ -316,6 +317,7 @@ def test_gradient_support_of_dilated_and_ceil_mode_layers():
     _check(m, "pool3", 101, [(3, 3), (7, 0)], images=32, fill=0.3)
 
 
+@pytest.mark.slow  # 4-6 s on 2 cores: run with the slow tests, so the default suite stays under 3 min
 def test_gradient_support_of_convnext_channel_last_blocks():
     m = ur.load_model("convnext_tiny")
     _check(m, "features.1", 160, [(20, 20), (19, 22), (0, 0)], images=1)

@@ -61,7 +61,8 @@ def _edit_for(case):
     return lambda out: out * 0
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [c if c == "resnet18" else pytest.param(c, marks=pytest.mark.slow)  # 5-7 s each
+                                  for c in sorted(CASES)])
 def test_a_lesion_equals_a_hand_written_hook(case, tmp_path):
     name, lesion, _, sites = CASES[case]
     if case == "googlenet":
