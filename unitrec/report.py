@@ -22,7 +22,7 @@ import numpy as np
 from unitrec import analysis as A
 from unitrec.errors import ConfigError, StimulusError, UnitrecError, UnitrecWarning
 from unitrec.files.info import recording_info
-from unitrec.files.load import load_layer, load_summary
+from unitrec.files.load import lazy_chunks, load_layer, load_summary
 
 __all__ = ["write_report"]
 
@@ -35,15 +35,6 @@ _MAX_PROTOCOL_UNITS = 4096  # the protocols fit curves to every unit: a few ms e
 #: machine's memory, 128 MiB to 1 GiB). Beyond, sites stay on dask blocks.
 _IN_MEMORY: int | None = None
 _STAMP = ".unitrec-report.json"  # beside index.html: which recording and options the report was made from
-
-
-def _chunks() -> Any:
-    try:
-        import dask  # noqa: F401
-
-        return {}  # dask arrays on the file's own chunks: nothing loaded whole
-    except ImportError:
-        return None
 
 
 def _load_sites(path: str | os.PathLike, sites: list[dict[str, Any]]) -> dict[str, Any]:
@@ -59,7 +50,7 @@ def _load_sites(path: str | os.PathLike, sites: list[dict[str, Any]]) -> dict[st
         size = int(np.prod(site["shape"])) * 8  # the analyses work in float64
         whole = total + size <= budget
         total += size if whole else 0
-        da = load_layer(path, site["name"], include_missing=True, chunks=None if whole else _chunks())
+        da = load_layer(path, site["name"], include_missing=True, chunks=None if whole else lazy_chunks())
         if rows is None:
             rows = np.flatnonzero(np.asarray(da["done"].values) == 1)
         da = da.isel(stimulus=rows)

@@ -25,15 +25,14 @@ kept offline and the system chromedriver is given.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import unitrec as ur
+from tests.web.test_atlas import read_js, table
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -92,7 +91,7 @@ def index(recording, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def manifest(index) -> dict:
-    return _data(index.parent / "data" / "manifest.js")[0]
+    return read_js(index.parent / "data" / "manifest.js")[0]
 
 
 @pytest.fixture(scope="module")
@@ -127,24 +126,14 @@ def _console(request):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _data(path: Path) -> list:
-    """The arguments of a data file's ``unitrecAtlas.<loader>(...);`` call."""
-    text = path.read_text(encoding="utf-8")
-    match = re.fullmatch(r"\s*unitrecAtlas\.\w+\((.*)\);\s*", text, re.S)
-    assert match, f"{path} is not one unitrecAtlas loader call"
-    return json.loads(f"[{match.group(1)}]")
-
-
 def _site(manifest: dict, name: str) -> dict:
     return next(s for s in manifest["sites"] if s["name"] == name)
 
 
 def _table(index: Path, site: dict) -> dict[str, np.ndarray]:
-    """A site's whole unit table as the page has it, every chunk concatenated."""
-    chunks = [_data(index.parent / "data" / site["key"] / f"table-{k}.js")[2] for k in range(site["n_table_chunks"])]
-    chunks.sort(key=lambda c: c["start"])
-    return {name: np.array([np.nan if v is None else v for c in chunks for v in c["columns"][name]])
-            for name in chunks[0]["columns"]}
+    """A site's whole unit table as the page has it, every chunk concatenated; NaN for null."""
+    return {name: np.array([np.nan if v is None else v for v in values])
+            for name, values in table(index.parent, site).items()}
 
 
 def _open(driver, index: Path, route: str, ready: str) -> None:

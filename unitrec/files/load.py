@@ -112,6 +112,17 @@ def _root_attrs(h5: h5py.File) -> dict[str, Any]:
     return attrs
 
 
+def lazy_chunks() -> dict | None:
+    """``chunks=`` for :func:`load_layer` that reads nothing whole: dask arrays on the file's own
+    chunks (``{}``), or None (numpy, read on access) where dask is not installed."""
+    try:
+        import dask  # noqa: F401
+
+        return {}
+    except ImportError:
+        return None
+
+
 def load_layer(path: str | os.PathLike, layer: str, *, chunks: Chunks = None,
                include_missing: bool = False) -> xr.DataArray:
     """One site's responses as a labelled DataArray.

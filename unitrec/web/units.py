@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from unitrec import analysis as A
-from unitrec.files.load import load_layer, load_summary
+from unitrec.files.load import lazy_chunks, load_layer, load_summary
 
 __all__ = ["SiteUnits", "site_units", "tuning_parameter"]
 
@@ -62,22 +62,13 @@ def site_units(path: str | os.PathLike, site: dict[str, Any], *, ranks: int, by:
     keep = site.get("keep", "full")
     full = None
     if keep in ("full", "both"):
-        da = load_layer(path, site["name"], include_missing=True, chunks=None if whole else _chunks())
+        da = load_layer(path, site["name"], include_missing=True, chunks=None if whole else lazy_chunks())
         full = da.isel(stimulus=rows)
         full = full.load() if whole else full
     if keep in ("summary", "both"):
         return _from_summary(load_summary(path, site["name"]), full, ranks=ranks, by=by, rf_map=rf_map)
     assert full is not None
     return _from_full(full, rows, ranks=ranks, by=by, rf_map=rf_map)
-
-
-def _chunks() -> Any:
-    try:
-        import dask  # noqa: F401
-
-        return {}  # dask arrays on the file's own chunks: nothing loaded whole
-    except ImportError:
-        return None
 
 
 def unit_columns(template: xr.DataArray) -> dict[str, np.ndarray]:
@@ -113,7 +104,7 @@ def _from_summary(s: xr.Dataset, full: xr.DataArray | None, *, ranks: int, by: s
     units = SiteUnits(columns, top.astype(np.int64), top_r, bottom.astype(np.int64), bottom_r, "peak z")
     _statistics(units, flat["mean"], flat["max"], flat["std"], flat["sparseness"])
     if full is not None:
-        _tuning(units, full, by, dims)
+        _tuning(units, full, by, dims, negative=bool((s["min"].values < 0).any()))
         if rf_map:
             units.rf_maps = _rf_maps(full, units)
     return units
@@ -125,13 +116,13 @@ def _from_full(da: xr.DataArray, rows: np.ndarray, *, ranks: int, by: str | None
     columns = unit_columns(template)
     k = min(ranks, int(da.sizes["stimulus"]))
     names = np.asarray(da["stimulus"].values).astype(str)
-    stats = [da.mean("stimulus", dtype=np.float64), da.max("stimulus"), da.std("stimulus", dtype=np.float64),
-             A.lifetime_sparseness(da)]  # float64 sums, as the summaries make
+    stats = [da.mean("stimulus", dtype=np.float64), da.max("stimulus"), da.min("stimulus"),
+             da.std("stimulus", dtype=np.float64), A.lifetime_sparseness(da)]  # float64 sums, as the summaries make
     if any(getattr(v, "chunks", None) for v in stats):
         import dask
 
-        stats = list(dask.compute(*stats))
-    mean, high, std, sparse = (_values(v, unit_dims) for v in stats)
+        stats = list(dask.compute(*stats))  # one read of the responses for all five
+    mean, high, low, std, sparse = (_values(v, unit_dims) for v in stats)
     if k:
         # blocks of about 32 MiB: the running top-k sorts each block with the best so far, so
         # small blocks are both faster and lighter than the analysis default (measured: 80,000
@@ -141,15 +132,15 @@ def _from_full(da: xr.DataArray, rows: np.ndarray, *, ranks: int, by: str | None
         bottom = A.top_stimuli(-da, k, chunk_size=block)
         top_rows = _rows_of(top["stimulus"], unit_dims, names, rows)
         bottom_rows = _rows_of(bottom["stimulus"], unit_dims, names, rows)
-        top_r = _ranked(top["response"], unit_dims, k, rank_first=False)
-        bottom_r = -_ranked(bottom["response"], unit_dims, k, rank_first=False)
+        top_r = _ranked(top["response"], unit_dims, k)
+        bottom_r = -_ranked(bottom["response"], unit_dims, k)
     else:
         n = len(columns["unit"])
         top_rows = bottom_rows = np.full((n, 0), -1)
         top_r = bottom_r = np.full((n, 0), np.nan)
     units = SiteUnits(columns, top_rows, top_r, bottom_rows, bottom_r, "peak z")
     _statistics(units, mean, high, std, sparse)
-    _tuning(units, da, by, unit_dims)
+    _tuning(units, da, by, unit_dims, negative=bool((low < 0).any()))
     if rf_map:
         units.rf_maps = _rf_maps(da, units)
     return units
@@ -159,7 +150,7 @@ def _values(v: xr.DataArray, dims: list[str]) -> np.ndarray:
     return np.asarray(v.transpose(*dims).values, dtype=np.float64).reshape(-1)
 
 
-def _ranked(v: xr.DataArray, dims: list[str], k: int, *, rank_first: bool = True) -> np.ndarray:
+def _ranked(v: xr.DataArray, dims: list[str], k: int) -> np.ndarray:
     """``(units, k)`` from a variable over ``rank`` and the unit dims."""
     v = v.isel(rank=slice(0, k)).transpose(*dims, "rank")
     values = np.asarray(v.values)
@@ -184,9 +175,9 @@ def _statistics(units: SiteUnits, mean: np.ndarray, high: np.ndarray, std: np.nd
     units.columns["selectivity"] = np.where(np.isfinite(z), z, np.nan)
 
 
-def _tuning(units: SiteUnits, da: xr.DataArray, by: str | None, dims: list[str]) -> None:
+def _tuning(units: SiteUnits, da: xr.DataArray, by: str | None, dims: list[str], *, negative: bool) -> None:
     """Tuning curves, and the selectivity index of the rectified responses as the selectivity
-    column, where the stimuli allow."""
+    column, where the stimuli allow; ``negative``: whether any response is below 0."""
     name = tuning_parameter([str(c) for c in da.coords if da[c].dims == ("stimulus",)], by)
     if name is None:
         return
@@ -197,17 +188,16 @@ def _tuning(units: SiteUnits, da: xr.DataArray, by: str | None, dims: list[str])
     curves = A.tuning_curves(da, by=name)
     if any(getattr(curves[v], "chunks", None) for v in curves.data_vars):
         curves = curves.compute()
-    order = [*dims]
     units.tuning_by = name
     units.tuning_levels = [v.item() for v in np.asarray(curves[name].values)]
-    units.tuning = np.asarray(curves["mean"].transpose(*order, name).values, dtype=np.float64).reshape(
+    units.tuning = np.asarray(curves["mean"].transpose(*dims, name).values, dtype=np.float64).reshape(
         -1, len(units.tuning_levels))
-    units.tuning_sem = np.asarray(curves["sem"].transpose(*order, name).values, dtype=np.float64).reshape(
+    units.tuning_sem = np.asarray(curves["sem"].transpose(*dims, name).values, dtype=np.float64).reshape(
         -1, len(units.tuning_levels))
     # the index of the rectified responses, as the sparseness is: in [0, 1] (a signed curve's is not)
-    if bool((da < 0).any()):
+    if negative:
         curves = A.tuning_curves(da.clip(min=0), by=name)
-    units.columns["selectivity"] = _values(curves["selectivity"], order)
+    units.columns["selectivity"] = _values(curves["selectivity"], dims)
     units.selectivity = name
 
 
