@@ -117,6 +117,19 @@ def as_tensor(values: np.ndarray) -> torch.Tensor:
     return torch.tensor(values)
 
 
+def batches_done(partial: Path) -> int:
+    """How many batches a partial file that another process is writing marks done, or 0 while
+    it cannot be read: a read between the writer's flushes may find the file torn
+    ("truncated file", a dataset not yet there), which is the writer's business, not a failure."""
+    import h5py
+
+    try:
+        with h5py.File(partial, "r", locking=False) as h5:
+            return int((h5["done"][...] == 1).sum())
+    except (OSError, KeyError, ValueError, RuntimeError):
+        return 0
+
+
 _RUN_CONFIG = """
 import sys, unitrec as ur
 ur.run_config(sys.argv[1], progress=False)

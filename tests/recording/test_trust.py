@@ -30,7 +30,7 @@ from unitrec.cli import main
 from unitrec.files.layout import creating_path, partial_path
 from unitrec.files.writer import RecordingFile
 
-from tests.conftest import Interrupting, float32_sum_bound, make_images
+from tests.conftest import Interrupting, batches_done, float32_sum_bound, make_images
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = ["conv1", "layer1.0.bn2", "fc"]
@@ -414,10 +414,8 @@ def test_sigkill_with_workers_frees_the_output_at_once(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while proc.poll() is None and time.time() < deadline:
-        if partial_path(out).exists():
-            with h5py.File(partial_path(out), "r", locking=False) as h5:
-                if (h5["done"][...] == 1).sum() >= 8:
-                    break
+        if partial_path(out).exists() and batches_done(partial_path(out)) >= 8:
+            break
         time.sleep(0.05)
     assert proc.poll() is None, "the child finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
