@@ -9,7 +9,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 import unitrec as ur
 from unitrec.files.layout import partial_path

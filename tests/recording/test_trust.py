@@ -25,7 +25,6 @@ import torch
 import yaml
 
 import unitrec as ur
-from unitrec.anatomy.preprocess import build_transform
 from unitrec.cli import main
 from unitrec.files.layout import creating_path, partial_path
 from unitrec.files.writer import RecordingFile
@@ -322,7 +321,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(small_d
     del env["FILL"]  # no more filling
     again = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
-    assert f"recorded 24 of 24" in again.stdout
+    assert "recorded 24 of 24" in again.stdout
     sys.path.insert(0, str(tmp_path))
     try:
         import fillmod
