@@ -431,13 +431,65 @@ def test_a_sparse_noise_recording_gets_receptive_field_maps(tmp_path):
             png = np.asarray(Image.open(folder / file).convert("RGB"), dtype=int)
             on = maps.isel(polarity=0, unit=unit).values  # red where above the mean, blue below
             zoom = png.shape[0] // on.shape[0]
-            pixels = png[zoom // 2::zoom, zoom // 2:on.shape[1] * zoom:zoom][: on.shape[0], : on.shape[1]]  # centres
-            strong = np.abs(on) > 0.5 * np.nanmax(np.abs(on))
-            assert strong.any()
-            red_minus_blue = pixels[..., 0] - pixels[..., 2]
-            assert np.all(np.sign(red_minus_blue[strong]) == np.sign(on[strong]))
+            _signs_match(png, on)
             gap = png[:, on.shape[1] * zoom:png.shape[1] - on.shape[1] * zoom]  # between the on and off maps
             assert gap.size and (gap == 255).all()  # a field larger than the input stays on its own map
+
+
+def _signs_match(png: np.ndarray, values: np.ndarray) -> None:
+    """The map's pixel centres are red where ``values`` is above 0 and blue below, at the
+    pixels of at least half the largest deviation."""
+    zoom = png.shape[0] // values.shape[0]
+    pixels = png[zoom // 2::zoom, zoom // 2:values.shape[1] * zoom:zoom][: values.shape[0], : values.shape[1]]
+    strong = np.abs(values) > 0.5 * np.nanmax(np.abs(values))
+    assert strong.any()
+    red_minus_blue = pixels[..., 0] - pixels[..., 2]
+    assert np.all(np.sign(red_minus_blue[strong]) == np.sign(values[strong]))
+
+
+@pytest.fixture(scope="module")
+def white(tmp_path_factory) -> Path:
+    """White noise recorded at two sites' centre units (fields of 5 and 13 px) and one summary site."""
+    tmp = tmp_path_factory.mktemp("white")
+    ur.stimuli.white_noise(tmp / "noise", size=12, n=160, seed=3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 5, padding=2), nn.ReLU(), nn.Conv2d(2, 2, 9, padding=4), nn.ReLU()).eval()
+    layers = [{"name": "1", "units": "center", "keep": "both"}, {"name": "3", "units": "center"},
+              {"name": "2", "keep": "summary"}]
+    return ur.record(model, tmp / "noise", layers, tmp / "acts.h5", progress=False, transform=_transform())
+
+
+def test_a_white_noise_recording_gets_spike_triggered_averages(white, tmp_path):
+    folder = ur.atlas(white, tmp_path / "a", progress=False).parent
+    assert manifest(folder)["messages"] == []
+    for name, field in (("1", 5), ("3", 13)):
+        entry = site(folder, name)
+        assert entry["rf_map"] is True and entry["rf_size"] == [field, field]
+        assert entry["rf_map_method"] == "spike_triggered_average" and entry["rf_map_polarities"] == ["STA"]
+        sta = A.spike_triggered_average(ur.load_layer(white, name))
+        files = details(folder, entry)["rf_map"]
+        assert len(files) == entry["n_units"] == 2
+        for unit, file in enumerate(files):
+            png = np.asarray(Image.open(folder / file).convert("RGB"), dtype=int)
+            values = sta.isel(unit=unit).values
+            assert png.shape[:2] == (values.shape[0] * (128 // 12), values.shape[1] * (128 // 12))  # one tile
+            _signs_match(png, values)
+    assert site(folder, "2")["rf_map"] is False  # a summary has no responses to correlate
+
+
+def test_white_noise_that_changed_since_recording_gets_no_maps_and_says_so(white, tmp_path):
+    stimuli = tmp_path / "noise"
+    shutil.copytree(white.parent / "noise", stimuli)
+    image = sorted(stimuli.glob("white_*.png"))[7]
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image)  # the same size, other pixels
+    with pytest.warns(ur.UnitrecWarning) as caught:
+        folder = ur.atlas(white, tmp_path / "a", stimulus_root=stimuli, progress=False).parent
+    said = [str(w.message) for w in caught if "spike-triggered" in str(w.message)]
+    assert len(said) == 1 and image.name in said[0] and "changed since recording" in said[0]
+    assert said[0] in manifest(folder)["messages"]
+    assert all(site(folder, name)["rf_map"] is False for name in ("1", "3"))
+    with pytest.warns(ur.UnitrecWarning, match="spike-triggered.*not there"):
+        ur.atlas(white, tmp_path / "b", stimulus_root=tmp_path / "nowhere", progress=False)
 
 
 def test_a_failed_build_leaves_the_old_atlas_whole(recording, tmp_path, monkeypatch):

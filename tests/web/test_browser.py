@@ -289,3 +289,31 @@ def test_a_screenshot_of_the_unit_view_is_a_png(driver, index, tmp_path):
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert not _severe(driver)
+
+
+@pytest.mark.parametrize("noise, method, caption", [
+    ("sparse_noise", "sparse_noise_map", "on, off squares, left to right"),
+    ("white_noise", "spike_triggered_average", "Spike-triggered average of the white noise")])
+def test_a_noise_recording_shows_each_units_receptive_field_map(driver, tmp_path, noise, method, caption):
+    from torch import nn
+
+    from tests.web.test_atlas import _model, _transform, details
+
+    make = getattr(ur.stimuli, noise)
+    make(tmp_path / "noise", size=12, **({"grid": 4} if noise == "sparse_noise" else {"n": 64}))
+    layers = [{"name": "2", "units": "center"}]
+    model = _model()[:3]
+    assert isinstance(model[2], nn.Conv2d)
+    path = ur.record(model, tmp_path / "noise", layers, tmp_path / "acts.h5", progress=False, transform=_transform())
+    index = ur.atlas(path, tmp_path / "atlas", progress=False)
+    site = read_js(index.parent / "data" / "manifest.js")[0]["sites"][0]
+    assert site["rf_map_method"] == method
+    files = details(index.parent, site)["rf_map"]
+    for unit in range(site["n_units"]):
+        _open(driver, index, f"2/{unit}", f'#unit-view[data-unit="{unit}"] #rf-map img')
+        img = driver.find_element("css selector", "#rf-map img")
+        _wait(driver, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img),
+              "the map's image")
+        assert img.get_attribute("src") == (index.parent / files[unit]).as_uri()
+        assert driver.find_element("css selector", "#rf-map figcaption").text.startswith(caption)
+    assert not _severe(driver)

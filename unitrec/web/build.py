@@ -44,7 +44,7 @@ from unitrec.files.opening import check_file, open_h5
 from unitrec.web import data
 from unitrec.web.data import STIMULI_CHUNK, chunks, write_js, write_site, write_stimuli
 from unitrec.web.extras import Extra, read_extras, units_of
-from unitrec.web.images import thumbnails
+from unitrec.web.images import thumbnails, unchanged_stimuli
 from unitrec.web.units import SiteUnits, site_units
 
 __all__ = ["atlas", "check_output"]
@@ -232,13 +232,20 @@ def _build(path: Path, info: dict[str, Any], work: Path, tell: _Progress, *, vis
         messages.append("no stimulus recorded yet: the sites are listed without units")
     extras, extra_messages = read_extras(visualizations, evolutions, str(attrs.get("weights_sha256", "")))
     messages += extra_messages
-    square = all(c in coords for c in ("square_y", "square_x", "square_size", "polarity"))
+    mapping = _mapping(coords, rows)
+    if mapping == "spike_triggered_average" and any(s.get("keep", "full") != "summary" for s in sites):
+        # the maps correlate the responses with every image the recording read: all must be as they were
+        problem = unchanged_stimuli(attrs, labels, rows, root=stimulus_root, sizes=sizes, digests=digests)
+        if problem is not None:
+            messages.append(f"no receptive-field maps (spike-triggered averages) of the white noise: {problem}")
+            mapping = None
 
     entries, ranked, matched = [], [np.zeros(0, dtype=np.int64)], set[int]()
     for number, site in enumerate(sites):  # each site written as soon as it is read, then let go
         key = f"s{number:02d}" if len(sites) <= 100 else f"s{number:04d}"
         entry, units = _site(path, site, key, rows, messages, ranks=ranks, by=by, max_units=max_units,
-                             square=square, whole=_size(site, len(rows)) <= _IN_MEMORY)
+                             mapping=mapping, stimulus_root=stimulus_root,
+                             whole=_size(site, len(rows)) <= _IN_MEMORY)
         entries.append(entry)
         if units is not None:
             write_site(work, entry, units, _site_extras(entry, units, extras, matched))
@@ -293,7 +300,8 @@ def _stimulus_coords(path: Path) -> dict[str, np.ndarray]:
 
 
 def _site(path: Path, site: dict[str, Any], key: str, rows: np.ndarray, messages: list[str], *, ranks: int,
-          by: str | None, max_units: int, square: bool, whole: bool) -> tuple[dict[str, Any], SiteUnits | None]:
+          by: str | None, max_units: int, mapping: str | None, stimulus_root: Any,
+          whole: bool) -> tuple[dict[str, Any], SiteUnits | None]:
     """A site's manifest entry, and its units (None: listed with its anatomy only)."""
     shape = [int(v) for v in site.get("shape", [])]
     keep = site.get("keep", "full")
@@ -318,9 +326,14 @@ def _site(path: Path, site: dict[str, Any], key: str, rows: np.ndarray, messages
         entry["note"] = "no stimulus recorded yet"
         _anatomy(path, site, entry)
         return entry, None
-    rf_bytes = n_units * 2 * 256 * 256 * 8  # on and off maps of at most a 256 × 256 input
-    units = site_units(path, site, ranks=ranks, by=by, rows=rows, whole=whole,
-                       rf_map=square and keep != "summary" and rf_bytes <= _RF_MAP_BYTES)
+    rf_map = mapping if keep != "summary" else None
+    maps = 2 if mapping == "sparse_noise_map" else 1  # on and off, or one spike-triggered average
+    if rf_map is not None and n_units * maps * 256 * 256 * 8 > _RF_MAP_BYTES:  # maps of up to a 256 × 256 input
+        messages.append(f"site {site['name']}: no receptive-field maps: those of {n_units:,} units could take more "
+                        f"than {_RF_MAP_BYTES // 2**20} MiB (record fewer units, e.g. units: center)")
+        rf_map = None
+    units = site_units(path, site, ranks=ranks, by=by, rows=rows, whole=whole, rf_map=rf_map,
+                       stimulus_root=stimulus_root)
     _anatomy(path, site, entry)
     for note in units.notes:
         messages.append(f"site {site['name']}: {note}")
@@ -336,7 +349,23 @@ def _site(path: Path, site: dict[str, Any], key: str, rows: np.ndarray, messages
     entry["columns"] = _columns(units)
     if units.tuning is not None:
         entry["tuning"] = {"by": units.tuning_by, "levels": units.tuning_levels}
+    if units.rf_maps is not None:
+        entry["rf_map_method"] = rf_map  # the analysis function that made the maps
     return entry, units
+
+
+def _mapping(coords: dict[str, np.ndarray], rows: np.ndarray) -> str | None:
+    """How the recording maps receptive fields: the analysis function for its stimuli, or None.
+
+    Sparse noise (``stimuli.sparse_noise``: squares with their position and polarity) gives
+    on and off maps; white noise (``stimuli.white_noise``, every recorded stimulus of it)
+    a spike-triggered average.
+    """
+    if all(c in coords for c in ("square_y", "square_x", "square_size", "polarity")):
+        return "sparse_noise_map"
+    if "noise" in coords and len(rows) and bool(np.all(np.asarray(coords["noise"])[rows].astype(str) == "white")):
+        return "spike_triggered_average"
+    return None
 
 
 def _anatomy(path: Path, site: dict[str, Any], entry: dict[str, Any]) -> None:

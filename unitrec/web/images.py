@@ -20,7 +20,7 @@ import numpy as np
 from unitrec.analysis.experiments._images import background_colour, geometry, network_image
 from unitrec.errors import StimulusError
 
-__all__ = ["Thumbnails", "rf_map_png", "thumbnails"]
+__all__ = ["Thumbnails", "rf_map_png", "stimulus_folder", "thumbnails", "unchanged_stimuli"]
 
 THUMB_SIDE = 128  # longest side of a thumbnail, in pixels
 
@@ -47,14 +47,9 @@ def thumbnails(attrs: dict[str, Any], labels: np.ndarray, rows: np.ndarray, out:
     made = np.zeros(len(labels), dtype=bool)
     result = Thumbnails(made)
     preprocessing = str(attrs.get("preprocessing", ""))
-    stored_root = str(attrs.get("stimulus_root") or "")
-    if root is None and not stored_root:
-        result.messages.append("the stimuli were tensors, not image files: they are shown by their labels")
-        return result
-    folder = Path(str(root) if root is not None else stored_root)
-    if not folder.is_dir():
-        result.messages.append(f"the stimulus folder {folder} is not there (moved since recording?): stimuli are "
-                               "shown by their labels; pass stimulus_root= (--stimulus-root) where they are now")
+    folder = stimulus_folder(attrs, root)
+    if isinstance(folder, str):
+        result.messages.append(f"the stimuli are shown by their labels: {folder}")
         return result
     steps = geometry(preprocessing)
     if steps is None:
@@ -70,18 +65,10 @@ def thumbnails(attrs: dict[str, Any], labels: np.ndarray, rows: np.ndarray, out:
     def one(row: int) -> None:
         label = str(labels[row])
         path = folder / label
-        if not path.is_file():
-            moved.append(label)
+        state = _state(path, row, sizes, digests)
+        if state is not None:
+            (moved if state == "moved" else changed).append(label)
             return
-        if digests is not None and str(digests[row]):
-            if sizes is not None and int(sizes[row]) >= 0 and path.stat().st_size != int(sizes[row]):
-                changed.append(label)
-                return
-            from unitrec.stimuli.decode import file_sha256
-
-            if file_sha256(path) != str(digests[row]):
-                changed.append(label)
-                return
         try:
             pixels = network_image(path, steps, None, background)
         except StimulusError:
@@ -107,6 +94,56 @@ def thumbnails(attrs: dict[str, Any], labels: np.ndarray, rows: np.ndarray, out:
             result.messages.append(f"{len(names)} of {len(rows)} stimulus images under {folder} {what}, e.g. "
                                    f"{sorted(names)[0]}: they are shown by their labels")
     return result
+
+
+def stimulus_folder(attrs: dict[str, Any], root: str | os.PathLike | None) -> Path | str:
+    """The folder the stimulus labels are relative to (``root``, else the recording's
+    ``stimulus_root``), or why there is none, as text."""
+    stored_root = str(attrs.get("stimulus_root") or "")
+    if root is None and not stored_root:
+        return "the stimuli were tensors, not image files"
+    folder = Path(str(root) if root is not None else stored_root)
+    if not folder.is_dir():
+        return (f"the stimulus folder {folder} is not there (moved since recording?); pass stimulus_root= "
+                "(--stimulus-root) where it is now")
+    return folder
+
+
+def unchanged_stimuli(attrs: dict[str, Any], labels: np.ndarray, rows: np.ndarray, *,
+                      root: str | os.PathLike | None, sizes: np.ndarray | None,
+                      digests: np.ndarray | None) -> str | None:
+    """None when every stimulus file of ``rows`` is where the recording read it, with the
+    size and SHA-256 it stored; else why not, as text (the first file that differs)."""
+    folder = stimulus_folder(attrs, root)
+    if isinstance(folder, str):
+        return folder
+    if digests is None:
+        return "the recording stored no SHA-256 of its stimulus files, so they cannot be checked"
+
+    def one(row: int) -> str | None:
+        state = _state(folder / str(labels[row]), row, sizes, digests)
+        return None if state is None else f"{labels[row]} {_STATES[state]}"
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        found = [why for why in pool.map(one, (int(r) for r in rows)) if why is not None]
+    return f"{len(found)} of {len(rows)} stimulus images under {folder} differ, e.g. {sorted(found)[0]}" if found else None
+
+
+_STATES = {"moved": "is not there (moved since recording?)", "changed": "changed since recording (its SHA-256 differs)"}
+
+
+def _state(path: Path, row: int, sizes: np.ndarray | None, digests: np.ndarray | None) -> str | None:
+    """``"moved"``, ``"changed"``, or None: the file the recording read (where it stored a digest)."""
+    if not path.is_file():
+        return "moved"
+    if digests is not None and str(digests[row]):
+        if sizes is not None and int(sizes[row]) >= 0 and path.stat().st_size != int(sizes[row]):
+            return "changed"
+        from unitrec.stimuli.decode import file_sha256
+
+        if file_sha256(path) != str(digests[row]):
+            return "changed"
+    return None
 
 
 def _save_thumbnail(pixels: np.ndarray, path: Path) -> None:

@@ -41,7 +41,7 @@ class SiteUnits:
     tuning_levels: list[Any] = field(default_factory=list)
     tuning: np.ndarray | None = None  # (units, levels) mean response
     tuning_sem: np.ndarray | None = None
-    rf_maps: xr.DataArray | None = None  # (polarity, units, input_y, input_x) of a sparse-noise recording
+    rf_maps: xr.DataArray | None = None  # (polarity, *unit dims, input_y, input_x) of a noise recording
     notes: list[str] = field(default_factory=list)
 
 
@@ -53,11 +53,15 @@ def tuning_parameter(coords: list[str], by: str | None) -> str | None:
 
 
 def site_units(path: str | os.PathLike, site: dict[str, Any], *, ranks: int, by: str | None,
-               rows: np.ndarray, rf_map: bool, whole: bool) -> SiteUnits:
+               rows: np.ndarray, rf_map: str | None, whole: bool,
+               stimulus_root: str | os.PathLike | None = None) -> SiteUnits:
     """Read one site (an entry of ``recording_info``'s ``sites``) for the atlas.
 
     ``rows`` are the stimulus rows recorded (the rest are NaN in a partial file);
-    ``whole`` reads a full site into memory rather than on dask blocks.
+    ``whole`` reads a full site into memory rather than on dask blocks; ``rf_map`` names
+    the analysis function that maps the receptive fields of a site in full
+    (``"sparse_noise_map"`` or ``"spike_triggered_average"``, which reads the images
+    under ``stimulus_root``), or is None.
     """
     keep = site.get("keep", "full")
     full = None
@@ -66,9 +70,13 @@ def site_units(path: str | os.PathLike, site: dict[str, Any], *, ranks: int, by:
         full = da.isel(stimulus=rows)
         full = full.load() if whole else full
     if keep in ("summary", "both"):
-        return _from_summary(load_summary(path, site["name"]), full, ranks=ranks, by=by, rf_map=rf_map)
-    assert full is not None
-    return _from_full(full, rows, ranks=ranks, by=by, rf_map=rf_map)
+        units = _from_summary(load_summary(path, site["name"]), full, ranks=ranks, by=by)
+    else:
+        assert full is not None
+        units = _from_full(full, rows, ranks=ranks, by=by)
+    if full is not None and rf_map is not None:
+        units.rf_maps = _rf_maps(full, units, rf_map, stimulus_root)
+    return units
 
 
 def unit_columns(template: xr.DataArray) -> dict[str, np.ndarray]:
@@ -93,8 +101,7 @@ def _flat(variable: xr.Variable, dims: tuple[str, ...], sizes: dict[str, int]) -
     return np.asarray(variable.set_dims({d: sizes[d] for d in dims}).transpose(*dims).values).reshape(-1)
 
 
-def _from_summary(s: xr.Dataset, full: xr.DataArray | None, *, ranks: int, by: str | None,
-                  rf_map: bool) -> SiteUnits:
+def _from_summary(s: xr.Dataset, full: xr.DataArray | None, *, ranks: int, by: str | None) -> SiteUnits:
     dims = [str(d) for d in s["mean"].dims]
     columns = unit_columns(s["mean"])
     flat = {name: _values(s[name], dims) for name in ("mean", "max", "std", "sparseness")}
@@ -105,12 +112,10 @@ def _from_summary(s: xr.Dataset, full: xr.DataArray | None, *, ranks: int, by: s
     _statistics(units, flat["mean"], flat["max"], flat["std"], flat["sparseness"])
     if full is not None:
         _tuning(units, full, by, dims, negative=bool((s["min"].values < 0).any()))
-        if rf_map:
-            units.rf_maps = _rf_maps(full, units)
     return units
 
 
-def _from_full(da: xr.DataArray, rows: np.ndarray, *, ranks: int, by: str | None, rf_map: bool) -> SiteUnits:
+def _from_full(da: xr.DataArray, rows: np.ndarray, *, ranks: int, by: str | None) -> SiteUnits:
     unit_dims = [str(d) for d in da.dims if d != "stimulus"]
     template = da.isel(stimulus=0, drop=True)
     columns = unit_columns(template)
@@ -141,8 +146,6 @@ def _from_full(da: xr.DataArray, rows: np.ndarray, *, ranks: int, by: str | None
     units = SiteUnits(columns, top_rows, top_r, bottom_rows, bottom_r, "peak z")
     _statistics(units, mean, high, std, sparse)
     _tuning(units, da, by, unit_dims, negative=bool((low < 0).any()))
-    if rf_map:
-        units.rf_maps = _rf_maps(da, units)
     return units
 
 
@@ -201,13 +204,19 @@ def _tuning(units: SiteUnits, da: xr.DataArray, by: str | None, dims: list[str],
     units.selectivity = name
 
 
-def _rf_maps(da: xr.DataArray, units: SiteUnits) -> xr.DataArray | None:
-    """On and off maps of a sparse-noise recording (``analysis.sparse_noise_map``), or None."""
-    from unitrec.errors import ConfigError
+def _rf_maps(da: xr.DataArray, units: SiteUnits, method: str,
+             stimulus_root: str | os.PathLike | None) -> xr.DataArray | None:
+    """``(polarity, *unit dims, input_y, input_x)`` maps, or None (with a note): the on and off
+    maps of sparse noise (``analysis.sparse_noise_map``), or the one spike-triggered average
+    (``analysis.spike_triggered_average``, ``normalize="count"``) of white noise."""
+    from unitrec.errors import ConfigError, StimulusError
 
     try:
-        maps = A.sparse_noise_map(da)
-    except ConfigError as exc:
+        if method == "sparse_noise_map":
+            maps = A.sparse_noise_map(da)
+        else:
+            maps = A.spike_triggered_average(da, stimuli=stimulus_root).expand_dims(polarity=["STA"])
+    except (ConfigError, StimulusError) as exc:
         units.notes.append(f"no receptive-field maps: {exc}")
         return None
     dims = [str(d) for d in da.dims if d != "stimulus"]

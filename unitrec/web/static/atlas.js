@@ -704,14 +704,18 @@
       figures.appendChild(el("section", {className: "panel"}, el("h3", null, "Tuning by " + site.tuning.by),
         tuningPlot(site.tuning, detail.tuning, detail.tuning_sem)));
     }
-    // the builder's map images: one tile per polarity of the sparse-noise squares, side by side
+    // the builder's map images: one tile per polarity of the sparse-noise squares, side by side,
+    // or the one spike-triggered average of white noise
     var polarities = site.rf_map_polarities || detail.rf_map_polarities;
     if (detail.rf_map) {
+      var caption = site.rf_map_method === "spike_triggered_average"
+        ? "Spike-triggered average of the white noise: red where brighter pixels raised the response, " +
+          "blue where darker ones did; the outline is the receptive field."
+        : Array.isArray(polarities) ? polarities.join(", ") + " squares, left to right: red above the mean " +
+          "response, blue below; the outline is the receptive field." : null;
       figures.appendChild(el("section", {className: "panel"}, el("h3", null, "Receptive-field map"),
         el("figure", {id: "rf-map"}, el("img", {src: detail.rf_map, alt: "receptive-field map of unit " + unit}),
-           Array.isArray(polarities) ? el("figcaption", {className: "muted"},
-             polarities.join(", ") + " squares, left to right: red above the mean response, " +
-             "blue below; the outline is the receptive field.") : null)));
+           caption ? el("figcaption", {className: "muted"}, caption) : null)));
     }
     if (detail.extras && detail.extras.length) {
       var extras = el("div", {id: "extras"});
