@@ -404,6 +404,39 @@ def test_top_stimuli_order_ties_and_nan():
         top_stimuli(da, k=6)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_top_stimuli_equal_a_stable_numpy_sort_with_ties_nan_and_inf(seed, monkeypatch):
+    """The partition and merge of the running top k rank as one stable argsort of the whole
+    array does (NaN after every number, ties by stimulus order), for any blocks and parts."""
+    from unitrec.analysis.statistics import preferred
+
+    rng = np.random.default_rng(seed)
+    n, p = 37, 23
+    x = rng.integers(-3, 4, size=(n, p)).astype(np.float64)  # small integers: many ties
+    x[:, 0] = 0.0  # a silent unit: every response ties
+    x[rng.random((n, p)) < 0.15] = np.nan
+    x[:, 1] = np.nan
+    x[:25, 1] = 1.0  # a unit with 25 numbers, then NaN
+    x[rng.random((n, p)) < 0.05] = np.inf
+    x[rng.random((n, p)) < 0.05] = -np.inf
+    x[:, 2] = np.nan  # a unit never recorded
+    keys = -np.nan_to_num(x, nan=-np.inf)  # NaN last; ±inf as the largest and smallest numbers
+    expected = np.argsort(keys, axis=0, kind="stable")
+    names = np.array(labels(n))
+    for k in (1, 4, n):
+        for chunk_size, part in ((None, None), (5, None), (1, None), (None, 3), (7, 2)):
+            if part is not None:
+                monkeypatch.setattr(preferred, "_SORT_BYTES", 8 * p * part)  # ranked `part` stimuli at a time
+            top = top_stimuli(unit_array(x), k=k, chunk_size=chunk_size)
+            want = expected[:k].T
+            missing = np.isnan(np.take_along_axis(x, want.T, axis=0).T)
+            got = top["stimulus"].values
+            np.testing.assert_array_equal(got[~missing], names[want][~missing], err_msg=f"{k} {chunk_size} {part}")
+            assert (got[missing] == "").all()
+            np.testing.assert_array_equal(top["response"].values, np.take_along_axis(x, want.T, axis=0).T)
+            monkeypatch.undo()
+
+
 def test_top_stimuli_dask_equal_and_dims():
     x = np.random.default_rng(10).normal(size=(30, 16))
     da = conv_array(x)
