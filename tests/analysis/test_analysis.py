@@ -407,7 +407,8 @@ def test_top_stimuli_order_ties_and_nan():
 @pytest.mark.parametrize("seed", range(4))
 def test_top_stimuli_equal_a_stable_numpy_sort_with_ties_nan_and_inf(seed, monkeypatch):
     """The partition and merge of the running top k rank as one stable argsort of the whole
-    array does (NaN after every number, ties by stimulus order), for any blocks and parts."""
+    array does (NaN after every number, ties by stimulus order), for any blocks of stimuli
+    read and of units ranked."""
     from unitrec.analysis.statistics import preferred
 
     rng = np.random.default_rng(seed)
@@ -417,21 +418,20 @@ def test_top_stimuli_equal_a_stable_numpy_sort_with_ties_nan_and_inf(seed, monke
     x[rng.random((n, p)) < 0.15] = np.nan
     x[:, 1] = np.nan
     x[:25, 1] = 1.0  # a unit with 25 numbers, then NaN
-    x[rng.random((n, p)) < 0.05] = np.inf
-    x[rng.random((n, p)) < 0.05] = -np.inf
+    for value in (np.inf, -np.inf, np.finfo(np.float64).max, -np.finfo(np.float64).max, -0.0):
+        x[rng.random((n, p)) < 0.04] = value
     x[:, 2] = np.nan  # a unit never recorded
-    keys = -np.nan_to_num(x, nan=-np.inf)  # NaN last; ±inf as the largest and smallest numbers
-    expected = np.argsort(keys, axis=0, kind="stable")
+    expected = np.argsort(-x, axis=0, kind="stable")  # NaN last
     names = np.array(labels(n))
     for k in (1, 4, n):
-        for chunk_size, part in ((None, None), (5, None), (1, None), (None, 3), (7, 2)):
-            if part is not None:
-                monkeypatch.setattr(preferred, "_SORT_BYTES", 8 * p * part)  # ranked `part` stimuli at a time
+        for chunk_size, units in ((None, None), (5, None), (1, None), (None, 3), (7, 1)):
+            if units is not None:  # ranked in blocks of about `units` units
+                monkeypatch.setattr(preferred, "_SORT_BYTES", 8 * (n + k) * units)
             top = top_stimuli(unit_array(x), k=k, chunk_size=chunk_size)
             want = expected[:k].T
             missing = np.isnan(np.take_along_axis(x, want.T, axis=0).T)
             got = top["stimulus"].values
-            np.testing.assert_array_equal(got[~missing], names[want][~missing], err_msg=f"{k} {chunk_size} {part}")
+            np.testing.assert_array_equal(got[~missing], names[want][~missing], err_msg=f"{k} {chunk_size} {units}")
             assert (got[missing] == "").all()
             np.testing.assert_array_equal(top["response"].values, np.take_along_axis(x, want.T, axis=0).T)
             monkeypatch.undo()

@@ -20,7 +20,7 @@ from unitrec.files.load import pick_rows
 __all__ = ["top_stimuli"]
 
 RANK = "rank"
-_SORT_BYTES = 32 * 2**20  # float64 keys ranked at a time (see _running_top)
+_SORT_BYTES = 16 * 2**20  # float64 keys ranked at a time (see _running_top)
 
 
 def is_summary(obj: object) -> TypeGuard[xr.Dataset]:
@@ -80,7 +80,7 @@ def top_stimuli(
         summary, also at most its ranks: the ``top:`` of the layer entry).
     chunk_size : int, optional
         Stimuli per block read (default: blocks of a sixteenth of the machine's memory, 128 MiB
-        to 1 GiB); each block is ranked in parts of 32 MiB. Not used for a summary.
+        to 1 GiB), ranked in blocks of units of 16 MiB. Not used for a summary.
 
     Returns
     -------
@@ -162,42 +162,44 @@ def top_stimuli(
 def _running_top(
     data: xr.DataArray, k: int, chunk_size: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stimulus indices and responses ``(unit, k)`` of the best k, in one pass.
+    """Stimulus indices and responses ``(unit, k)`` of the best k, in one pass:
+    ``np.argsort(-x, axis=0, kind="stable")[:k]`` (NaN last, ties by stimulus order).
 
-    Each block's best k (:func:`_smallest`) are merged with the best so far, which go
-    first: they are all from earlier stimuli, so a stable sort ranks ties by stimulus
-    order. A NaN response ranks after every number (a -inf response too). The slabs
-    read are ranked in parts of :data:`_SORT_BYTES`: in small parts the transposed
-    copies stay in cache (measured: 2,000 stimuli × 50,000 units, 42 s in one slab
-    with a full sort, 3 s so).
+    Each slab of stimuli read is ranked in blocks of units of about :data:`_SORT_BYTES`
+    (the block's keys transposed, so that each unit's responses are contiguous): a
+    partition takes each unit's best k (:func:`_smallest`), and a stable sort merges
+    them after the best so far, which all come from earlier stimuli. No array larger than
+    a block is made beside the slab and the result (measured: 2,000 stimuli × 50,000
+    units, 42 s sorted whole; see docs/performance.md).
     """
     p = data.sizes[UNIT]
-    big = np.finfo(np.float64).max
-    best_key = np.empty((p, 0))
-    best_value = np.empty((p, 0))
-    best_index = np.empty((p, 0), dtype=np.intp)
+    best_key = np.empty((p, k))
+    best_value = np.empty((p, k))
+    best_index = np.empty((p, k), dtype=np.intp)
+    have = 0  # ranks filled so far: fewer than k until k stimuli are read
     start = 0
-    step = max(1, _SORT_BYTES // (8 * max(p, 1)))
     for slab in stimulus_blocks(data, chunk_size):
-        for block in (slab[i:i + step] for i in range(0, len(slab), step)):
-            keys = np.array(block.T, dtype=np.float64, order="C")  # (unit, stimulus): rows contiguous
-            nan = np.isnan(keys)
-            np.negative(keys, out=keys)
-            np.clip(keys, -big, big, out=keys)  # ±inf responses rank first and last among numbers,
-            keys[nan] = np.inf  # NaN after them
+        b = slab.shape[0]
+        step = max(1, _SORT_BYTES // (8 * max(b + k, 1)))
+        for u in range(0, p, step):
+            units = slice(u, min(u + step, p))
+            keys = np.negative(np.array(slab[:, units].T, dtype=np.float64, order="C"))  # NaN stays NaN
             rows = _smallest(keys, k)
-            key = np.concatenate([best_key, np.take_along_axis(keys, rows, axis=1)], axis=1)
-            value = np.concatenate([best_value, np.take_along_axis(block.T, rows, axis=1)], axis=1)
-            index = np.concatenate([best_index, rows + start], axis=1)
-            merged = np.argsort(key, axis=1, kind="stable")[:, :k]
-            best_key, best_value, best_index = (np.take_along_axis(a, merged, axis=1) for a in (key, value, index))
-            start += block.shape[0]
-    return best_index, best_value
+            key = np.concatenate([best_key[units, :have], np.take_along_axis(keys, rows, axis=1)], axis=1)
+            index = np.concatenate([best_index[units, :have], rows + start], axis=1)
+            merged = np.argsort(key, axis=1, kind="stable")[:, :k]  # the best so far first: ties to them
+            filled = merged.shape[1]
+            best_key[units, :filled] = np.take_along_axis(key, merged, axis=1)
+            best_index[units, :filled] = np.take_along_axis(index, merged, axis=1)
+        have = min(k, have + b)
+        start += b
+    best_value[...] = -best_key  # the responses, exactly (negation is exact; NaN stays NaN)
+    return best_index[:, :have], best_value[:, :have]
 
 
 def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
-    """Columns of the ``k`` smallest keys of each row, in increasing order, ties by column:
-    ``np.argsort(keys, axis=1, kind="stable")[:, :k]`` without sorting every column.
+    """Columns of the ``k`` smallest keys of each row, in increasing order, NaN last, ties by
+    column: ``np.argsort(keys, axis=1, kind="stable")[:, :k]`` without sorting every column.
 
     A partition finds each row's k-th smallest key; the columns below it, then the first
     columns equal to it, are the k taken (in column order), and only those k are sorted.
@@ -205,14 +207,19 @@ def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
     p, n = keys.shape
     if n <= k:
         return np.argsort(keys, axis=1, kind="stable")
-    kth = np.partition(keys, k - 1, axis=1)[:, k - 1:k]
+    kth = np.partition(keys, k - 1, axis=1)[:, k - 1:k]  # NaN where a row has fewer than k numbers
     below = keys < kth
-    take = keys <= kth
+    at = keys == kth
+    short = np.flatnonzero(np.isnan(kth[:, 0]))
+    if short.size:  # every number is taken, then the first NaN
+        nan = np.isnan(keys[short])
+        below[short], at[short] = ~nan, nan
     n_below = below.sum(axis=1)
-    ties = np.flatnonzero(take.sum(axis=1) > k)  # rows where keys equal to the k-th lie beyond it
+    ties = np.flatnonzero(n_below + at.sum(axis=1) > k)  # rows with keys equal to the k-th beyond it
+    take = below | at
     if ties.size:
-        at = take[ties] & ~below[ties]
-        take[ties] = below[ties] | (at & (np.cumsum(at, axis=1) <= (k - n_below[ties])[:, None]))
+        tied = at[ties]
+        take[ties] = below[ties] | (tied & (np.cumsum(tied, axis=1) <= (k - n_below[ties])[:, None]))
     taken = np.nonzero(take)[1].reshape(p, k)  # row by row, columns ascending: k per row
     order = np.argsort(np.take_along_axis(keys, taken, axis=1), axis=1, kind="stable")
     return np.take_along_axis(taken, order, axis=1)
