@@ -492,6 +492,44 @@ def test_white_noise_that_changed_since_recording_gets_no_maps_and_says_so(white
         ur.atlas(white, tmp_path / "b", stimulus_root=tmp_path / "nowhere", progress=False)
 
 
+def test_maps_too_large_for_the_real_input_are_left_out_and_said(white, tmp_path, monkeypatch):
+    from unitrec.web import build
+
+    # the sites have 2 centre units each, 12 × 12 maps of 1,152 bytes: room for 3 maps, not 4
+    monkeypatch.setattr(build, "_RF_MAP_BYTES", 3 * 12 * 12 * 8)
+    folder = ur.atlas(white, tmp_path / "three", progress=False).parent
+    assert site(folder, "1")["rf_map"] is True  # 2 maps fit: the limit is the real input's, not 256 × 256's
+    monkeypatch.setattr(build, "_RF_MAP_BYTES", 12 * 12 * 8)
+    with pytest.warns(ur.UnitrecWarning, match=r"site 1: no receptive-field maps: those of 2 units of a 12 × 12 input"):
+        folder = ur.atlas(white, tmp_path / "one", progress=False).parent
+    assert site(folder, "1")["rf_map"] is False
+
+
+def test_white_noise_in_part_or_through_unknown_preprocessing_gets_no_maps_and_says_so(white, tmp_path):
+    from torchvision import transforms as T
+
+    stimuli = tmp_path / "mixed"
+    shutil.copytree(white.parent / "noise", stimuli)
+    ur.stimuli.gratings(tmp_path / "gratings", size=12, orientations=[0, 90], spatial_frequencies=[2], phases=[0])
+    with open(stimuli / "metadata.csv", "a") as fh:
+        for image in sorted((tmp_path / "gratings").glob("*.png")):
+            shutil.copy(image, stimuli / image.name)
+            fh.write(f"{image.name},,,,,,\n")
+    path = ur.record(_model()[:2], stimuli, [{"name": "1", "units": "center"}], tmp_path / "mixed.h5",
+                     progress=False, transform=_transform())
+    with pytest.warns(ur.UnitrecWarning, match="no receptive-field maps: 160 of the 162 stimuli recorded are white"):
+        folder = ur.atlas(path, tmp_path / "a", progress=False).parent
+    assert site(folder, "1")["rf_map"] is False
+    flip = T.Compose([T.RandomHorizontalFlip(), T.ToTensor()])  # a transform the atlas cannot rebuild
+    path = ur.record(_model()[:2], white.parent / "noise", [{"name": "1", "units": "center"}, "0"],
+                     tmp_path / "flip.h5", progress=False, transform=flip)
+    with pytest.warns(ur.UnitrecWarning) as caught:
+        folder = ur.atlas(path, tmp_path / "b", progress=False).parent
+    said = [str(w.message) for w in caught if "receptive-field" in str(w.message)]
+    assert said == ["no receptive-field maps (spike-triggered averages) of the white noise: the preprocessing "
+                    "cannot be rebuilt, so the images the network saw are unknown"]  # once, not per site
+
+
 def test_a_failed_build_leaves_the_old_atlas_whole(recording, tmp_path, monkeypatch):
     from unitrec.web import build
 

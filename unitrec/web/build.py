@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from unitrec.analysis.experiments._images import geometry
 from unitrec.errors import ConfigError, UnitrecWarning
 from unitrec.files.lock import output_lock
 from unitrec.files.info import recording_info
@@ -44,7 +45,7 @@ from unitrec.files.opening import check_file, open_h5
 from unitrec.web import data
 from unitrec.web.data import STIMULI_CHUNK, chunks, write_js, write_site, write_stimuli
 from unitrec.web.extras import Extra, read_extras, units_of
-from unitrec.web.images import thumbnails, unchanged_stimuli
+from unitrec.web.images import network_size, thumbnails, unchanged_stimuli
 from unitrec.web.units import SiteUnits, site_units
 
 __all__ = ["atlas", "check_output"]
@@ -232,19 +233,24 @@ def _build(path: Path, info: dict[str, Any], work: Path, tell: _Progress, *, vis
         messages.append("no stimulus recorded yet: the sites are listed without units")
     extras, extra_messages = read_extras(visualizations, evolutions, str(attrs.get("weights_sha256", "")))
     messages += extra_messages
-    mapping = _mapping(coords, rows)
+    mapping, why_not = _mapping(coords, rows)
     if mapping == "spike_triggered_average" and any(s.get("keep", "full") != "summary" for s in sites):
         # the maps correlate the responses with every image the recording read: all must be as they were
-        problem = unchanged_stimuli(attrs, labels, rows, root=stimulus_root, sizes=sizes, digests=digests)
-        if problem is not None:
-            messages.append(f"no receptive-field maps (spike-triggered averages) of the white noise: {problem}")
+        why_not = unchanged_stimuli(attrs, labels, rows, root=stimulus_root, sizes=sizes, digests=digests)
+        if why_not is None and geometry(str(attrs.get("preprocessing", ""))) is None:
+            why_not = "the preprocessing cannot be rebuilt, so the images the network saw are unknown"
+        if why_not is not None:
+            why_not = f"no receptive-field maps (spike-triggered averages) of the white noise: {why_not}"
             mapping = None
+    if why_not is not None:
+        messages.append(why_not)
+    input_size = network_size(attrs, labels, rows, root=stimulus_root) if mapping else None
 
     entries, ranked, matched = [], [np.zeros(0, dtype=np.int64)], set[int]()
     for number, site in enumerate(sites):  # each site written as soon as it is read, then let go
         key = f"s{number:02d}" if len(sites) <= 100 else f"s{number:04d}"
         entry, units = _site(path, site, key, rows, messages, ranks=ranks, by=by, max_units=max_units,
-                             mapping=mapping, stimulus_root=stimulus_root,
+                             mapping=mapping, input_size=input_size, stimulus_root=stimulus_root,
                              whole=_size(site, len(rows)) <= _IN_MEMORY)
         entries.append(entry)
         if units is not None:
@@ -300,8 +306,8 @@ def _stimulus_coords(path: Path) -> dict[str, np.ndarray]:
 
 
 def _site(path: Path, site: dict[str, Any], key: str, rows: np.ndarray, messages: list[str], *, ranks: int,
-          by: str | None, max_units: int, mapping: str | None, stimulus_root: Any,
-          whole: bool) -> tuple[dict[str, Any], SiteUnits | None]:
+          by: str | None, max_units: int, mapping: str | None, input_size: tuple[int, int] | None,
+          stimulus_root: Any, whole: bool) -> tuple[dict[str, Any], SiteUnits | None]:
     """A site's manifest entry, and its units (None: listed with its anatomy only)."""
     shape = [int(v) for v in site.get("shape", [])]
     keep = site.get("keep", "full")
@@ -328,9 +334,12 @@ def _site(path: Path, site: dict[str, Any], key: str, rows: np.ndarray, messages
         return entry, None
     rf_map = mapping if keep != "summary" else None
     maps = 2 if mapping == "sparse_noise_map" else 1  # on and off, or one spike-triggered average
-    if rf_map is not None and n_units * maps * 256 * 256 * 8 > _RF_MAP_BYTES:  # maps of up to a 256 × 256 input
-        messages.append(f"site {site['name']}: no receptive-field maps: those of {n_units:,} units could take more "
-                        f"than {_RF_MAP_BYTES // 2**20} MiB (record fewer units, e.g. units: center)")
+    h, w = input_size or (256, 256)  # where the input's size is unknown, maps of up to 256 × 256
+    if rf_map is not None and n_units * maps * h * w * 8 > _RF_MAP_BYTES:
+        size = f"of a {h} × {w} input" if input_size else "of an input of unknown size (up to 256 × 256)"
+        messages.append(f"site {site['name']}: no receptive-field maps: those of {n_units:,} units {size} would "
+                        f"take {n_units * maps * h * w * 8 / 2**20:,.0f} MiB, more than {_RF_MAP_BYTES // 2**20} MiB "
+                        "(record fewer units, e.g. units: center)")
         rf_map = None
     units = site_units(path, site, ranks=ranks, by=by, rows=rows, whole=whole, rf_map=rf_map,
                        stimulus_root=stimulus_root)
@@ -354,18 +363,24 @@ def _site(path: Path, site: dict[str, Any], key: str, rows: np.ndarray, messages
     return entry, units
 
 
-def _mapping(coords: dict[str, np.ndarray], rows: np.ndarray) -> str | None:
-    """How the recording maps receptive fields: the analysis function for its stimuli, or None.
+def _mapping(coords: dict[str, np.ndarray], rows: np.ndarray) -> tuple[str | None, str | None]:
+    """How the recording maps receptive fields: the analysis function for its stimuli, or
+    None; and why there are no maps where a set is noise in part.
 
     Sparse noise (``stimuli.sparse_noise``: squares with their position and polarity) gives
     on and off maps; white noise (``stimuli.white_noise``, every recorded stimulus of it)
     a spike-triggered average.
     """
     if all(c in coords for c in ("square_y", "square_x", "square_size", "polarity")):
-        return "sparse_noise_map"
-    if "noise" in coords and len(rows) and bool(np.all(np.asarray(coords["noise"])[rows].astype(str) == "white")):
-        return "spike_triggered_average"
-    return None
+        return "sparse_noise_map", None
+    if "noise" in coords and len(rows):
+        white = int((np.asarray(coords["noise"])[rows].astype(str) == "white").sum())
+        if white == len(rows):
+            return "spike_triggered_average", None
+        if white:
+            return None, (f"no receptive-field maps: {white:,} of the {len(rows):,} stimuli recorded are white "
+                          "noise, and a spike-triggered average needs every one to be")
+    return None, None
 
 
 def _anatomy(path: Path, site: dict[str, Any], entry: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from unitrec.analysis.experiments._images import background_colour, geometry, network_image
 from unitrec.errors import StimulusError
 
-__all__ = ["Thumbnails", "rf_map_png", "stimulus_folder", "thumbnails", "unchanged_stimuli"]
+__all__ = ["Thumbnails", "network_size", "rf_map_png", "stimulus_folder", "thumbnails", "unchanged_stimuli"]
 
 THUMB_SIDE = 128  # longest side of a thumbnail, in pixels
 
@@ -127,6 +127,22 @@ def unchanged_stimuli(attrs: dict[str, Any], labels: np.ndarray, rows: np.ndarra
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         found = [why for why in pool.map(one, (int(r) for r in rows)) if why is not None]
     return f"{len(found)} of {len(rows)} stimulus images under {folder} differ, e.g. {sorted(found)[0]}" if found else None
+
+
+def network_size(attrs: dict[str, Any], labels: np.ndarray, rows: np.ndarray, *,
+                 root: str | os.PathLike | None) -> tuple[int, int] | None:
+    """``(height, width)`` of the first of ``rows``'s images as the network saw it, or None
+    where it cannot be known (no image, or preprocessing that cannot be rebuilt)."""
+    folder = stimulus_folder(attrs, root)
+    steps = geometry(str(attrs.get("preprocessing", "")))
+    if isinstance(folder, str) or steps is None or not len(rows):
+        return None
+    try:
+        pixels = network_image(folder / str(labels[int(rows[0])]), steps, None,
+                               background_colour(str(attrs.get("run_key", ""))))
+    except (StimulusError, OSError):
+        return None
+    return int(pixels.shape[0]), int(pixels.shape[1])
 
 
 _STATES = {"moved": "is not there (moved since recording?)", "changed": "changed since recording (its SHA-256 differs)"}
