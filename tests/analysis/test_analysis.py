@@ -404,6 +404,24 @@ def test_top_stimuli_order_ties_and_nan():
         top_stimuli(da, k=6)
 
 
+def test_top_stimuli_blank_every_kind_of_parameter_where_a_unit_has_no_rank():
+    x = np.array([[1.0, 5.0], [3.0, np.nan], [2.0, 0.0]])  # unit 1 has two numbers for k = 3
+    da = unit_array(x).assign_coords(
+        when=("stimulus", np.array(["2026-01-01", "2026-01-02", "2026-01-03"], dtype="datetime64[D]")),
+        thing=("stimulus", np.array(["a", 1, None], dtype=object)), flag=("stimulus", [True, False, True]))
+    top = top_stimuli(da, k=3)
+    assert list(top["stimulus"].values[1]) == [labels(3)[0], labels(3)[2], ""]
+    assert np.isnat(top["when"].values[1, 2]) and not np.isnat(top["when"].values[0]).any()
+    assert top["thing"].values[1, 2] is None and list(top["thing"].values[0]) == [1, None, "a"]
+    assert np.isnan(top["flag"].values[1, 2]) and list(top["flag"].values[0]) == [0.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="no stimuli to rank"):
+        top_stimuli(da.isel(stimulus=slice(0, 0)), k=1)
+    with pytest.raises(ConfigError, match="named 'rank'"):
+        top_stimuli(da.rename(unit="rank"), k=1)
+    with pytest.raises(ConfigError, match="named 'rank'"):
+        top_stimuli(da.assign_coords(rank=("stimulus", [0, 1, 2])), k=1)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_top_stimuli_equal_a_stable_numpy_sort_with_ties_nan_and_inf(seed, monkeypatch):
     """The partition and merge of the running top k rank as one stable argsort of the whole

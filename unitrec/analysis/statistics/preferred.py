@@ -98,10 +98,11 @@ def top_stimuli(
 
     Notes
     -----
-    Ties keep stimulus order (the earlier stimulus ranks first). NaN responses
-    (skipped stimuli) are never ranked: a unit with fewer than ``k`` non-NaN
-    responses gets ``stimulus = ""`` and ``response = NaN`` in its last ranks, and
-    NaN/empty values in the parameter variables there.
+    The order is that of ``np.argsort(-x, axis=0, kind="stable")[:k]``: ties keep
+    stimulus order (the earlier stimulus ranks first). NaN responses (skipped
+    stimuli) are never ranked: a unit with fewer than ``k`` non-NaN responses gets
+    ``stimulus = ""`` and ``response = NaN`` in its last ranks, and NaN (integer and
+    boolean parameters become float), NaT, None or "" in the parameter variables there.
 
     A summary ranks with the same rules, on the float64 responses before any
     storage rounding: on a ``keep: both`` recording stored as float32 (the
@@ -117,9 +118,17 @@ def top_stimuli(
         return _summary_top(da, k)
     pop = as_population(da)
     n = pop.n_stimuli
+    if n == 0:
+        raise ConfigError("the recording has no stimuli to rank")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise ConfigError(
             f"k must be an integer between 1 and {n} (the stimuli), got {k!r}"
+        )
+    clash = [str(name) for name in (*da.dims, *da.coords) if name == RANK]
+    if clash:
+        raise ConfigError(
+            f"the recording has a dim or coordinate named {RANK!r}, the result's own dim; "
+            f"rename it first, e.g. da.rename({{{RANK!r}: 'rank_'}})"
         )
     order, response = _running_top(pop.data, int(k), chunk_size)
     k = int(k)
@@ -145,8 +154,12 @@ def top_stimuli(
             values = values.astype(str)  # text (labels decoded from the file): blank where missing
         if values.dtype.kind in "iub" and missing.any():
             values = values.astype(np.float64)
-        if values.dtype.kind == "f":
+        if values.dtype.kind in "fc":
             values[missing] = np.nan
+        elif values.dtype.kind in "mM":
+            values[missing] = np.array("NaT", dtype=values.dtype)
+        elif values.dtype.kind == "O":
+            values[missing] = None
         elif values.dtype.kind in "US":
             values = values.astype(str)
             values[missing] = ""
