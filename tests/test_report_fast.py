@@ -57,6 +57,7 @@ def recording(tmp_path_factory) -> Path:
     return _tensor_recording(tmp_path_factory.mktemp("report_fast_tensors"))
 
 
+@pytest.mark.slow  # 2-4 s: with the slow ones, to keep the default suite under 3 minutes
 def test_the_report_does_not_import_torch(images, tmp_path):
     code = ("import sys\nfrom unitrec.report import write_report\n"
             f"write_report({str(images)!r}, {str(tmp_path / 'r')!r}, units_per_site=1)\n"
@@ -111,6 +112,7 @@ def test_progress_lines_on_stderr(recording, tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow  # 2-4 s: with the slow ones, to keep the default suite under 3 minutes
 def test_the_report_is_written_once_per_recording_and_options(tmp_path, monkeypatch, capsys):
     path = _tensor_recording(tmp_path)
     drawn = []

@@ -498,6 +498,7 @@ def test_hooks_that_differ_only_in_their_state_or_constants_differ(monkeypatch):
     assert anatomy_of(nn.Sequential(nn.ReLU())).digest != anatomy_of(nn.Sequential(nn.Identity())).digest
 
 
+@pytest.mark.slow  # 2-4 s: with the slow ones, to keep the default suite under 3 minutes
 def test_the_same_model_in_a_new_process_has_the_same_anatomy(tmp_path):
     """No address, no object id: a model defined in a script fed on stdin, with lambdas and hooks."""
     import subprocess

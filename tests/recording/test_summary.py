@@ -255,6 +255,7 @@ class _Noise(torch.utils.data.Dataset):
         return torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(i))
 
 
+@pytest.mark.slow  # 2-4 s: with the slow ones, to keep the default suite under 3 minutes
 def test_file_size_does_not_grow_with_the_stimuli_but_their_labels(tmp_path):
     layers = [{"name": "1", "keep": "summary"}, {"name": "3", "pool": "max", "keep": "summary"}]
     sizes, sites = {}, {}
