@@ -235,10 +235,12 @@ def _build(path: Path, info: dict[str, Any], work: Path, tell: _Progress, *, vis
     messages += extra_messages
     mapping, why_not = _mapping(coords, rows)
     if mapping == "spike_triggered_average" and any(s.get("keep", "full") != "summary" for s in sites):
-        # the maps correlate the responses with every image the recording read: all must be as they were
-        why_not = unchanged_stimuli(attrs, labels, rows, root=stimulus_root, sizes=sizes, digests=digests)
-        if why_not is None and geometry(str(attrs.get("preprocessing", ""))) is None:
+        # the maps correlate the responses with every image the recording read: all must be as they
+        # were, and their geometry known (checked first: it reads no file)
+        if geometry(str(attrs.get("preprocessing", ""))) is None:
             why_not = "the preprocessing cannot be rebuilt, so the images the network saw are unknown"
+        else:
+            why_not = unchanged_stimuli(attrs, labels, rows, root=stimulus_root, sizes=sizes, digests=digests)
         if why_not is not None:
             why_not = f"no receptive-field maps (spike-triggered averages) of the white noise: {why_not}"
             mapping = None

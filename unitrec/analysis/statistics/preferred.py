@@ -124,8 +124,7 @@ def top_stimuli(
         raise ConfigError(
             f"k must be an integer between 1 and {n} (the stimuli), got {k!r}"
         )
-    clash = [str(name) for name in (*da.dims, *da.coords) if name == RANK]
-    if clash:
+    if RANK in da.dims or RANK in da.coords:
         raise ConfigError(
             f"the recording has a dim or coordinate named {RANK!r}, the result's own dim; "
             f"rename it first, e.g. da.rename({{{RANK!r}: 'rank_'}})"
@@ -186,8 +185,7 @@ def _running_top(
     units, 42 s sorted whole; see docs/performance.md).
     """
     p = data.sizes[UNIT]
-    best_key = np.empty((p, k))
-    best_value = np.empty((p, k))
+    best_key = np.empty((p, k))  # the negated responses: the responses, exactly (NaN stays NaN)
     best_index = np.empty((p, k), dtype=np.intp)
     have = 0  # ranks filled so far: fewer than k until k stimuli are read
     start = 0
@@ -206,8 +204,7 @@ def _running_top(
             best_index[units, :filled] = np.take_along_axis(index, merged, axis=1)
         have = min(k, have + b)
         start += b
-    best_value[...] = -best_key  # the responses, exactly (negation is exact; NaN stays NaN)
-    return best_index[:, :have], best_value[:, :have]
+    return best_index[:, :have], -best_key[:, :have]
 
 
 def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
