@@ -47,6 +47,7 @@ def write_site(work: Path, entry: dict[str, Any], units: SiteUnits, site_extras:
         maps = np.asarray(units.rf_maps.values).reshape(units.rf_maps.sizes["polarity"], n,
                                                        *units.rf_maps.shape[-2:])
         entry["rf_map"] = True
+        entry["rf_map_polarities"] = names  # the maps side by side, left to right
         images.mkdir(parents=True, exist_ok=True)
     if site_extras:
         entry["extras"] = True
@@ -74,7 +75,6 @@ def write_site(work: Path, entry: dict[str, Any], units: SiteUnits, site_extras:
                 rf_map_png(maps[:, u], names, images / name, box)
                 paths.append(f"images/{key}/{name}")
             detail["rf_map"] = json.dumps(paths)
-            entry["rf_map_polarities"] = names  # the maps side by side, left to right
         if site_extras:
             lists = []
             for u in range(lo, hi):
